@@ -1,0 +1,153 @@
+package imagefactory
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/siderolabs/image-factory/pkg/schematic"
+)
+
+// Schematic is the Image Factory schematic document. It is an alias of the upstream type so that
+// the canonical serialisation (and therefore the ID) is exactly the one the factory computes: the
+// factory hashes the output of the same Marshal function, so sharing the type is the only way to
+// stay byte-for-byte equal when upstream adds fields.
+type Schematic = schematic.Schematic
+
+// MetaValue is one initial META partition entry of a schematic.
+type MetaValue = schematic.MetaValue
+
+// Well-known official extensions used by this provider.
+const (
+	// ExtensionQEMUGuestAgent lets Proxmox read guest IPs via agent/network-get-interfaces.
+	ExtensionQEMUGuestAgent = "siderolabs/qemu-guest-agent"
+	// ExtensionTailscale runs tailscale's containerboot as a Talos extension service.
+	ExtensionTailscale = "siderolabs/tailscale"
+)
+
+// MetaKeyNetworkPlatformConfig is META key 10 (0x0a), MetalNetworkPlatformConfig: a
+// PlatformConfigSpec YAML read by the metal platform only.
+const MetaKeyNetworkPlatformConfig uint8 = 0x0a
+
+// DefaultExtensions returns the official extensions a schematic gets when the caller does not
+// choose any. A fresh slice is returned so callers can never mutate the defaults.
+func DefaultExtensions() []string {
+	return []string{ExtensionQEMUGuestAgent, ExtensionTailscale}
+}
+
+// SchematicOptions describes the customisation this provider puts into a schematic.
+//
+// Order is significant everywhere: the factory neither sorts nor deduplicates, so two lists with
+// the same members in a different order are two different schematics (and two image downloads).
+// Callers should therefore pass lists in a stable order, e.g. straight from the API object.
+type SchematicOptions struct {
+	// Extensions are official extension names ("siderolabs/<name>"). nil selects
+	// DefaultExtensions; an empty non-nil slice means "no extensions at all".
+	Extensions []string
+	// ExtraKernelArgs are appended to the kernel command line, e.g. "talos.config=metal-iso".
+	ExtraKernelArgs []string
+	// Meta are initial META values; keys must be unique.
+	Meta []MetaValue
+}
+
+// NewSchematic validates opts and builds the schematic. It never contacts the factory.
+func NewSchematic(opts SchematicOptions) (*Schematic, error) {
+	exts := opts.Extensions
+	if exts == nil {
+		exts = DefaultExtensions()
+	}
+
+	var errs []error
+
+	seen := map[string]bool{}
+
+	for _, e := range exts {
+		switch {
+		case e == "" || strings.ContainsAny(e, " \t\r\n"):
+			errs = append(errs, fmt.Errorf("extension name %q is empty or contains whitespace", e))
+		case !strings.Contains(e, "/"):
+			errs = append(errs, fmt.Errorf("extension name %q must be qualified, e.g. siderolabs/%s", e, e))
+		case seen[e]:
+			// A duplicate would silently create a distinct schematic ID for the same image content.
+			errs = append(errs, fmt.Errorf("extension %q listed twice", e))
+		}
+
+		seen[e] = true
+	}
+
+	for _, a := range opts.ExtraKernelArgs {
+		if a == "" || strings.ContainsAny(a, " \t\r\n") {
+			errs = append(errs, fmt.Errorf("kernel argument %q is empty or contains whitespace (pass one argument per entry)", a))
+		}
+	}
+
+	keys := map[uint8]bool{}
+
+	for _, m := range opts.Meta {
+		if keys[m.Key] {
+			errs = append(errs, fmt.Errorf("META key 0x%x listed twice", m.Key))
+		}
+
+		keys[m.Key] = true
+	}
+
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidSchematic, err)
+	}
+
+	s := &Schematic{}
+	s.Customization.SystemExtensions.OfficialExtensions = slices.Clone(exts)
+	s.Customization.ExtraKernelArgs = slices.Clone(opts.ExtraKernelArgs)
+	s.Customization.Meta = slices.Clone(opts.Meta)
+
+	// Empty slices must be nil so that they are omitted exactly like the factory omits them.
+	if len(s.Customization.SystemExtensions.OfficialExtensions) == 0 {
+		s.Customization.SystemExtensions.OfficialExtensions = nil
+	}
+
+	if len(s.Customization.ExtraKernelArgs) == 0 {
+		s.Customization.ExtraKernelArgs = nil
+	}
+
+	if len(s.Customization.Meta) == 0 {
+		s.Customization.Meta = nil
+	}
+
+	return s, nil
+}
+
+// CanonicalYAML returns the bytes the factory hashes to derive the schematic ID (go.yaml.in/yaml/v4,
+// 4-space indent, empty fields omitted).
+func CanonicalYAML(s *Schematic) ([]byte, error) {
+	b, err := s.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("marshal schematic: %w", err)
+	}
+
+	return b, nil
+}
+
+// SchematicID computes the schematic ID offline: hex(sha256(CanonicalYAML(s))). It equals the ID
+// the factory returns from POST /schematics, which lets the controller name and look up images in
+// Proxmox storage before (or without) talking to the factory. The schematic must still be POSTed
+// before downloading: the factory serves only schematics it has stored.
+func SchematicID(s *Schematic) (string, error) {
+	id, err := s.ID()
+	if err != nil {
+		return "", fmt.Errorf("schematic ID: %w", err)
+	}
+
+	return id, nil
+}
+
+// ParseSchematic decodes a schematic document strictly (unknown fields are rejected, like the
+// factory does).
+func ParseSchematic(data []byte) (*Schematic, error) {
+	s, err := schematic.Unmarshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidSchematic, err)
+	}
+
+	return s, nil
+}
