@@ -1,0 +1,153 @@
+package pvesim
+
+import (
+	"net/http"
+	"path"
+	"time"
+)
+
+// Fault injects failures. Empty Method/Path/Node match everything (global);
+// Path is a route template ("/nodes/{node}/qemu/{vmid}/status/start") or a
+// path.Match glob over templates ("/nodes/{node}/qemu/*").
+type Fault struct {
+	Method string
+	Path   string
+	Node   string
+	// Latency is added before the request is handled.
+	Latency time.Duration
+	// ErrorRate (0..1) answers 500 with ErrorText (default a PVE-like
+	// "got no worker upid - start worker failed").
+	ErrorRate float64
+	ErrorText string
+	// TaskFailureRate (0..1) makes matching async tasks stop with
+	// TaskErrorText (default "command failed (injected fault)").
+	TaskFailureRate float64
+	TaskErrorText   string
+	// LockTimeoutRate (0..1) fails the operation with PVE's "can't lock file
+	// ... got timeout" text (task error for async calls, 500 for sync ones).
+	LockTimeoutRate float64
+	// LockPath overrides the lock named in the injected error (default the
+	// target VM's config lock when known, else a storage lock).
+	LockPath string
+}
+
+// AddFault registers a fault; faults apply in order, all matching ones
+// count. The RNG is seeded from Config.Seed so outcomes are reproducible.
+func (s *Server) AddFault(f Fault) {
+	s.mu.Lock()
+	s.faults = append(s.faults, f)
+	s.mu.Unlock()
+}
+
+// ClearFaults removes all faults.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	s.faults = nil
+	s.mu.Unlock()
+}
+
+// SetNodeOnline marks a node up or down; calls for a down node answer 595.
+func (s *Server) SetNodeOnline(node string, online bool) {
+	s.mu.Lock()
+	if n, ok := s.nodes[node]; ok {
+		n.online = online
+	}
+	s.mu.Unlock()
+}
+
+func (f *Fault) matches(method, tmpl, node string) bool {
+	if f.Method != "" && f.Method != method {
+		return false
+	}
+	if f.Node != "" && f.Node != node {
+		return false
+	}
+	if f.Path != "" && f.Path != tmpl {
+		if ok, _ := path.Match(f.Path, tmpl); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// roll draws from the seeded RNG; callers hold s.mu.
+func (s *Server) roll(rate float64) bool {
+	if rate <= 0 {
+		return false
+	}
+	return s.rng.Float64() < rate
+}
+
+func (s *Server) injectRequestFault(method, tmpl, node string) *apiError {
+	s.mu.Lock()
+	var latency time.Duration
+	var fail *apiError
+	for i := range s.faults {
+		f := &s.faults[i]
+		if !f.matches(method, tmpl, node) {
+			continue
+		}
+		latency += f.Latency
+		if fail == nil && s.roll(f.ErrorRate) {
+			text := f.ErrorText
+			if text == "" {
+				text = "got no worker upid - start worker failed"
+			}
+			fail = errStatus(http.StatusInternalServerError, "%s", text)
+		}
+	}
+	s.mu.Unlock()
+	if latency > 0 {
+		select {
+		case <-time.After(latency):
+		case <-s.closing:
+		}
+	}
+	return fail
+}
+
+func splitRouteKey(key string) (string, string) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == ' ' {
+			return key[:i], key[i+1:]
+		}
+	}
+	return "", key
+}
+
+// taskFault returns an injected task error text, or "".
+func (s *Server) taskFault(routeKey, node string) string {
+	method, tmpl := splitRouteKey(routeKey)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.matches(method, tmpl, node) && s.roll(f.TaskFailureRate) {
+			if f.TaskErrorText != "" {
+				return f.TaskErrorText
+			}
+			return "command failed (injected fault)"
+		}
+	}
+	return ""
+}
+
+// lockFault returns the lock path to report as timed out, or "".
+func (s *Server) lockFault(routeKey, node, def string) string {
+	method, tmpl := splitRouteKey(routeKey)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.matches(method, tmpl, node) && s.roll(f.LockTimeoutRate) {
+			if f.LockPath != "" {
+				return f.LockPath
+			}
+			if def != "" {
+				return def
+			}
+			return storageLock("local")
+		}
+	}
+	return ""
+}

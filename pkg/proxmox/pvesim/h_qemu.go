@@ -1,0 +1,323 @@
+package pvesim
+
+import (
+	"crypto/rand"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim/internal/apischema"
+)
+
+// Param names that steer the API call rather than being config keys.
+var nonConfigParams = map[string]bool{"node": true, "vmid": true, "delete": true, "digest": true, "revert": true,
+	"force": true, "skiplock": true, "background_delay": true, "pool": true, "storage": true, "start": true,
+	"unique": true, "archive": true, "bwlimit": true, "live-restore": true, "import-working-storage": true}
+
+func (c *reqCtx) vmid() int { return c.intParam("vmid") }
+
+// loadVM returns the VM on the request's node or PVE's "does not exist".
+// Callers hold s.mu.
+func (c *reqCtx) loadVM() (*vmState, *apiError) {
+	v, ok := c.s.vms[c.vmid()]
+	if !ok || v.node != c.node() {
+		return nil, errNoVM(c.node(), c.vmid())
+	}
+	return v, nil
+}
+
+func sortedVMIDs(m map[int]*vmState) []int {
+	ids := make([]int, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	return ids
+}
+
+func hVMList(c *reqCtx) (any, *apiError) {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []map[string]any{}
+	for _, id := range sortedVMIDs(s.vms) {
+		v := s.vms[id]
+		if v.node != c.node() || !c.has(fmt.Sprintf("/vms/%d", id), "VM.Audit") {
+			continue
+		}
+		e := map[string]any{"vmid": id, "name": v.name(), "status": statusText(v), "maxmem": v.memBytes(),
+			"maxdisk": s.vmMaxDisk(v), "cpus": vmCPUs(v), "mem": 0, "cpu": 0, "uptime": 0, "disk": 0,
+			"netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0}
+		if t := v.conf["tags"]; t != "" {
+			e["tags"] = t
+		}
+		if l := v.conf["lock"]; l != "" {
+			e["lock"] = l
+		}
+		if v.running {
+			e["pid"] = v.pid
+			e["uptime"] = int64(time.Since(v.startedAt).Seconds())
+			e["mem"] = v.memBytes() / 2
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// vmMaxDisk is the size of the boot disk (first disk), like PVE's maxdisk.
+func (s *Server) vmMaxDisk(v *vmState) uint64 {
+	for _, k := range driveKeys() {
+		val, ok := v.conf[k]
+		if !ok || strings.Contains(val, "media=cdrom") {
+			continue
+		}
+		if sz, ok := parseSize(parsePropString(val, "file")["size"]); ok {
+			return sz
+		}
+	}
+	return 0
+}
+
+func randomMAC() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("BC:24:11:%02X:%02X:%02X", b[0], b[1], b[2])
+}
+
+// normalizeNet fills in a generated MAC like PVE ("virtio,bridge=vmbr0" →
+// "virtio=BC:24:11:..,bridge=vmbr0").
+func normalizeNet(value string) string {
+	parts := strings.Split(value, ",")
+	models := map[string]bool{"e1000": true, "e1000-82540em": true, "e1000-82544gc": true, "e1000-82545em": true,
+		"e1000e": true, "i82551": true, "i82557b": true, "i82559er": true, "ne2k_isa": true, "ne2k_pci": true,
+		"pcnet": true, "rtl8139": true, "virtio": true, "vmxnet3": true}
+	model, mac := "", ""
+	var rest []string
+	for _, p := range parts {
+		k, v, hasEq := strings.Cut(p, "=")
+		switch {
+		case !hasEq && models[k]:
+			model = k
+		case hasEq && models[k]:
+			model, mac = k, v
+		case k == "model":
+			model = v
+		case k == "macaddr":
+			mac = v
+		default:
+			rest = append(rest, p)
+		}
+	}
+	if mac == "" {
+		mac = randomMAC()
+	}
+	return strings.Join(append([]string{model + "=" + strings.ToUpper(mac)}, rest...), ",")
+}
+
+func netMAC(value string) string {
+	for _, p := range strings.Split(value, ",") {
+		k, v, ok := strings.Cut(p, "=")
+		if ok && k != "bridge" && k != "tag" && k != "firewall" && k != "mtu" && k != "queues" && k != "rate" && k != "link_down" && k != "trunks" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (c *reqCtx) checkSDN(key, value string) *apiError {
+	if !strings.HasPrefix(key, "net") {
+		return nil
+	}
+	if br := parsePropString(value, "model")["bridge"]; br != "" {
+		return c.checkAll("/sdn/zones/localnetwork/"+br, "SDN.Use")
+	}
+	return nil
+}
+
+func configKeys(params map[string]string) []string {
+	var keys []string
+	for k := range params {
+		if !nonConfigParams[k] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func hVMCreate(c *reqCtx) (any, *apiError) {
+	s := c.s
+	vmid, node := c.vmid(), c.node()
+	if pool := c.params["pool"]; pool != "" {
+		if e := c.checkAll("/pool/"+pool, "VM.Allocate"); e != nil {
+			return nil, e
+		}
+	} else if e := c.checkAll(fmt.Sprintf("/vms/%d", vmid), "VM.Allocate"); e != nil {
+		return nil, e
+	}
+	keys := configKeys(c.params)
+	if e := c.checkConfigPerms(vmid, keys); e != nil {
+		return nil, e
+	}
+	for _, k := range keys {
+		if e := c.checkSDN(k, c.params[k]); e != nil {
+			return nil, e
+		}
+	}
+	s.mu.Lock()
+	if old, ok := s.vms[vmid]; ok {
+		s.mu.Unlock()
+		return nil, errServer("VM %d already exists on node '%s'", vmid, old.node)
+	}
+	var plans []*diskPlan
+	conf := map[string]string{}
+	for _, k := range keys {
+		val := c.params[k]
+		if isDriveKey(k) || k == "cdrom" {
+			p, e := c.planDrive(vmid, k, val)
+			if e != nil {
+				s.mu.Unlock()
+				return nil, e
+			}
+			if p != nil && !p.iso {
+				plans = append(plans, p)
+			}
+		}
+		if strings.HasPrefix(k, "net") && strings.Trim(k[3:], "0123456789") == "" {
+			val = normalizeNet(val)
+		}
+		if k == "cdrom" {
+			k, val = "ide2", val+",media=cdrom"
+		}
+		conf[k] = val
+	}
+	sm := parsePropString(conf["smbios1"], "")
+	if sm["uuid"] == "" {
+		sm["uuid"] = uuid.NewString()
+		parts := []string{}
+		for _, k := range sortedKeys(sm) {
+			if k != "" {
+				parts = append(parts, k+"="+sm[k])
+			}
+		}
+		conf["smbios1"] = strings.Join(parts, ",")
+	}
+	if conf["vmgenid"] == "" {
+		conf["vmgenid"] = uuid.NewString()
+	}
+	conf["meta"] = fmt.Sprintf("creation-qemu=9.2.0,ctime=%d", time.Now().Unix())
+	conf["lock"] = "create"
+	vm := &vmState{vmid: vmid, node: node, conf: conf, pool: c.params["pool"]}
+	if vm.pool == "" {
+		vm.pool = s.poolOf(vmid)
+	}
+	s.vms[vmid] = vm
+	s.mu.Unlock()
+
+	sort.SliceStable(plans, func(i, j int) bool { return driveOrder(plans[i].key) < driveOrder(plans[j].key) })
+	locks := []string{vmLock(vmid)}
+	seen := map[string]bool{}
+	for _, p := range plans {
+		if !seen[p.storage] {
+			seen[p.storage] = true
+			locks = append(locks, storageLock(p.storage))
+		}
+	}
+	startAfter := c.boolParam("start")
+	var created []*volume
+	return s.startTask(taskSpec{node: node, typ: "qmcreate", id: strconv.Itoa(vmid), user: c.token, locks: locks,
+		routeKey: "POST /nodes/{node}/qemu",
+		run: func(t *task) error {
+			s.mu.Lock()
+			for _, p := range plans {
+				val, v, err := s.allocate(node, vmid, p)
+				if err != nil {
+					s.mu.Unlock()
+					return err
+				}
+				created = append(created, v)
+				vm.conf[p.key] = val
+				if p.importOf != "" {
+					t.log = append(t.log, fmt.Sprintf("importing disk '%s' to VM %d ...", p.importOf, vmid))
+				}
+				t.log = append(t.log, fmt.Sprintf("%s: successfully created disk '%s'", p.key, val))
+			}
+			delete(vm.conf, "lock")
+			s.mu.Unlock()
+			if startAfter {
+				return s.powerOn(t, vm)
+			}
+			return nil
+		},
+		onFail: func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for _, v := range created {
+				s.removeVolume(v)
+			}
+			if s.vms[vmid] == vm {
+				delete(s.vms, vmid)
+			}
+		}}), nil
+}
+
+func driveOrder(key string) int {
+	for i, k := range driveKeys() {
+		if k == key {
+			return i
+		}
+	}
+	return 1 << 20
+}
+
+func hVMConfigGet(c *reqCtx) (any, *apiError) {
+	s := c.s
+	if c.params["snapshot"] != "" {
+		return nil, errServer("snapshot '%s' does not exist", c.params["snapshot"])
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, e := c.loadVM()
+	if e != nil {
+		return nil, e
+	}
+	out := map[string]any{"digest": v.digest()}
+	createRoute := s.table.Find("POST", "/nodes/{node}/qemu")
+	for k, val := range v.conf {
+		out[k] = typedValue(createRoute, k, val)
+	}
+	return out, nil
+}
+
+// typedValue renders a config value with the schema's JSON type: integers
+// and booleans as numbers, everything else (incl. property strings) as
+// strings, which is what clients such as go-proxmox decode.
+func typedValue(rt *apischema.Route, key, val string) any {
+	if rt == nil {
+		return val
+	}
+	p, ok := rt.Param(key)
+	if !ok {
+		return val
+	}
+	switch p.Type {
+	case "integer":
+		if n, err := strconv.ParseInt(val, 10, 64); err == nil {
+			return n
+		}
+	case "number":
+		if f, err := strconv.ParseFloat(val, 64); err == nil {
+			return f
+		}
+	case "boolean":
+		if isTrue(val) {
+			return 1
+		}
+		return 0
+	}
+	return val
+}

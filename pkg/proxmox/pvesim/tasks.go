@@ -1,0 +1,296 @@
+package pvesim
+
+import (
+	"fmt"
+	"time"
+)
+
+// task is one PVE worker task (qmcreate, qmstart, download, ...).
+type task struct {
+	upid       string
+	node       string
+	typ        string
+	id         string
+	user       string
+	pid        int
+	pstart     int
+	starttime  int64
+	endtime    int64
+	running    bool
+	exitstatus string
+	log        []string
+	stopReq    bool
+}
+
+// taskSpec describes the work of a task: locks held while it runs (e.g.
+// "/var/lock/qemu-server/lock-100.conf"), and run, the effect applied at the
+// end (an error string becomes the exitstatus).
+type taskSpec struct {
+	node  string
+	typ   string
+	id    string
+	user  string
+	locks []string
+	// routeKey selects per-endpoint task faults ("METHOD /template").
+	routeKey string
+	// run applies the effect after the task duration; returned log lines are
+	// appended. It is called without s.mu held.
+	run func(t *task) error
+	// onFail cleans up when the task fails before or during run.
+	onFail func()
+}
+
+func (s *Server) newUPID(node, typ, id, user string) *task {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pid++
+	now := time.Now().Unix()
+	t := &task{node: node, typ: typ, id: id, user: user, pid: s.pid, pstart: 0x10000 + s.pid*7,
+		starttime: now, running: true}
+	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", node, t.pid, t.pstart, now, typ, id, user)
+	s.tasks[t.upid] = t
+	return t
+}
+
+// startTask registers a running task and runs it in the background: take
+// locks (failing like PVE on timeout), wait the configured duration, apply
+// faults, run the effect, release locks.
+func (s *Server) startTask(spec taskSpec) string {
+	t := s.newUPID(spec.node, spec.typ, spec.id, spec.user)
+	s.tasksWG.Add(1)
+	go func() {
+		defer s.tasksWG.Done()
+		err := s.execTask(t, spec)
+		if err != nil && spec.onFail != nil {
+			spec.onFail()
+		}
+		s.mu.Lock()
+		t.running = false
+		t.endtime = time.Now().Unix()
+		if err != nil {
+			t.exitstatus = err.Error()
+			t.log = append(t.log, "TASK ERROR: "+err.Error())
+		} else {
+			t.exitstatus = "OK"
+			t.log = append(t.log, "TASK OK")
+		}
+		s.mu.Unlock()
+	}()
+	return t.upid
+}
+
+func (s *Server) execTask(t *task, spec taskSpec) error {
+	def := ""
+	if len(spec.locks) > 0 {
+		def = spec.locks[0]
+	}
+	if f := s.lockFault(spec.routeKey, spec.node, def); f != "" {
+		return fmt.Errorf("%s", lockTimeoutText(f))
+	}
+	release, err := s.acquireLocks(spec.locks)
+	if err != nil {
+		return err
+	}
+	defer release()
+	select {
+	case <-time.After(time.Duration(s.cfg.TaskDuration)):
+	case <-s.closing:
+	}
+	s.mu.Lock()
+	stopped := t.stopReq
+	s.mu.Unlock()
+	if stopped {
+		return fmt.Errorf("unexpected status")
+	}
+	if msg := s.taskFault(spec.routeKey, spec.node); msg != "" {
+		return fmt.Errorf("%s", msg)
+	}
+	if spec.run == nil {
+		return nil
+	}
+	return spec.run(t)
+}
+
+// logf appends a line to a task log.
+func (s *Server) logf(t *task, format string, args ...any) {
+	s.mu.Lock()
+	t.log = append(t.log, fmt.Sprintf(format, args...))
+	s.mu.Unlock()
+}
+
+func vmLock(vmid int) string { return fmt.Sprintf("/var/lock/qemu-server/lock-%d.conf", vmid) }
+
+func storageLock(id string) string { return "/var/lock/pve-manager/pve-storage-" + id }
+
+func lockTimeoutText(path string) string {
+	return fmt.Sprintf("can't lock file '%s' - got timeout", path)
+}
+
+// acquireLocks takes all locks or none, waiting up to LockTimeout.
+func (s *Server) acquireLocks(paths []string) (func(), error) {
+	deadline := time.Now().Add(time.Duration(s.cfg.LockTimeout))
+	for {
+		s.lockMu.Lock()
+		busy := ""
+		for _, p := range paths {
+			if _, held := s.locks[p]; held {
+				busy = p
+				break
+			}
+		}
+		if busy == "" {
+			for _, p := range paths {
+				s.locks[p] = "held"
+			}
+			s.lockMu.Unlock()
+			return func() {
+				s.lockMu.Lock()
+				for _, p := range paths {
+					delete(s.locks, p)
+				}
+				s.lockMu.Unlock()
+			}, nil
+		}
+		s.lockMu.Unlock()
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("%s", lockTimeoutText(busy))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// withLocks runs a synchronous operation under locks; failures are PVE's
+// 500 "can't lock file ..." error.
+func (s *Server) withLocks(routeKey, node string, paths []string, fn func() *apiError) *apiError {
+	def := ""
+	if len(paths) > 0 {
+		def = paths[0]
+	}
+	if f := s.lockFault(routeKey, node, def); f != "" {
+		return errServer("%s", lockTimeoutText(f))
+	}
+	release, err := s.acquireLocks(paths)
+	if err != nil {
+		return errServer("%s", err.Error())
+	}
+	defer release()
+	return fn()
+}
+
+// WaitTasks blocks until no task is running (test helper).
+func (s *Server) WaitTasks(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		s.mu.Lock()
+		n := 0
+		for _, t := range s.tasks {
+			if t.running {
+				n++
+			}
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pvesim: %d tasks still running after %s", n, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TaskInfo is a finished or running task (test helper view).
+type TaskInfo struct {
+	UPID, Node, Type, ID, User string
+	Running                    bool
+	ExitStatus                 string
+	Log                        []string
+}
+
+// Tasks lists all tasks in creation order of their PIDs.
+func (s *Server) Tasks() []TaskInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]TaskInfo, 0, len(s.tasks))
+	for _, t := range s.tasks {
+		out = append(out, TaskInfo{UPID: t.upid, Node: t.node, Type: t.typ, ID: t.id, User: t.user,
+			Running: t.running, ExitStatus: t.exitstatus, Log: append([]string(nil), t.log...)})
+	}
+	sortTasks(out)
+	return out
+}
+
+func sortTasks(ts []TaskInfo) {
+	for i := 1; i < len(ts); i++ {
+		for j := i; j > 0 && ts[j].UPID < ts[j-1].UPID; j-- {
+			ts[j], ts[j-1] = ts[j-1], ts[j]
+		}
+	}
+}
+
+func hTaskStatus(c *reqCtx) (any, *apiError) {
+	t, e := c.findTask("Sys.Audit")
+	if e != nil {
+		return nil, e
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	out := map[string]any{"upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
+		"starttime": t.starttime, "type": t.typ, "id": t.id, "user": t.user, "status": "running"}
+	if !t.running {
+		out["status"] = "stopped"
+		out["exitstatus"] = t.exitstatus
+		out["endtime"] = t.endtime
+	}
+	return out, nil
+}
+
+func hTaskLog(c *reqCtx) (any, *apiError) {
+	t, e := c.findTask("Sys.Audit")
+	if e != nil {
+		return nil, e
+	}
+	start, limit := 0, 50
+	if v, ok := c.params["start"]; ok {
+		start = c.intParam("start")
+		_ = v
+	}
+	if _, ok := c.params["limit"]; ok {
+		limit = c.intParam("limit")
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	out := []map[string]any{}
+	for i := start; i < len(t.log) && len(out) < limit; i++ {
+		out = append(out, map[string]any{"n": i + 1, "t": t.log[i]})
+	}
+	return out, nil
+}
+
+func hTaskStop(c *reqCtx) (any, *apiError) {
+	t, e := c.findTask("Sys.Modify")
+	if e != nil {
+		return nil, e
+	}
+	c.s.mu.Lock()
+	t.stopReq = true
+	c.s.mu.Unlock()
+	return nil, nil
+}
+
+// findTask resolves {upid}; non-owners need priv on /nodes/{node}.
+func (c *reqCtx) findTask(priv string) (*task, *apiError) {
+	upid := c.params["upid"]
+	c.s.mu.Lock()
+	t, ok := c.s.tasks[upid]
+	c.s.mu.Unlock()
+	if !ok || t.node != c.node() {
+		return nil, errServer("unable to parse worker upid '%s'", upid)
+	}
+	if t.user != c.token {
+		if e := c.checkAll("/nodes/"+t.node, priv); e != nil {
+			return nil, e
+		}
+	}
+	return t, nil
+}
