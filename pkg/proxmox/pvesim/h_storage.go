@@ -161,7 +161,7 @@ func hContentDelete(c *reqCtx) (any, *apiError) {
 	}
 	s.mu.Unlock()
 	node := c.node()
-	return s.startTask(taskSpec{node: node, typ: "imgdel", id: volid, user: c.token,
+	return s.startTask(taskSpec{node: node, typ: "imgdel", id: "", user: c.token,
 		locks: []string{storageLock(sid)}, routeKey: "DELETE /nodes/{node}/storage/{storage}/content/{volume}",
 		run: func(t *task) error {
 			s.mu.Lock()
