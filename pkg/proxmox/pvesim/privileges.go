@@ -233,6 +233,10 @@ func (c *reqCtx) checkConfigPerms(vmid int, keys []string) *apiError {
 		if priv == "" {
 			continue
 		}
+		// Like check_vm_perm, a pool given in the request also grants.
+		if pool := c.params["pool"]; pool != "" && c.s.privileges(c.token, "/pool/"+pool)[priv] {
+			continue
+		}
 		if e := c.checkAll(path, priv); e != nil {
 			return e
 		}
