@@ -47,6 +47,11 @@ func index(data []byte) (map[string]rawNode, error) {
 	return out, nil
 }
 
+// indexLimits are qemu-server's device limits for indexed options whose
+// schema description does not state "(n is 0 to N)".
+var indexLimits = map[string]int{"net[n]": 31, "ipconfig[n]": 31, "hostpci[n]": 15, "numa[n]": 7,
+	"unused[n]": 255, "usb[n]": 13, "virtiofs[n]": 9}
+
 var maxIndexRe = regexp.MustCompile(`\(n is 0 to (\d+)\)`)
 
 // Build derives the table for the Served routes from the 9.1 schema, noting
@@ -155,6 +160,8 @@ func convertParam(name string, raw map[string]json.RawMessage) (*Param, error) {
 	}
 	if m := maxIndexRe.FindStringSubmatch(s.Description); m != nil {
 		fmt.Sscanf(m[1], "%d", &p.MaxIndex)
+	} else if n, ok := indexLimits[name]; ok {
+		p.MaxIndex = n
 	}
 	if len(s.Format) > 0 {
 		if s.Format[0] == '"' {
