@@ -3,7 +3,6 @@ package pvesim
 import (
 	"crypto/subtle"
 	"encoding/json"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -21,13 +20,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errStatus(http.StatusNotImplemented, "Method '%s %s' not implemented", r.Method, r.URL.Path))
 		return
 	}
-	rt, vars, pathKnown := s.match(r.Method, path)
+	rt, vars := s.match(r.Method, path)
 	if rt == nil {
-		if pathKnown {
-			writeError(w, errStatus(http.StatusNotImplemented, "Method '%s %s' not implemented", r.Method, path))
-		} else {
-			writeError(w, errStatus(http.StatusNotImplemented, "Method '%s %s' not implemented", r.Method, path))
-		}
+		writeError(w, errStatus(http.StatusNotImplemented, "Method '%s %s' not implemented", r.Method, path))
 		return
 	}
 	node := vars["node"]
@@ -213,5 +208,3 @@ func splitList(s string) []string {
 	}
 	return out
 }
-
-var _ = fmt.Sprintf

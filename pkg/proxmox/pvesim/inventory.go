@@ -1,9 +1,6 @@
 package pvesim
 
-import (
-	"fmt"
-	"sort"
-)
+import "fmt"
 
 // Inventory is a snapshot of everything the simulator holds, for asserting
 // that nothing leaked.
@@ -161,5 +158,3 @@ func (s *Server) NodeMemoryUsed(node string) uint64 {
 	defer s.mu.Unlock()
 	return s.nodeMemUsed(node)
 }
-
-var _ = sort.Strings

@@ -107,20 +107,17 @@ func (s *Server) Routes() []string {
 
 // match finds the route for a path below /api2/json. A trailing {volume}
 // swallows the rest of the path because volume IDs contain '/'.
-func (s *Server) match(method, path string) (*route, map[string]string, bool) {
+func (s *Server) match(method, path string) (*route, map[string]string) {
 	segs := strings.Split(strings.Trim(path, "/"), "/")
-	pathKnown := false
 	for _, rt := range s.routes {
-		vars, ok := matchSegs(rt.segs, segs)
-		if !ok {
+		if rt.method != method {
 			continue
 		}
-		pathKnown = true
-		if rt.method == method {
-			return rt, vars, true
+		if vars, ok := matchSegs(rt.segs, segs); ok {
+			return rt, vars
 		}
 	}
-	return nil, nil, pathKnown
+	return nil, nil
 }
 
 func matchSegs(tmpl, segs []string) (map[string]string, bool) {

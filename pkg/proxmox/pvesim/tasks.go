@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -251,9 +252,8 @@ func hTaskLog(c *reqCtx) (any, *apiError) {
 		return nil, e
 	}
 	start, limit := 0, 50
-	if v, ok := c.params["start"]; ok {
+	if _, ok := c.params["start"]; ok {
 		start = c.intParam("start")
-		_ = v
 	}
 	if _, ok := c.params["limit"]; ok {
 		limit = c.intParam("limit")
@@ -284,8 +284,11 @@ func (c *reqCtx) findTask(priv string) (*task, *apiError) {
 	c.s.mu.Lock()
 	t, ok := c.s.tasks[upid]
 	c.s.mu.Unlock()
-	if !ok || t.node != c.node() {
+	if !strings.HasPrefix(upid, "UPID:") {
 		return nil, errServer("unable to parse worker upid '%s'", upid)
+	}
+	if !ok || t.node != c.node() {
+		return nil, errServer("no such task")
 	}
 	if t.user != c.token {
 		if e := c.checkAll("/nodes/"+t.node, priv); e != nil {
