@@ -146,7 +146,9 @@ func TestRetries(t *testing.T) {
 		},
 		{
 			name: "GET 500 does-not-exist is not retried", pattern: "GET /nodes/{node}/qemu/{vmid}/status/current", failures: 10,
-			fail:      func(w http.ResponseWriter) { pveError(w, 500, "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist", nil) },
+			fail: func(w http.ResponseWriter) {
+				pveError(w, 500, "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist", nil)
+			},
 			call:      func(c *PVEClient) error { _, err := c.VMStatus(context.Background(), "pve1", 100); return err },
 			wantCalls: 1, wantErr: ErrNotFound,
 		},
@@ -161,13 +163,17 @@ func TestRetries(t *testing.T) {
 		},
 		{
 			name: "POST sync lock timeout retried", pattern: "POST /nodes/{node}/qemu/{vmid}/status/shutdown", failures: 2,
-			fail:      func(w http.ResponseWriter) { pveError(w, 500, "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout", nil) },
+			fail: func(w http.ResponseWriter) {
+				pveError(w, 500, "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout", nil)
+			},
 			call:      func(c *PVEClient) error { return c.ShutdownVM(context.Background(), "pve1", 100, time.Second) },
 			wantCalls: 3,
 		},
 		{
 			name: "lock timeout retries are bounded", pattern: "POST /nodes/{node}/qemu/{vmid}/status/shutdown", failures: 100,
-			fail:      func(w http.ResponseWriter) { pveError(w, 500, "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout", nil) },
+			fail: func(w http.ResponseWriter) {
+				pveError(w, 500, "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout", nil)
+			},
 			call:      func(c *PVEClient) error { return c.ShutdownVM(context.Background(), "pve1", 100, time.Second) },
 			wantCalls: 5, wantErr: ErrLockTimeout,
 		},
