@@ -1,0 +1,363 @@
+package v1beta1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+)
+
+const (
+	// MachineFinalizer lets the controller delete the VM, its boot ISO and its addresses
+	// before the object goes away.
+	MachineFinalizer = "proxmoxtalosmachine.infrastructure.cluster.x-k8s.io"
+
+	// ProviderIDPrefix starts every providerID this provider sets: proxmox://<SMBIOS uuid>,
+	// the form the Proxmox cloud controller manager understands too.
+	ProviderIDPrefix = "proxmox://"
+)
+
+// Talos' documented minimum memory, enforced by the validating webhooks.
+const (
+	// MinControlPlaneMemoryMiB is the least memory a control-plane VM may have (2 GiB).
+	MinControlPlaneMemoryMiB = 2048
+	// MinWorkerMemoryMiB is the least memory any VM may have (1 GiB).
+	MinWorkerMemoryMiB = 1024
+)
+
+// Firmware selects the VM's firmware.
+// +kubebuilder:validation:Enum=OVMF;SeaBIOS
+type Firmware string
+
+const (
+	// FirmwareOVMF is UEFI firmware with an EFI vars disk (Talos' recommendation).
+	FirmwareOVMF Firmware = "OVMF"
+	// FirmwareSeaBIOS is legacy BIOS firmware.
+	FirmwareSeaBIOS Firmware = "SeaBIOS"
+)
+
+// MachineType selects the emulated chipset.
+// +kubebuilder:validation:Enum=q35;i440fx
+type MachineType string
+
+const (
+	// MachineTypeQ35 is the modern PCIe chipset (Talos' recommendation).
+	MachineTypeQ35 MachineType = "q35"
+	// MachineTypeI440FX is the legacy PCI chipset (Proxmox's default `pc`).
+	MachineTypeI440FX MachineType = "i440fx"
+)
+
+// VMIDRange bounds the VMIDs the provider may give new VMs.
+// +kubebuilder:validation:XValidation:rule="self.start <= self.end",message="vmidRange.start must not be greater than vmidRange.end"
+type VMIDRange struct {
+	// start is the lowest VMID to use (100 to 999999999).
+	// +required
+	// +kubebuilder:validation:Minimum=100
+	// +kubebuilder:validation:Maximum=999999999
+	Start int32 `json:"start"`
+
+	// end is the highest VMID to use, inclusive (100 to 999999999).
+	// +required
+	// +kubebuilder:validation:Minimum=100
+	// +kubebuilder:validation:Maximum=999999999
+	End int32 `json:"end"`
+}
+
+// Disk is a virtual disk of a VM.
+type Disk struct {
+	// storage is the Proxmox storage the disk is allocated on (for example local-lvm).
+	// Defaults to local-lvm for the boot disk.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Storage string `json:"storage,omitempty"`
+
+	// sizeGiB is the disk size in GiB. The boot disk is grown to this size after the Talos
+	// image is imported (Talos grows its EPHEMERAL partition to fill it). Defaults to 20
+	// for the boot disk.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65536
+	SizeGiB int32 `json:"sizeGiB,omitempty"`
+
+	// cache mode of the disk: none, writethrough (default, Talos' recommendation for
+	// single-node storage), writeback, unsafe or directsync.
+	// +optional
+	// +kubebuilder:validation:Enum=none;writethrough;writeback;unsafe;directsync
+	Cache string `json:"cache,omitempty"`
+
+	// discard passes TRIM to the storage. Defaults to true.
+	// +optional
+	Discard *bool `json:"discard,omitempty"`
+
+	// ssd presents the disk as a solid-state drive. Defaults to true.
+	// +optional
+	SSD *bool `json:"ssd,omitempty"`
+}
+
+// ExtraDisk is an additional data disk, attached after the boot disk.
+type ExtraDisk struct {
+	// device is the Proxmox disk slot, scsi1 to scsi30 (scsi0 is the boot disk).
+	// +required
+	// +kubebuilder:validation:Pattern=`^scsi([1-9]|[12][0-9]|30)$`
+	Device string `json:"device"`
+
+	// disk settings; storage and sizeGiB are required for extra disks.
+	// +required
+	Disk `json:",inline"`
+}
+
+// ProxmoxTalosMachineSpec is the desired state of one Talos VM. The fields marked
+// "set by the controller" record the VM's identity so that it survives `clusterctl move`;
+// once set they are immutable.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || oldSelf.providerID == '' || (has(self.providerID) && self.providerID == oldSelf.providerID)",message="providerID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || oldSelf.node == '' || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || oldSelf.smbiosUUID == '' || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
+type ProxmoxTalosMachineSpec struct {
+	// providerID is `proxmox://<SMBIOS uuid>`, set by the controller once the VM exists.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	ProviderID string `json:"providerID,omitempty"`
+
+	// node is the Proxmox node the VM runs on. Set by the controller when it places the
+	// VM; set it yourself to pin the VM to a node.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Node string `json:"node,omitempty"`
+
+	// vmID is the Proxmox VMID of the VM, set by the controller before it creates the VM.
+	// +optional
+	// +kubebuilder:validation:Minimum=100
+	// +kubebuilder:validation:Maximum=999999999
+	VMID *int32 `json:"vmID,omitempty"`
+
+	// smbiosUUID is the VM's SMBIOS type-1 UUID, chosen by the controller before it creates
+	// the VM; it is the stable identity behind providerID.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`
+	SMBIOSUUID string `json:"smbiosUUID,omitempty"`
+
+	// allowedNodes restricts the Proxmox nodes this VM may be placed on. Combined with the
+	// Machine's failure domain, the node must be in both. Empty means any node.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=64
+	AllowedNodes []string `json:"allowedNodes,omitempty"`
+
+	// vmIDRange bounds the VMID of the new VM. Unset uses Proxmox's next free id.
+	// +optional
+	VMIDRange *VMIDRange `json:"vmIDRange,omitempty"`
+
+	// pool is the Proxmox resource pool the VM joins (it must exist).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Pool string `json:"pool,omitempty"`
+
+	// tags are extra Proxmox tags for the VM. The provider always adds tags naming the
+	// cluster and the machine, which it uses to find the VM again after a crash.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:Pattern=`^[a-zA-Z0-9_][a-zA-Z0-9_\-+.]*$`
+	// +kubebuilder:validation:items:MaxLength=64
+	Tags []string `json:"tags,omitempty"`
+
+	// sockets is the number of CPU sockets. Defaults to 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4
+	Sockets int32 `json:"sockets,omitempty"`
+
+	// cores is the number of CPU cores per socket. Defaults to 2.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=128
+	Cores int32 `json:"cores,omitempty"`
+
+	// cpuType is the emulated CPU model (Proxmox `cpu`), for example host or
+	// x86-64-v2-AES. Defaults to x86-64-v2-AES, which Talos needs at least and which keeps
+	// live migration possible.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	CPUType string `json:"cpuType,omitempty"`
+
+	// memoryMiB is the VM's memory in MiB. Defaults to 4096. Talos needs at least 2048 on
+	// control planes and 1024 on workers.
+	// +optional
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=4194304
+	MemoryMiB int32 `json:"memoryMiB,omitempty"`
+
+	// balloonMiB is the memory balloon target in MiB; 0 (default) turns ballooning off,
+	// as Talos recommends (it has no memory hotplug).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	BalloonMiB *int32 `json:"balloonMiB,omitempty"`
+
+	// machineType is the emulated chipset: q35 (default) or i440fx.
+	// +optional
+	MachineType MachineType `json:"machineType,omitempty"`
+
+	// firmware is OVMF (UEFI with an EFI disk on the boot disk's storage; default) or
+	// SeaBIOS.
+	// +optional
+	Firmware Firmware `json:"firmware,omitempty"`
+
+	// bootDisk is the disk the Talos image is imported into.
+	// +optional
+	BootDisk Disk `json:"bootDisk,omitempty,omitzero"`
+
+	// extraDisks are additional data disks.
+	// +optional
+	// +listType=map
+	// +listMapKey=device
+	// +kubebuilder:validation:MaxItems=29
+	ExtraDisks []ExtraDisk `json:"extraDisks,omitempty"`
+
+	// networkDevices are the VM's NICs. Defaults to one virtio NIC net0 on vmbr0.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	NetworkDevices []NetworkDevice `json:"networkDevices,omitempty"`
+
+	// talos overrides the cluster's Talos image settings for this machine, field by field.
+	// +optional
+	Talos *TalosImageSpec `json:"talos,omitempty"`
+
+	// ipAddresses are the static addresses the controller allocated to this machine's
+	// devices. Set by the controller; recorded here so they survive `clusterctl move`.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	IPAddresses []AllocatedAddress `json:"ipAddresses,omitempty"`
+}
+
+// MachineStep is where a machine is in the provider's step machine.
+// +kubebuilder:validation:Enum=WaitingForCluster;WaitingForBootstrapData;PlacingVM;ClaimingAddresses;PreparingImage;BuildingBootISO;CreatingVM;StartingVM;WaitingForNode;Running;Deleting
+type MachineStep string
+
+// The steps of a ProxmoxTalosMachine, in order.
+const (
+	StepWaitingForCluster       MachineStep = "WaitingForCluster"
+	StepWaitingForBootstrapData MachineStep = "WaitingForBootstrapData"
+	StepPlacingVM               MachineStep = "PlacingVM"
+	StepClaimingAddresses       MachineStep = "ClaimingAddresses"
+	StepPreparingImage          MachineStep = "PreparingImage"
+	StepBuildingBootISO         MachineStep = "BuildingBootISO"
+	StepCreatingVM              MachineStep = "CreatingVM"
+	StepStartingVM              MachineStep = "StartingVM"
+	StepWaitingForNode          MachineStep = "WaitingForNode"
+	StepRunning                 MachineStep = "Running"
+	StepDeleting                MachineStep = "Deleting"
+)
+
+// ProxmoxTalosMachineInitializationStatus reports the contract's initialization milestones.
+// +kubebuilder:validation:MinProperties=1
+type ProxmoxTalosMachineInitializationStatus struct {
+	// provisioned is true once the VM runs and providerID and addresses are set. Cluster
+	// API copies it to Machine.status.initialization.infrastructureProvisioned.
+	// +optional
+	Provisioned *bool `json:"provisioned,omitempty"`
+}
+
+// ProxmoxTalosMachineStatus is the observed state of a ProxmoxTalosMachine.
+// +kubebuilder:validation:MinProperties=1
+type ProxmoxTalosMachineStatus struct {
+	// conditions: Ready, Paused and one per step (see the condition constants).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=32
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// initialization reports the contract's provisioning milestone.
+	// +optional
+	Initialization ProxmoxTalosMachineInitializationStatus `json:"initialization,omitempty,omitzero"`
+
+	// step is the step of the provider's step machine the machine is in.
+	// +optional
+	Step MachineStep `json:"step,omitempty"`
+
+	// addresses of the VM: one InternalIP per static address, and a Hostname address equal
+	// to the Talos hostname (the Machine name), because CACPPT evicts etcd members whose
+	// hostname matches no address.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	Addresses []clusterv1.MachineAddress `json:"addresses,omitempty"`
+
+	// failureDomain the VM was placed in.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	FailureDomain string `json:"failureDomain,omitempty"`
+
+	// powerState is the VM's power state as Proxmox last reported it (running, stopped).
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	PowerState string `json:"powerState,omitempty"`
+
+	// bootISO is the Proxmox volume id of the VM's boot ISO while it exists; it is deleted
+	// once the Node is Ready because it holds the cluster's PKI.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	BootISO string `json:"bootISO,omitempty"`
+
+	// observedGeneration is the generation the status reflects.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:path=proxmoxtalosmachines,scope=Namespaced,categories=cluster-api,shortName=ptm
+// +kubebuilder:storageversion
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Cluster",type="string",JSONPath=".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']",description="Cluster"
+// +kubebuilder:printcolumn:name="Node",type="string",JSONPath=".spec.node",description="Proxmox node"
+// +kubebuilder:printcolumn:name="VMID",type="integer",JSONPath=".spec.vmID",description="Proxmox VMID"
+// +kubebuilder:printcolumn:name="Address",type="string",JSONPath=`.status.addresses[?(@.type=="InternalIP")].address`,description="Internal addresses"
+// +kubebuilder:printcolumn:name="Step",type="string",JSONPath=".status.step",description="Step of the step machine"
+// +kubebuilder:printcolumn:name="Ready",type="string",JSONPath=`.status.conditions[?(@.type=="Ready")].status`,description="Ready condition"
+// +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+
+// ProxmoxTalosMachine is one Talos VM on Proxmox VE.
+type ProxmoxTalosMachine struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the desired state.
+	// +optional
+	Spec ProxmoxTalosMachineSpec `json:"spec,omitempty,omitzero"`
+
+	// status is the observed state.
+	// +optional
+	Status ProxmoxTalosMachineStatus `json:"status,omitempty,omitzero"`
+}
+
+// GetConditions returns the machine's conditions (for util/conditions).
+func (m *ProxmoxTalosMachine) GetConditions() []metav1.Condition { return m.Status.Conditions }
+
+// SetConditions sets the machine's conditions (for util/conditions).
+func (m *ProxmoxTalosMachine) SetConditions(conditions []metav1.Condition) {
+	m.Status.Conditions = conditions
+}
+
+// +kubebuilder:object:root=true
+
+// ProxmoxTalosMachineList is a list of ProxmoxTalosMachine.
+type ProxmoxTalosMachineList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ProxmoxTalosMachine `json:"items"`
+}
+
+func init() {
+	objectTypes = append(objectTypes, &ProxmoxTalosMachine{}, &ProxmoxTalosMachineList{})
+}
