@@ -46,4 +46,3 @@ func requestFrom(ctx context.Context) (admission.Request, error) {
 	}
 	return req, nil
 }
-
