@@ -79,6 +79,12 @@ type Limits struct {
 	// 20 and 40. QPS < 0 disables rate limiting.
 	QPS   float64
 	Burst int
+	// MaxTasksPerNode bounds the storage-touching tasks (create, delete,
+	// resize, volume delete) this client runs at once on one node. The
+	// in-flight limits bound HTTP requests, but a task keeps running after
+	// its POST returned, and it is concurrent tasks that collide on PVE's
+	// storage lock ("can't lock file ... got timeout"). Default 4.
+	MaxTasksPerNode int
 }
 
 // RetryPolicy configures retries with exponential backoff and jitter.
@@ -142,6 +148,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.Burst <= 0 {
 		l.Burst = 40
+	}
+	if l.MaxTasksPerNode <= 0 {
+		l.MaxTasksPerNode = 4
 	}
 	return l
 }

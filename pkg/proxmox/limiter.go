@@ -22,6 +22,7 @@ type Limiter struct {
 
 	mu    sync.Mutex
 	nodes map[string]chan struct{}
+	tasks map[string]chan struct{}
 
 	inFlight    atomic.Int64
 	maxInFlight atomic.Int64
@@ -35,6 +36,7 @@ func NewLimiter(l Limits) *Limiter {
 		limits: l,
 		global: make(chan struct{}, l.MaxInFlight),
 		nodes:  map[string]chan struct{}{},
+		tasks:  map[string]chan struct{}{},
 	}
 	if l.QPS > 0 {
 		lim.rate = rate.NewLimiter(rate.Limit(l.QPS), l.Burst)
@@ -58,6 +60,25 @@ func (l *Limiter) nodeSem(node string) chan struct{} {
 		l.nodes[node] = s
 	}
 	return s
+}
+
+// acquireTask blocks until a task slot on node is free. The slot is held
+// from the request that starts a task until the task has finished.
+func (l *Limiter) acquireTask(ctx context.Context, node string) (func(), error) {
+	l.mu.Lock()
+	s, ok := l.tasks[node]
+	if !ok {
+		s = make(chan struct{}, l.limits.MaxTasksPerNode)
+		l.tasks[node] = s
+	}
+	l.mu.Unlock()
+	select {
+	case s <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-s }) }, nil
 }
 
 // acquire blocks until the request may be sent. node is "" for requests

@@ -390,7 +390,7 @@ func (c *PVEClient) deleteVolume(ctx context.Context, node, volid string) error 
 		return fmt.Errorf("%w: %q is not a volume id (storage:content/file)", ErrInvalidConfig, volid)
 	}
 	path := "/nodes/" + url.PathEscape(node) + "/storage/" + url.PathEscape(storage) + "/content/" + url.PathEscape(volid)
-	err := c.postTask(ctx, http.MethodDelete, path, nil, nil, c.cfg.TaskTimeout)
+	err := c.storageTask(ctx, node, http.MethodDelete, path, nil, nil, c.cfg.TaskTimeout)
 	if err == nil || errors.Is(err, ErrNotFound) {
 		return nil
 	}

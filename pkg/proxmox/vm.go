@@ -226,11 +226,7 @@ func (c *PVEClient) CreateVM(ctx context.Context, spec VMSpec) (CreateResult, er
 			return fmt.Errorf("create VM %d (%s) on %s: checking for an existing VM: %w", spec.VMID, spec.Name, spec.Node, err)
 		}
 
-		var upid string
-		err = c.do(ctx, http.MethodPost, "/nodes/"+url.PathEscape(spec.Node)+"/qemu", nil, spec.Params(), &upid)
-		if err == nil {
-			err = c.waitTask(ctx, upid, c.cfg.TaskTimeout)
-		}
+		err = c.storageTask(ctx, spec.Node, http.MethodPost, "/nodes/"+url.PathEscape(spec.Node)+"/qemu", nil, spec.Params(), c.cfg.TaskTimeout)
 		if err == nil {
 			return nil
 		}
@@ -285,6 +281,17 @@ func (c *PVEClient) postTask(ctx context.Context, method, path string, query url
 		return err
 	}
 	return c.waitTask(ctx, upid, timeout)
+}
+
+// storageTask is postTask for tasks that take storage locks: it holds one of
+// the node's task slots until the task has finished.
+func (c *PVEClient) storageTask(ctx context.Context, node, method, path string, query url.Values, body map[string]any, timeout time.Duration) error {
+	release, err := c.limiter.acquireTask(ctx, node)
+	if err != nil {
+		return fmt.Errorf("waiting for a task slot on node %s: %w", node, err)
+	}
+	defer release()
+	return c.postTask(ctx, method, path, query, body, timeout)
 }
 
 // StartVM implements Client.
@@ -362,7 +369,7 @@ func (c *PVEClient) DeleteVM(ctx context.Context, node string, vmid int) error {
 			}
 		}
 		q := url.Values{"purge": {"1"}, "destroy-unreferenced-disks": {"1"}}
-		err = c.postTask(ctx, http.MethodDelete, vmPath(node, vmid), q, nil, c.cfg.TaskTimeout)
+		err = c.storageTask(ctx, node, http.MethodDelete, vmPath(node, vmid), q, nil, c.cfg.TaskTimeout)
 		if err == nil || errors.Is(err, ErrNotFound) {
 			return nil
 		}
@@ -376,7 +383,7 @@ func (c *PVEClient) ResizeDisk(ctx context.Context, node string, vmid int, disk,
 		body := map[string]any{"disk": disk, "size": size}
 		// PUT .../resize returns a UPID on 8.4 and 9.x, null on older
 		// versions; postTask handles both.
-		if err := c.postTask(ctx, http.MethodPut, vmPath(node, vmid)+"/resize", nil, body, c.cfg.TaskTimeout); err != nil {
+		if err := c.storageTask(ctx, node, http.MethodPut, vmPath(node, vmid)+"/resize", nil, body, c.cfg.TaskTimeout); err != nil {
 			return fmt.Errorf("resize %s of VM %d on %s to %s: %w", disk, vmid, node, size, err)
 		}
 		return nil
