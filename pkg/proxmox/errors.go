@@ -48,6 +48,9 @@ var (
 	// ErrInvalidConfig: the client configuration or a request is invalid
 	// before any call is made.
 	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrVMMoved: the VM exists, but on another node than the one given
+	// (migrated); look it up again.
+	ErrVMMoved = errors.New("VM is on another node")
 	// ErrUnavailable: PVE answered 5xx or the connection failed, and
 	// retries were exhausted or not allowed.
 	ErrUnavailable = errors.New("proxmox API unavailable")

@@ -156,6 +156,7 @@ func TestSimLifecycle(t *testing.T) {
 	g.Expect(cr.AlreadyExisted).To(BeTrue())
 
 	g.Expect(c.ResizeDisk(ctx, "pve1", vmid, "scsi0", "32G")).To(Succeed())
+	g.Expect(c.ResizeDisk(ctx, "pve1", vmid, "scsi0", "32G")).To(Succeed(), "resize to the current size is a no-op")
 	g.Expect(c.SetTags(ctx, "pve1", vmid, []string{"capi", "cluster-sim", "cp"})).To(Succeed())
 	found, err := c.FindVMs(ctx, VMFilter{Tags: []string{"cluster-sim"}, SMBIOSUUID: strings.ToUpper(spec.SMBIOSUUID)})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -181,6 +182,12 @@ func TestSimLifecycle(t *testing.T) {
 	ifs, err := c.GuestNetworkInterfaces(ctx, "pve1", vmid)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(ifs).To(ContainElement(HaveField("IPs", ContainElement(HaveField("Address", "10.0.0.5")))))
+
+	// A node that is down: 595 from pveproxy, retried, then ErrUnavailable.
+	env.sim.SetNodeOnline("pve1", false)
+	_, err = c.VMStatus(ctx, "pve1", vmid)
+	g.Expect(err).To(MatchError(ErrUnavailable))
+	env.sim.SetNodeOnline("pve1", true)
 
 	g.Expect(c.DetachISO(ctx, "pve1", vmid, "ide2")).To(Succeed())
 	g.Expect(c.AttachISO(ctx, "pve1", vmid, "ide2", isoVol)).To(Succeed())

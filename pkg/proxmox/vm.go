@@ -220,6 +220,11 @@ func (c *PVEClient) CreateVM(ctx context.Context, spec VMSpec) (CreateResult, er
 			if err := sameVM(spec, spec.Node, cfg); err != nil {
 				return err
 			}
+			if cfg["lock"] == "create" {
+				// Another create of this VM is still running (or PVE has
+				// not cleaned up a failed one yet): not usable yet.
+				return fmt.Errorf("%w: VM %d (%s) on %s is still being created (lock create); retry later", ErrLockTimeout, spec.VMID, spec.Name, spec.Node)
+			}
 			res.AlreadyExisted = true
 			return nil
 		case !errors.Is(err, ErrNotFound):
@@ -270,8 +275,8 @@ func sameVM(spec VMSpec, node string, cfg VMConfig) error {
 	if cfg.Name() == spec.Name && (spec.SMBIOSUUID == "" || strings.EqualFold(cfg.SMBIOSUUID(), spec.SMBIOSUUID)) {
 		return nil
 	}
-	return fmt.Errorf("%w: VMID %d is already used by VM %q (smbios uuid %q) on node %s, not by %q: allocate another VMID",
-		ErrAlreadyExists, spec.VMID, cfg.Name(), cfg.SMBIOSUUID(), node, spec.Name)
+	return fmt.Errorf("VMID %d is already used by VM %q (smbios uuid %q) on node %s, not by %q (%w): allocate another VMID",
+		spec.VMID, cfg.Name(), cfg.SMBIOSUUID(), node, spec.Name, ErrAlreadyExists)
 }
 
 // postTask issues an asynchronous call and waits for its task.
@@ -353,7 +358,7 @@ func (c *PVEClient) DeleteVM(ctx context.Context, node string, vmid int) error {
 	return c.run(ctx, "DeleteVM", func(ctx context.Context) error {
 		st, err := c.vmStatus(ctx, node, vmid)
 		if errors.Is(err, ErrNotFound) {
-			return nil
+			return c.confirmGone(ctx, node, vmid)
 		}
 		if err != nil {
 			return fmt.Errorf("delete VM %d on %s: %w", vmid, node, err)
@@ -375,6 +380,22 @@ func (c *PVEClient) DeleteVM(ctx context.Context, node string, vmid int) error {
 		}
 		return fmt.Errorf("delete VM %d on %s: %w", vmid, node, err)
 	})
+}
+
+// confirmGone double-checks a "does not exist" on node against the cluster
+// inventory: a VM that HA or an admin migrated is not on the recorded node
+// any more, and reporting it deleted would leak it.
+func (c *PVEClient) confirmGone(ctx context.Context, node string, vmid int) error {
+	vms, err := c.listVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("delete VM %d: not found on %s, and listing the cluster failed: %w", vmid, node, err)
+	}
+	for _, vm := range vms {
+		if vm.VMID == vmid && vm.Node != node {
+			return fmt.Errorf("%w: VM %d (%s) is on node %s, not %s; update the recorded node and delete it there", ErrVMMoved, vmid, vm.Name, vm.Node, node)
+		}
+	}
+	return nil
 }
 
 // ResizeDisk implements Client.

@@ -206,6 +206,14 @@ func TestCreateVM(t *testing.T) {
 	_, err = c.CreateVM(ctx, testSpec(300))
 	g.Expect(err).To(MatchError(ErrAlreadyExists))
 
+	// Same VM still being created elsewhere: retryable, not "existed".
+	v.put(500, "pve1", "cp-500", "stopped", "uuid=5b0c7a3e-8a8e-4a0b-9d7e-1c2f3a4b5c6d")
+	v.mu.Lock()
+	v.vms[500]["lock"] = "create"
+	v.mu.Unlock()
+	_, err = c.CreateVM(ctx, testSpec(500))
+	g.Expect(err).To(MatchError(ErrLockTimeout))
+
 	// Invalid spec: no call at all.
 	before := v.count("POST /nodes/{node}/qemu")
 	bad := testSpec(400)
@@ -256,6 +264,14 @@ func TestDeleteVM(t *testing.T) {
 		// Second delete: gone already.
 		g.Expect(c.DeleteVM(context.Background(), "pve1", 100)).To(Succeed())
 		g.Expect(v.count("DELETE /nodes/{node}/qemu/{vmid}")).To(Equal(1))
+	})
+	t.Run("VM migrated to another node is not reported deleted", func(t *testing.T) {
+		g := NewWithT(t)
+		v := newVMFake(t)
+		v.put(100, "pve2", "cp-100", "running", "")
+		err := v.client().DeleteVM(context.Background(), "pve1", 100)
+		g.Expect(err).To(MatchError(ErrVMMoved))
+		g.Expect(err.Error()).To(ContainSubstring("is on node pve2, not pve1"))
 	})
 	t.Run("delete task reports does-not-exist", func(t *testing.T) {
 		g := NewWithT(t)
