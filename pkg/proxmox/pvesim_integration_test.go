@@ -15,6 +15,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
@@ -335,4 +336,32 @@ func BenchmarkCreateVM(b *testing.B) {
 	}
 	b.ReportMetric(float64(total)/float64(b.N), "calls/vm")
 	b.ReportMetric(float64(env.sim.Stats().Calls["GET /nodes/{node}/tasks/{upid}/status"])/float64(b.N), "taskpolls/vm")
+}
+
+func TestSimTLSVerification(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{})
+	ctx := context.Background()
+	_, err := env.client.Version(ctx)
+	g.Expect(err).NotTo(HaveOccurred(), "trusted via CABundle")
+
+	noCA := env.cfg
+	noCA.CABundle = nil
+	m, err := NewMetrics(nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	noCA.Metrics = m
+	c, err := New(noCA)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.Nodes(ctx)
+	g.Expect(err).To(MatchError(ErrUnavailable), "verification is on by default")
+	g.Expect(err.Error()).To(ContainSubstring("certificate"))
+	g.Expect(testutil.ToFloat64(m.retries.WithLabelValues("network"))).To(BeZero(), "TLS failures are not retried")
+	g.Expect(testutil.ToFloat64(m.requests.WithLabelValues("GET", "error"))).To(Equal(1.0))
+
+	insecure := noCA
+	insecure.InsecureSkipVerify = true
+	c, err = New(insecure)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.Nodes(ctx)
+	g.Expect(err).NotTo(HaveOccurred(), "explicitly insecure")
 }

@@ -3,6 +3,8 @@ package proxmox
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -110,7 +112,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if idempotent && rewindable && !lastAttempt {
+			if idempotent && rewindable && !lastAttempt && !isPermanentTransportError(err) {
 				t.metrics.retry("network")
 				t.log.V(1).Info("retrying proxmox request after transport error", "method", req.Method, "path", apiPath, "attempt", attempt+1, "error", err.Error())
 				if serr := t.backoff(ctx, attempt); serr != nil {
@@ -261,6 +263,16 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-tm.C:
 		return nil
 	}
+}
+
+// isPermanentTransportError: a certificate that does not verify will not
+// verify on the next attempt either.
+func isPermanentTransportError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci)
 }
 
 func isIdempotentMethod(m string) bool {
