@@ -312,7 +312,14 @@ func TestSimParallelCreationsAcceptance(t *testing.T) {
 // BenchmarkCreateVM creates VMs against pvesim and reports API calls per VM
 // (no timed assertions).
 func BenchmarkCreateVM(b *testing.B) {
-	env := startSim(b, pvesim.Config{Nodes: []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}}, TaskDuration: pvesim.Duration(time.Millisecond)},
+	env := startSim(b, pvesim.Config{
+		Nodes: []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}},
+		Storages: []pvesim.StorageConfig{
+			{Name: "local", Type: "dir", Content: "iso,import"},
+			{Name: "local-lvm", Type: "lvmthin", Content: "images", Size: 1 << 50}, // room for any b.N
+		},
+		TaskDuration: pvesim.Duration(time.Millisecond),
+	},
 		func(c *Config) { c.TaskPollInitial = time.Millisecond; c.TaskPollMax = 5 * time.Millisecond })
 	nodes := env.sim.Nodes()
 	for _, n := range nodes {
