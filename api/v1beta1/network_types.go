@@ -1,7 +1,7 @@
 package v1beta1
 
 import (
-	corev1 "k8s.io/api/core/v1"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 )
 
 // IPPool is a static address pool owned by a ProxmoxTalosCluster. Machines take addresses
@@ -62,7 +62,7 @@ type AddressSource struct {
 	// provider creates an IPAddressClaim per machine and device and uses the IPAddress the
 	// IPAM provider allocates.
 	// +optional
-	IPAMPoolRef *corev1.TypedLocalObjectReference `json:"ipamPoolRef,omitempty"`
+	IPAMPoolRef *ipamv1.IPPoolReference `json:"ipamPoolRef,omitempty"`
 
 	// dhcp leaves the address to DHCP. The hand-run pipeline used no DHCP; use it only on
 	// networks that have it.

@@ -85,7 +85,7 @@ type FailureDomain struct {
 }
 
 // ProxmoxTalosClusterSpec is the desired state of a ProxmoxTalosCluster.
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.controlPlaneEndpoint) || !has(oldSelf.controlPlaneEndpoint.host) || oldSelf.controlPlaneEndpoint.host == ” || (has(self.controlPlaneEndpoint) && has(self.controlPlaneEndpoint.host) && self.controlPlaneEndpoint.host == oldSelf.controlPlaneEndpoint.host)",message="controlPlaneEndpoint.host cannot be changed once set: nodes and certificates use it"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.controlPlaneEndpoint) || !has(oldSelf.controlPlaneEndpoint.host) || size(oldSelf.controlPlaneEndpoint.host) == 0 || (has(self.controlPlaneEndpoint) && has(self.controlPlaneEndpoint.host) && self.controlPlaneEndpoint.host == oldSelf.controlPlaneEndpoint.host)",message="controlPlaneEndpoint.host cannot be changed once set: nodes and certificates use it"
 type ProxmoxTalosClusterSpec struct {
 	// proxmox says how to reach the Proxmox VE API.
 	// +required

@@ -101,18 +101,17 @@ type ExtraDisk struct {
 	// +kubebuilder:validation:Pattern=`^scsi([1-9]|[12][0-9]|30)$`
 	Device string `json:"device"`
 
-	// disk settings; storage and sizeGiB are required for extra disks.
-	// +required
+	// Disk settings; storage and sizeGiB are required for extra disks.
 	Disk `json:",inline"`
 }
 
 // ProxmoxTalosMachineSpec is the desired state of one Talos VM. The fields marked
 // "set by the controller" record the VM's identity so that it survives `clusterctl move`;
 // once set they are immutable.
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || oldSelf.providerID == ” || (has(self.providerID) && self.providerID == oldSelf.providerID)",message="providerID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.providerID) && self.providerID == oldSelf.providerID)",message="providerID is immutable once set"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once set"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || oldSelf.node == ” || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || oldSelf.smbiosUUID == ” || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || size(oldSelf.node) == 0 || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || size(oldSelf.smbiosUUID) == 0 || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
 type ProxmoxTalosMachineSpec struct {
 	// providerID is `proxmox://<SMBIOS uuid>`, set by the controller once the VM exists.
 	// +optional

@@ -36,7 +36,7 @@ func parseAddressEntry(entry string) (addrRange, error) {
 		first, err1 := netip.ParseAddr(strings.TrimSpace(from))
 		last, err2 := netip.ParseAddr(strings.TrimSpace(to))
 		if err1 != nil || err2 != nil {
-			return addrRange{}, fmt.Errorf("%q is not a valid range (want for example 10.0.1.1-10.0.1.3)", entry)
+			return addrRange{}, fmt.Errorf("%q is not an IP address, a range (for example 10.0.1.1-10.0.1.3) or a CIDR", entry)
 		}
 		if first.Is4() != last.Is4() {
 			return addrRange{}, fmt.Errorf("range %q mixes IPv4 and IPv6", entry)
@@ -48,7 +48,7 @@ func parseAddressEntry(entry string) (addrRange, error) {
 	default:
 		a, err := netip.ParseAddr(entry)
 		if err != nil {
-			return addrRange{}, fmt.Errorf("%q is not an IP address, range or CIDR", entry)
+			return addrRange{}, fmt.Errorf("%q is not an IP address, a range (for example 10.0.1.1-10.0.1.3) or a CIDR", entry)
 		}
 		return addrRange{first: a, last: a}, nil
 	}

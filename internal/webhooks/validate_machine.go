@@ -82,9 +82,6 @@ func validateAddressSource(src *infrav1.AddressSource, path *field.Path) field.E
 	}
 	if src.IPAMPoolRef != nil {
 		set++
-		if src.IPAMPoolRef.APIGroup == nil || *src.IPAMPoolRef.APIGroup == "" {
-			return field.ErrorList{field.Required(path.Child("ipamPoolRef", "apiGroup"), "name the IPAM pool's API group, for example ipam.cluster.x-k8s.io")}
-		}
 	}
 	if src.DHCP != nil && *src.DHCP {
 		set++

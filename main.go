@@ -1,0 +1,249 @@
+// The manager of the Proxmox VE + Talos infrastructure provider: wiring only (flags,
+// scheme, webhooks, controllers). The reconcilers live in controllers/, the Proxmox door in
+// pkg/proxmox.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	cliflag "k8s.io/component-base/cli/flag"
+	"k8s.io/component-base/logs"
+	logsv1 "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
+	"sigs.k8s.io/cluster-api/controllers/clustercache"
+	"sigs.k8s.io/cluster-api/controllers/remote"
+	"sigs.k8s.io/cluster-api/util/flags"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/webhooks"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
+)
+
+const controllerName = "cluster-api-provider-proxmox-talos-manager"
+
+var (
+	scheme   = runtime.NewScheme()
+	setupLog = ctrl.Log.WithName("setup")
+)
+
+func init() {
+	_ = clientgoscheme.AddToScheme(scheme)
+	_ = clusterv1.AddToScheme(scheme)
+	_ = ipamv1.AddToScheme(scheme)
+	_ = infrav1.AddToScheme(scheme)
+}
+
+// options are the manager's command-line flags.
+type options struct {
+	leaderElect                 bool
+	leaderElectionLeaseDuration time.Duration
+	leaderElectionRenewDeadline time.Duration
+	leaderElectionRetryPeriod   time.Duration
+	watchNamespace              string
+	watchFilterValue            string
+	syncPeriod                  time.Duration
+	kubeAPIQPS                  float32
+	kubeAPIBurst                int
+	clusterCacheClientQPS       float32
+	clusterCacheClientBurst     int
+	clusterConcurrency          int
+	machineConcurrency          int
+	clusterCacheConcurrency     int
+	webhookPort                 int
+	webhookCertDir              string
+	webhookCertName             string
+	webhookKeyName              string
+	healthAddr                  string
+	proxmoxLimits               proxmox.Limits
+	proxmoxRequestTimeout       time.Duration
+	managerOptions              flags.ManagerOptions
+	logOptions                  *logs.Options
+}
+
+func (o *options) addFlags(fs *pflag.FlagSet) {
+	logsv1.AddFlags(o.logOptions, fs)
+	fs.BoolVar(&o.leaderElect, "leader-elect", false,
+		"Enable leader election, so that only one manager replica reconciles at a time.")
+	fs.DurationVar(&o.leaderElectionLeaseDuration, "leader-elect-lease-duration", 15*time.Second,
+		"How long non-leaders wait before forcing leadership.")
+	fs.DurationVar(&o.leaderElectionRenewDeadline, "leader-elect-renew-deadline", 10*time.Second,
+		"How long the leader retries refreshing leadership before giving up.")
+	fs.DurationVar(&o.leaderElectionRetryPeriod, "leader-elect-retry-period", 2*time.Second,
+		"How long leader election clients wait between tries.")
+	fs.StringVar(&o.watchNamespace, "namespace", "",
+		"Namespace to watch; all namespaces when empty.")
+	fs.StringVar(&o.watchFilterValue, "watch-filter", "",
+		fmt.Sprintf("Reconcile only objects whose %s label has this value; all objects when empty.", clusterv1.WatchLabel))
+	fs.DurationVar(&o.syncPeriod, "sync-period", 10*time.Minute,
+		"Minimum interval at which every watched object is reconciled again.")
+	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 20,
+		"Queries per second to the management cluster's API server.")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30,
+		"Burst of queries to the management cluster's API server.")
+	fs.Float32Var(&o.clusterCacheClientQPS, "clustercache-client-qps", 20,
+		"Queries per second to each workload cluster's API server.")
+	fs.IntVar(&o.clusterCacheClientBurst, "clustercache-client-burst", 30,
+		"Burst of queries to each workload cluster's API server.")
+	fs.IntVar(&o.clusterConcurrency, "proxmoxtaloscluster-concurrency", 10,
+		"ProxmoxTalosClusters reconciled at once.")
+	fs.IntVar(&o.machineConcurrency, "proxmoxtalosmachine-concurrency", 10,
+		"ProxmoxTalosMachines reconciled at once (Proxmox load is bounded separately by the --proxmox-* flags).")
+	fs.IntVar(&o.clusterCacheConcurrency, "clustercache-concurrency", 100,
+		"Workload clusters whose connections are maintained at once.")
+	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the webhook server.")
+	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs/",
+		"Directory holding the webhook server's certificate and key.")
+	fs.StringVar(&o.webhookCertName, "webhook-cert-name", "tls.crt", "Webhook certificate file name.")
+	fs.StringVar(&o.webhookKeyName, "webhook-key-name", "tls.key", "Webhook key file name.")
+	fs.StringVar(&o.healthAddr, "health-addr", ":9440", "Address of the health and readiness probes.")
+	fs.Float64Var(&o.proxmoxLimits.QPS, "proxmox-qps", 20,
+		"Sustained requests per second to each Proxmox VE API (negative: unlimited).")
+	fs.IntVar(&o.proxmoxLimits.Burst, "proxmox-burst", 40, "Burst of requests to each Proxmox VE API.")
+	fs.IntVar(&o.proxmoxLimits.MaxInFlight, "proxmox-max-in-flight", 8,
+		"Concurrent requests to each Proxmox VE API.")
+	fs.IntVar(&o.proxmoxLimits.MaxInFlightPerNode, "proxmox-max-in-flight-per-node", 4,
+		"Concurrent requests addressed to one Proxmox node.")
+	fs.IntVar(&o.proxmoxLimits.MaxTasksPerNode, "proxmox-max-tasks-per-node", 4,
+		"Concurrent storage-touching tasks (create, delete, resize) on one Proxmox node; more collide on PVE's storage lock.")
+	fs.DurationVar(&o.proxmoxRequestTimeout, "proxmox-request-timeout", 30*time.Second,
+		"Timeout of one Proxmox VE API request.")
+	flags.AddManagerOptions(fs, &o.managerOptions)
+}
+
+func main() {
+	o := &options{logOptions: logs.NewOptions()}
+	o.addFlags(pflag.CommandLine)
+	pflag.CommandLine.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
+	pflag.CommandLine.AddGoFlagSet(flag.CommandLine)
+	pflag.Parse()
+	if err := logsv1.ValidateAndApply(o.logOptions, nil); err != nil {
+		fmt.Fprintf(os.Stderr, "invalid logging flags: %v\n", err)
+		os.Exit(1)
+	}
+	ctrl.SetLogger(klog.Background())
+
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		setupLog.Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o *options) error {
+	restConfig, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	restConfig.QPS = o.kubeAPIQPS
+	restConfig.Burst = o.kubeAPIBurst
+	restConfig.UserAgent = remote.DefaultClusterAPIUserAgent(controllerName)
+
+	tlsOptions, metricsOptions, err := flags.GetManagerOptions(o.managerOptions)
+	if err != nil {
+		return fmt.Errorf("invalid manager flags: %w", err)
+	}
+
+	var namespaces map[string]ctrlcache.Config
+	if o.watchNamespace != "" {
+		namespaces = map[string]ctrlcache.Config{o.watchNamespace: {}}
+	}
+	// Cache only the Secrets that belong to clusters (bootstrap data, kubeconfigs); the
+	// credentials Secret is read uncached.
+	clusterSecrets, _ := labels.NewRequirement(clusterv1.ClusterNameLabel, selection.Exists, nil)
+
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme:                     scheme,
+		LeaderElection:             o.leaderElect,
+		LeaderElectionID:           "controller-leader-election-capmoxt",
+		LeaseDuration:              &o.leaderElectionLeaseDuration,
+		RenewDeadline:              &o.leaderElectionRenewDeadline,
+		RetryPeriod:                &o.leaderElectionRetryPeriod,
+		LeaderElectionResourceLock: resourcelock.LeasesResourceLock,
+		HealthProbeBindAddress:     o.healthAddr,
+		Metrics:                    *metricsOptions,
+		Cache: ctrlcache.Options{
+			DefaultNamespaces: namespaces,
+			SyncPeriod:        &o.syncPeriod,
+			ByObject: map[client.Object]ctrlcache.ByObject{
+				&corev1.Secret{}: {Label: labels.NewSelector().Add(*clusterSecrets)},
+			},
+		},
+		Client: client.Options{
+			Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.ConfigMap{}, &corev1.Secret{}}},
+		},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Port:     o.webhookPort,
+			CertDir:  o.webhookCertDir,
+			CertName: o.webhookCertName,
+			KeyName:  o.webhookKeyName,
+			TLSOpts:  tlsOptions,
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return err
+	}
+	if err := webhooks.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up webhooks: %w", err)
+	}
+	if err := setupReconcilers(ctx, mgr, o); err != nil {
+		return err
+	}
+
+	setupLog.Info("starting manager")
+	return mgr.Start(ctx)
+}
+
+// setupReconcilers starts the workload-cluster cache and the provider's controllers.
+func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
+	metrics, err := proxmox.NewMetrics(ctrlmetrics.Registry)
+	if err != nil {
+		return fmt.Errorf("registering Proxmox client metrics: %w", err)
+	}
+	_ = metrics
+
+	clusterCache, err := clustercache.SetupWithManager(ctx, mgr, clustercache.Options{
+		SecretClient: mgr.GetClient(),
+		Cache:        clustercache.CacheOptions{},
+		Client: clustercache.ClientOptions{
+			QPS:       o.clusterCacheClientQPS,
+			Burst:     o.clusterCacheClientBurst,
+			UserAgent: remote.DefaultClusterAPIUserAgent(controllerName),
+			Cache: clustercache.ClientCacheOptions{
+				DisableFor: []client.Object{&corev1.ConfigMap{}, &corev1.Secret{}},
+			},
+		},
+		WatchFilterValue: o.watchFilterValue,
+	}, controller.Options{MaxConcurrentReconciles: o.clusterCacheConcurrency})
+	if err != nil {
+		return fmt.Errorf("creating the cluster cache: %w", err)
+	}
+	_ = clusterCache
+	return nil
+}
