@@ -220,6 +220,11 @@ func run(ctx context.Context, o *options) error {
 	return mgr.Start(ctx)
 }
 
+// The cluster cache reads Clusters and their kubeconfig Secrets to reach workload clusters.
+// +kubebuilder:rbac:groups=cluster.x-k8s.io,resources=clusters;clusters/status,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+
 // setupReconcilers starts the workload-cluster cache and the provider's controllers.
 func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 	metrics, err := proxmox.NewMetrics(ctrlmetrics.Registry)
