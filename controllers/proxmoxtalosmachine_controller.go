@@ -1,0 +1,211 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	"sigs.k8s.io/cluster-api/controllers/clustercache"
+	"sigs.k8s.io/cluster-api/util"
+	"sigs.k8s.io/cluster-api/util/annotations"
+	"sigs.k8s.io/cluster-api/util/conditions"
+	"sigs.k8s.io/cluster-api/util/finalizers"
+	"sigs.k8s.io/cluster-api/util/patch"
+	"sigs.k8s.io/cluster-api/util/paused"
+	"sigs.k8s.io/cluster-api/util/predicates"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
+)
+
+// ProxmoxTalosMachineReconciler reconciles ProxmoxTalosMachine objects.
+type ProxmoxTalosMachineReconciler struct {
+	Client       client.Client
+	Recorder     events.EventRecorder
+	Proxmox      ProxmoxClientFactory
+	ImageFactory ImageFactoryFactory
+	// ClusterCache gives access to workload clusters (to set Node.spec.providerID and see
+	// the Node become Ready).
+	ClusterCache clustercache.ClusterCache
+	// WatchFilterValue is the value of the cluster.x-k8s.io/watch-filter label this
+	// controller handles (empty: all).
+	WatchFilterValue string
+	// Timing bounds requeue delays and the graceful shutdown on deletion (zero: defaults).
+	Timing machine.Timing
+	// HTTPClient downloads images in ImageTransfer Upload mode (nil: http.DefaultClient).
+	HTTPClient *http.Client
+
+	steps *machine.Reconciler
+}
+
+// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines/finalizers,verbs=update
+// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosclusters,verbs=get;list;watch
+// +kubebuilder:rbac:groups=cluster.x-k8s.io,resources=clusters;machines,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=ipam.cluster.x-k8s.io,resources=ipaddresses;ipaddressclaims,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=ipam.cluster.x-k8s.io,resources=ipaddressclaims/status,verbs=get;patch
+
+// SetupWithManager registers the controller and its watches: the owner Machine (bootstrap
+// data appears), the Cluster (unpause, infrastructure provisioned) and workload cluster
+// connection changes.
+func (r *ProxmoxTalosMachineReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, options controller.Options) error {
+	if r.Client == nil || r.Proxmox == nil || r.ImageFactory == nil || r.ClusterCache == nil {
+		return errors.New("ProxmoxTalosMachineReconciler needs Client, Proxmox, ImageFactory and ClusterCache")
+	}
+	log := ctrl.LoggerFrom(ctx).WithValues("controller", "proxmoxtalosmachine")
+	r.steps = &machine.Reconciler{
+		Client: r.Client, Recorder: r.Recorder, Images: r.ImageFactory, ClusterCache: r.ClusterCache,
+		Timing: r.Timing, HTTPClient: r.HTTPClient,
+	}
+	clusterToMachines, err := util.ClusterToTypedObjectsMapper(mgr.GetClient(), &infrav1.ProxmoxTalosMachineList{}, mgr.GetScheme())
+	if err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&infrav1.ProxmoxTalosMachine{}).
+		WithOptions(options).
+		WithEventFilter(predicates.ResourceHasFilterLabel(mgr.GetScheme(), log, r.WatchFilterValue)).
+		WithEventFilter(predicates.ResourceIsNotExternallyManaged(mgr.GetScheme(), log)).
+		Watches(&clusterv1.Machine{},
+			handler.EnqueueRequestsFromMapFunc(util.MachineToInfrastructureMapFunc(infrav1.GroupVersion.WithKind("ProxmoxTalosMachine"))),
+		).
+		Watches(&clusterv1.Cluster{},
+			handler.EnqueueRequestsFromMapFunc(clusterToMachines),
+			builder.WithPredicates(predicates.ClusterPausedTransitionsOrInfrastructureProvisioned(mgr.GetScheme(), log)),
+		).
+		WatchesRawSource(r.ClusterCache.GetClusterSource("proxmoxtalosmachine", clusterToMachines)).
+		Complete(r)
+}
+
+// Reconcile drives one ProxmoxTalosMachine through its steps, or through deletion.
+func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, rerr error) {
+	log := ctrl.LoggerFrom(ctx)
+	ptm := &infrav1.ProxmoxTalosMachine{}
+	if err := r.Client.Get(ctx, req.NamespacedName, ptm); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if annotations.IsExternallyManaged(ptm) {
+		return ctrl.Result{}, nil
+	}
+
+	owner, err := util.GetOwnerMachine(ctx, r.Client, ptm.ObjectMeta)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	if owner == nil {
+		if !ptm.DeletionTimestamp.IsZero() && ptm.Spec.VMID == nil {
+			// Never got an owner, so never created anything.
+			return ctrl.Result{}, r.dropFinalizer(ctx, ptm)
+		}
+		log.V(4).Info("Waiting for Cluster API to set the owner Machine")
+		return ctrl.Result{}, nil
+	}
+	cl, err := util.GetClusterFromMetadata(ctx, r.Client, owner.ObjectMeta)
+	if err != nil {
+		log.V(4).Info("Waiting for the Machine's Cluster", "error", err.Error())
+		return ctrl.Result{}, nil
+	}
+	log = log.WithValues("Machine", owner.Name, "Cluster", cl.Name)
+	ctx = ctrl.LoggerInto(ctx, log)
+
+	if ptm.DeletionTimestamp.IsZero() {
+		if added, err := finalizers.EnsureFinalizer(ctx, r.Client, ptm, infrav1.MachineFinalizer); err != nil || added {
+			return ctrl.Result{}, err
+		}
+	}
+	helper, err := patch.NewHelper(ptm, r.Client)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if isPaused, requeue, err := paused.EnsurePausedCondition(ctx, r.Client, cl, ptm); err != nil || isPaused || requeue {
+		return ctrl.Result{}, err
+	}
+
+	infra := &infrav1.ProxmoxTalosCluster{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ptm.Namespace, Name: cl.Spec.InfrastructureRef.Name}, infra); err != nil {
+		if apierrors.IsNotFound(err) && !ptm.DeletionTimestamp.IsZero() {
+			// The cluster's Proxmox settings are gone (the cluster normally waits for its
+			// machines, so someone removed its finalizer): nothing can delete the VM.
+			log.Info("ProxmoxTalosCluster is gone; releasing the machine without deleting its VM")
+			return ctrl.Result{}, r.dropFinalizer(ctx, ptm)
+		}
+		log.V(4).Info("Waiting for the ProxmoxTalosCluster", "error", err.Error())
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}, nil
+	}
+
+	defer func() {
+		if err := patchMachine(ctx, helper, ptm); err != nil {
+			rerr = kerrors.NewAggregate([]error{rerr, err})
+		}
+	}()
+
+	pve, credErr := r.proxmoxFor(ctx, infra)
+	scope := machine.NewScope(cl, infra, owner, ptm, pve)
+	if !ptm.DeletionTimestamp.IsZero() {
+		return r.steps.ReconcileDelete(ctx, scope)
+	}
+	if credErr != nil {
+		conditions.Set(ptm, metav1Condition(infrav1.VMProvisionedCondition, infrav1.CredentialsInvalidReason,
+			"The cluster's Proxmox credentials are not usable: "+credErr.Error()))
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Max}, nil
+	}
+	return r.steps.ReconcileNormal(ctx, scope)
+}
+
+func (r *ProxmoxTalosMachineReconciler) proxmoxFor(ctx context.Context, infra *infrav1.ProxmoxTalosCluster) (proxmox.Client, error) {
+	secret, err := cluster.GetCredentials(ctx, r.Client, infra)
+	if err != nil {
+		return nil, fmt.Errorf("reading credentials Secret %s: %w", infra.Spec.Proxmox.CredentialsRef.Name, err)
+	}
+	return r.Proxmox.ClientFor(infra, secret)
+}
+
+func (r *ProxmoxTalosMachineReconciler) dropFinalizer(ctx context.Context, ptm *infrav1.ProxmoxTalosMachine) error {
+	if !controllerutil.ContainsFinalizer(ptm, infrav1.MachineFinalizer) {
+		return nil
+	}
+	base := ptm.DeepCopy()
+	controllerutil.RemoveFinalizer(ptm, infrav1.MachineFinalizer)
+	return r.Client.Patch(ctx, ptm, client.MergeFrom(base))
+}
+
+// machineConditions make up Ready. NodeReady and BootISOReady are reported but not
+// summarised: Ready is the infrastructure's readiness, which Cluster API mirrors into the
+// Machine's InfrastructureReady, while node health is Cluster API's own NodeHealthy; and
+// BootISOReady turns False on purpose once the ISO is deleted.
+var machineConditions = []string{
+	infrav1.BootstrapDataReadyCondition,
+	infrav1.PlacedCondition,
+	infrav1.AddressesClaimedCondition,
+	infrav1.VMProvisionedCondition,
+	infrav1.VMRunningCondition,
+}
+
+func patchMachine(ctx context.Context, helper *patch.Helper, ptm *infrav1.ProxmoxTalosMachine) error {
+	if err := conditions.SetSummaryCondition(ptm, ptm, infrav1.ReadyCondition, conditions.ForConditionTypes(machineConditions)); err != nil {
+		return fmt.Errorf("summarising conditions: %w", err)
+	}
+	ptm.Status.ObservedGeneration = ptm.Generation
+	owned := append([]string{infrav1.ReadyCondition, infrav1.PausedCondition, infrav1.ImageReadyCondition,
+		infrav1.BootISOReadyCondition, infrav1.NodeReadyCondition}, machineConditions...)
+	return helper.Patch(ctx, ptm, patch.WithOwnedConditions{Conditions: owned})
+}
+

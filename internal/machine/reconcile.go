@@ -1,0 +1,158 @@
+// Package machine is the ProxmoxTalosMachine step machine. Each step lives in its own file
+// and reads top to bottom: it skips itself when its result is already recorded, does its
+// work, sets status.step and its condition with a reason a person understands, and either
+// lets the next step run or stops the pass with a requeue.
+//
+// Everything that identifies the VM (node, VMID, SMBIOS uuid, addresses) is written to the
+// spec and persisted before the side effect that depends on it, so a controller that
+// crashes at any point finds and adopts what it created instead of creating it again.
+package machine
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	"sigs.k8s.io/cluster-api/controllers/clustercache"
+	"sigs.k8s.io/cluster-api/util/conditions"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
+)
+
+// Timing tunes waits of the step machine.
+type Timing struct {
+	backoff.Timing
+	// ShutdownTimeout bounds the graceful (ACPI) shutdown before a VM is stopped hard on
+	// deletion. Default 60s.
+	ShutdownTimeout time.Duration
+}
+
+// Reconciler runs the ProxmoxTalosMachine steps.
+type Reconciler struct {
+	Client       client.Client
+	Recorder     events.EventRecorder
+	Images       clients.ImageFactoryFactory
+	ClusterCache clustercache.ClusterCache
+	Timing       Timing
+	// HTTPClient downloads images for ImageTransfer Upload. Default http.DefaultClient.
+	HTTPClient *http.Client
+
+	// placements remembers the nodes this process chose until the cache shows them, so
+	// machines placed in parallel see each other and spread out.
+	placements sync.Map // machine UID -> node
+	placeMu    sync.Mutex
+}
+
+// Scope is one pass over one machine.
+type Scope struct {
+	Cluster      *clusterv1.Cluster
+	InfraCluster *infrav1.ProxmoxTalosCluster
+	Machine      *clusterv1.Machine
+	PTM          *infrav1.ProxmoxTalosMachine
+	PVE          proxmox.Client
+
+	// ClusterSpec and Spec are the specs with defaults applied, for reading hardware and
+	// image settings. Writes go to PTM.Spec.
+	ClusterSpec infrav1.ProxmoxTalosClusterSpec
+	Spec        infrav1.ProxmoxTalosMachineSpec
+
+	imageVolID string
+}
+
+// NewScope prepares a pass.
+func NewScope(cluster *clusterv1.Cluster, infra *infrav1.ProxmoxTalosCluster, machine *clusterv1.Machine, ptm *infrav1.ProxmoxTalosMachine, pve proxmox.Client) *Scope {
+	cs := *infra.Spec.DeepCopy()
+	cs.Default()
+	s := &Scope{Cluster: cluster, InfraCluster: infra, Machine: machine, PTM: ptm, PVE: pve, ClusterSpec: cs}
+	s.refreshSpec()
+	return s
+}
+
+func (s *Scope) refreshSpec() {
+	spec := *s.PTM.Spec.DeepCopy()
+	spec.Default()
+	s.Spec = spec
+}
+
+// result of a step: done=true lets the next step run.
+type result struct {
+	done bool
+	res  ctrl.Result
+}
+
+func next() (result, error) { return result{done: true}, nil }
+
+func stop(res ctrl.Result) (result, error) { return result{res: res}, nil }
+
+type step func(ctx context.Context, s *Scope) (result, error)
+
+// ReconcileNormal runs the creation steps in order until one stops the pass.
+func (r *Reconciler) ReconcileNormal(ctx context.Context, s *Scope) (ctrl.Result, error) {
+	for _, st := range []step{
+		r.waitForCluster,
+		r.waitForBootstrapData,
+		r.place,
+		r.claimAddresses,
+		r.prepareImage,
+		r.buildBootISO,
+		r.createVM,
+		r.startVM,
+		r.publish,
+		r.waitForNode,
+	} {
+		out, err := st(ctx, s)
+		if err != nil || !out.done {
+			return out.res, err
+		}
+		s.refreshSpec()
+	}
+	return ctrl.Result{}, nil
+}
+
+// persistNow ends the pass right after a value was recorded in the spec: the deferred
+// patch writes it, and the update event starts the next pass, which then reads the value
+// back from the API before acting on it. The RequeueAfter is only a safety net.
+func (r *Reconciler) persistNow() (result, error) {
+	return stop(ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min})
+}
+
+func (r *Reconciler) setCondition(s *Scope, t string, ok bool, reason, msg string) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	conditions.Set(s.PTM, metav1.Condition{Type: t, Status: status, Reason: reason, Message: msg, ObservedGeneration: s.PTM.Generation})
+}
+
+// waitOn requeues with a delay that grows with the time condition t has been unchanged.
+func (r *Reconciler) waitOn(s *Scope, t string) (result, error) {
+	var since time.Time
+	if c := conditions.Get(s.PTM, t); c != nil {
+		since = c.LastTransitionTime.Time
+	}
+	return stop(ctrl.Result{RequeueAfter: r.Timing.After(since, time.Now())})
+}
+
+func (r *Reconciler) event(s *Scope, eventType, reason, note string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(s.PTM, nil, eventType, reason, reason, note, args...)
+	}
+}
+
+func (r *Reconciler) warn(s *Scope, reason, note string, args ...any) {
+	r.event(s, corev1.EventTypeWarning, reason, note, args...)
+}
+
+// ctrlResultNone stops the pass without a requeue: a watch brings the machine back.
+var ctrlResultNone = ctrl.Result{}
