@@ -36,6 +36,8 @@ import (
 	"sigs.k8s.io/cluster-api/util/flags"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/controllers"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/webhooks"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
@@ -231,7 +233,17 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 	if err != nil {
 		return fmt.Errorf("registering Proxmox client metrics: %w", err)
 	}
-	_ = metrics
+	// One limiter for the whole manager: the limits hold for all clusters together, since
+	// they usually share one Proxmox VE installation.
+	proxmoxFactory := clients.NewProxmoxFactory(clients.ProxmoxOptions{
+		Limiter: proxmox.NewLimiter(o.proxmoxLimits),
+		Metrics: metrics,
+		Logger:  ctrl.Log.WithName("proxmox"),
+		Tune: func(c *proxmox.Config) {
+			c.RequestTimeout = o.proxmoxRequestTimeout
+			c.UserAgent = controllerName
+		},
+	})
 
 	clusterCache, err := clustercache.SetupWithManager(ctx, mgr, clustercache.Options{
 		SecretClient: mgr.GetClient(),
@@ -249,6 +261,24 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 	if err != nil {
 		return fmt.Errorf("creating the cluster cache: %w", err)
 	}
-	_ = clusterCache
+
+	if err := (&controllers.ProxmoxTalosClusterReconciler{
+		Client:           mgr.GetClient(),
+		Recorder:         mgr.GetEventRecorder("proxmoxtaloscluster-controller"),
+		Proxmox:          proxmoxFactory,
+		WatchFilterValue: o.watchFilterValue,
+	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.clusterConcurrency}); err != nil {
+		return fmt.Errorf("setting up the ProxmoxTalosCluster controller: %w", err)
+	}
+	if err := (&controllers.ProxmoxTalosMachineReconciler{
+		Client:           mgr.GetClient(),
+		Recorder:         mgr.GetEventRecorder("proxmoxtalosmachine-controller"),
+		Proxmox:          proxmoxFactory,
+		ImageFactory:     clients.NewImageFactoryFactory(),
+		ClusterCache:     clusterCache,
+		WatchFilterValue: o.watchFilterValue,
+	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.machineConcurrency}); err != nil {
+		return fmt.Errorf("setting up the ProxmoxTalosMachine controller: %w", err)
+	}
 	return nil
 }
