@@ -3,12 +3,9 @@ package webhooks
 import (
 	"context"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-
-	"sigs.k8s.io/cluster-api/util/topology"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 )
@@ -47,15 +44,12 @@ func (w *ClusterTemplate) ValidateCreate(_ context.Context, t *infrav1.ProxmoxTa
 // ValidateUpdate refuses spec changes (create a new template instead), except for the
 // topology controller's server-side dry-run requests.
 func (w *ClusterTemplate) ValidateUpdate(ctx context.Context, oldT, newT *infrav1.ProxmoxTalosClusterTemplate) (admission.Warnings, error) {
-	req, err := requestFrom(ctx)
+	immutable, err := templateSpecUnchanged(ctx, newT, oldT.Spec.Template.Spec, newT.Spec.Template.Spec,
+		"ProxmoxTalosClusterTemplate spec.template.spec is immutable: create a new template and point the ClusterClass at it")
 	if err != nil {
 		return nil, err
 	}
-	errs := validateClusterTemplate(newT)
-	if !topology.IsDryRunRequest(req, newT) && !equality.Semantic.DeepEqual(oldT.Spec.Template.Spec, newT.Spec.Template.Spec) {
-		errs = append(errs, field.Forbidden(field.NewPath("spec", "template", "spec"),
-			"ProxmoxTalosClusterTemplate spec.template.spec is immutable: create a new template and point the ClusterClass at it"))
-	}
+	errs := append(validateClusterTemplate(newT), immutable...)
 	return nil, toInvalid("ProxmoxTalosClusterTemplate", newT.Name, errs)
 }
 

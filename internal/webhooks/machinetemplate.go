@@ -3,12 +3,9 @@ package webhooks
 import (
 	"context"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-
-	"sigs.k8s.io/cluster-api/util/topology"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 )
@@ -48,15 +45,12 @@ func (w *MachineTemplate) ValidateCreate(_ context.Context, t *infrav1.ProxmoxTa
 // machines), except for the topology controller's server-side dry-run requests, which it
 // uses to compare a ClusterClass's desired template with the current one.
 func (w *MachineTemplate) ValidateUpdate(ctx context.Context, oldT, newT *infrav1.ProxmoxTalosMachineTemplate) (admission.Warnings, error) {
-	req, err := requestFrom(ctx)
+	immutable, err := templateSpecUnchanged(ctx, newT, oldT.Spec.Template.Spec, newT.Spec.Template.Spec,
+		"ProxmoxTalosMachineTemplate spec.template.spec is immutable: create a new template and reference it from the MachineDeployment or control plane")
 	if err != nil {
 		return nil, err
 	}
-	errs := validateMachineTemplate(newT)
-	if !topology.IsDryRunRequest(req, newT) && !equality.Semantic.DeepEqual(oldT.Spec.Template.Spec, newT.Spec.Template.Spec) {
-		errs = append(errs, field.Forbidden(field.NewPath("spec", "template", "spec"),
-			"ProxmoxTalosMachineTemplate spec.template.spec is immutable: create a new template and reference it from the MachineDeployment or control plane"))
-	}
+	errs := append(validateMachineTemplate(newT), immutable...)
 	return nil, toInvalid("ProxmoxTalosMachineTemplate", newT.Name, errs)
 }
 

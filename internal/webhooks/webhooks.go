@@ -7,10 +7,14 @@ import (
 	"context"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"sigs.k8s.io/cluster-api/util/topology"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 )
@@ -45,4 +49,19 @@ func requestFrom(ctx context.Context) (admission.Request, error) {
 		return admission.Request{}, apierrors.NewBadRequest(fmt.Sprintf("expected an admission.Request inside context: %v", err))
 	}
 	return req, nil
+}
+
+// templateSpecUnchanged refuses a change of a template's spec.template.spec: templates are
+// immutable so that every machine stamped from one is alike; a change means a new template
+// and a rollout. The topology controller's server-side dry-run requests are exempt, as it
+// uses them to compare a ClusterClass's desired template with the current one.
+func templateSpecUnchanged(ctx context.Context, obj metav1.Object, oldSpec, newSpec any, advice string) (field.ErrorList, error) {
+	req, err := requestFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if topology.IsDryRunRequest(req, obj) || equality.Semantic.DeepEqual(oldSpec, newSpec) {
+		return nil, nil
+	}
+	return field.ErrorList{field.Forbidden(field.NewPath("spec", "template", "spec"), advice)}, nil
 }
