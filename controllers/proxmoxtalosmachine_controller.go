@@ -208,4 +208,3 @@ func patchMachine(ctx context.Context, helper *patch.Helper, ptm *infrav1.Proxmo
 		infrav1.BootISOReadyCondition, infrav1.NodeReadyCondition}, machineConditions...)
 	return helper.Patch(ctx, ptm, patch.WithOwnedConditions{Conditions: owned})
 }
-
