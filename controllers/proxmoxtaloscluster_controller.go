@@ -12,7 +12,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	"sigs.k8s.io/cluster-api/util"
@@ -67,7 +69,33 @@ func (r *ProxmoxTalosClusterReconciler) SetupWithManager(ctx context.Context, mg
 			handler.EnqueueRequestsFromMapFunc(util.ClusterToInfrastructureMapFunc(ctx, gvk, mgr.GetClient(), &infrav1.ProxmoxTalosCluster{})),
 			builder.WithPredicates(predicates.ClusterPausedTransitions(mgr.GetScheme(), log)),
 		).
+		// A deleting cluster waits for its machines; hearing about each one going away
+		// finishes the deletion without polling.
+		Watches(&infrav1.ProxmoxTalosMachine{},
+			handler.EnqueueRequestsFromMapFunc(r.machineToCluster),
+			builder.WithPredicates(predicate.Funcs{
+				CreateFunc: func(event.CreateEvent) bool { return false },
+				UpdateFunc: func(event.UpdateEvent) bool { return false },
+				DeleteFunc: func(event.DeleteEvent) bool { return true },
+			}),
+		).
 		Complete(r)
+}
+
+// machineToCluster maps a ProxmoxTalosMachine to its cluster's ProxmoxTalosCluster.
+func (r *ProxmoxTalosClusterReconciler) machineToCluster(ctx context.Context, o client.Object) []ctrl.Request {
+	name := o.GetLabels()[clusterv1.ClusterNameLabel]
+	if name == "" {
+		return nil
+	}
+	cl := &clusterv1.Cluster{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: o.GetNamespace(), Name: name}, cl); err != nil {
+		return nil
+	}
+	if cl.Spec.InfrastructureRef.Kind != "ProxmoxTalosCluster" || cl.Spec.InfrastructureRef.Name == "" {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: cl.Spec.InfrastructureRef.Name}}}
 }
 
 // Reconcile drives one ProxmoxTalosCluster towards provisioned, or through deletion.

@@ -11,9 +11,9 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 )
 
-// TestRestartAtEveryStep stops the controllers right after every observed change of a
-// machine (step, node, VMID, uuid, addresses, provisioned) and starts fresh ones, as a
-// crash would; each machine still ends with exactly one VM.
+// TestRestartAtEveryStep stops the controllers right after every observed write to a
+// machine (each step transition, node, VMID, uuid, addresses, provisioned) and starts
+// fresh ones, as a crash would; each machine still ends with exactly one VM.
 func TestRestartAtEveryStep(t *testing.T) {
 	f := newFixture(t, "rst")
 	m := startManager(t)
@@ -29,7 +29,7 @@ func TestRestartAtEveryStep(t *testing.T) {
 		s := ""
 		for _, n := range names {
 			p := f.ptm(n)
-			s += fmt.Sprintf("%s|%s|%v|%s|%d|%v;", p.Status.Step, p.Spec.Node, ptr.Deref(p.Spec.VMID, 0), p.Spec.SMBIOSUUID,
+			s += p.ResourceVersion + fmt.Sprintf("|%s|%s|%v|%s|%d|%v;", p.Status.Step, p.Spec.Node, ptr.Deref(p.Spec.VMID, 0), p.Spec.SMBIOSUUID,
 				len(p.Spec.IPAddresses), ptr.Deref(p.Status.Initialization.Provisioned, false))
 		}
 		return s
