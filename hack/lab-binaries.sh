@@ -159,24 +159,33 @@ build_talos() {
   log "CABPT/CACPPT done in $(($(date +%s) - start))s"
 }
 
-ensure_all() {
-  local missing=0
-  for n in "${NAMES[@]}"; do cached "${n}" || missing=1; done
-  [[ ${missing} == 0 ]] && return 0
+# ensure NAME...: builds the wrapper module(s) that provide the missing ones among NAME...
+ensure() {
+  local missing=() n
+  for n in "$@"; do cached "${n}" || missing+=("${n}"); done
+  [[ ${#missing[@]} == 0 ]] && return 0
   mkdir -p "${LAB_CACHE_ROOT}"
   exec 9>"${LAB_CACHE_ROOT}/.lock"
-  log "waiting for the cache lock ${LAB_CACHE_ROOT}/.lock"
-  flock 9
+  if ! flock -n 9; then
+    log "another build holds ${LAB_CACHE_ROOT}/.lock; waiting"
+    flock 9
+  fi
   rm -rf "${LAB_CACHE_ROOT}"/.tmp-* # leftovers of interrupted builds (we hold the lock)
-  if ! cached capi-core || ! cached clusterctl; then build_capi; fi
-  if ! cached cabpt || ! cached cacppt; then build_talos; fi
+  local want=" ${missing[*]} "
+  if [[ "${want}" == *" capi-core "* || "${want}" == *" clusterctl "* ]] && { ! cached capi-core || ! cached clusterctl; }; then
+    build_capi
+  fi
+  if [[ "${want}" == *" cabpt "* || "${want}" == *" cacppt "* ]] && { ! cached cabpt || ! cached cacppt; }; then
+    build_talos
+  fi
   flock -u 9
-  for n in "${NAMES[@]}"; do cached "${n}" || die "${n} missing after build"; done
+  exec 9>&-
+  for n in "$@"; do cached "${n}" || die "${n} missing after build"; done
 }
 
 case "${1:-}" in
   "")
-    ensure_all
+    ensure "${NAMES[@]}"
     for n in "${NAMES[@]}"; do echo "${n}=$(dir_of "${n}")"; done
     ;;
   --dir)
@@ -191,7 +200,7 @@ case "${1:-}" in
     ;;
   *)
     version_of "$1" >/dev/null
-    ensure_all
+    ensure "$1"
     path_of "$1"
     ;;
 esac

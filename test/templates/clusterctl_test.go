@@ -55,12 +55,12 @@ func localRepo(t *testing.T) (cfg, home string) {
 		t.Logf("kubectl kustomize config/default: %v; using a placeholder components file", err)
 		components = []byte("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: capi-proxmox-talos-system\n")
 	}
-	copyFile(t, filepath.Join(root, "metadata.yaml"), filepath.Join(dir, "metadata.yaml"), nil)
+	copyFile(t, filepath.Join(root, "metadata.yaml"), filepath.Join(dir, "metadata.yaml"))
 	if err := os.WriteFile(filepath.Join(dir, "infrastructure-components.yaml"), components, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, file := range flavors {
-		copyFile(t, filepath.Join(root, "templates", file), filepath.Join(dir, file), nil)
+		copyFile(t, filepath.Join(root, "templates", file), filepath.Join(dir, file))
 	}
 	cfg = filepath.Join(tmp, "clusterctl.yaml")
 	// CLUSTERCTL_DISABLE_VERSIONCHECK in the config (not the environment) keeps clusterctl from
@@ -81,7 +81,7 @@ providers:
 	return cfg, home
 }
 
-func copyFile(t *testing.T, from, to string, _ []byte) {
+func copyFile(t *testing.T, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
 	if err != nil {
