@@ -56,13 +56,29 @@ build: ## Build the manager and the simulators into bin/.
 envtest-assets: ## Build (once, cached) kube-apiserver and etcd for envtest.
 	@hack/envtest-assets.sh
 
+.PHONY: lab-binaries
+lab-binaries: ## Build (once, cached) the CAPI core manager, clusterctl, CABPT and CACPPT.
+	@hack/lab-binaries.sh >/dev/null
+
 .PHONY: test
-test: verify-gen lint ## Run every test against a real kube-apiserver (builds envtest assets once).
+test: verify-gen lint lab-binaries ## Run every test against a real kube-apiserver (builds envtest assets and clusterctl once).
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Run the benchmarks (Proxmox calls per VM and more).
 	go test -run '^$$' -bench . -benchmem ./...
+
+##@ Templates and add-ons
+
+.PHONY: templates
+templates: ## Assemble templates/ flavors from templates/src and addons/ fragments.
+	hack/gen-templates.sh
+
+CLUSTER_NAME ?=
+NAMESPACE ?= default
+.PHONY: addons
+addons: ## Render add-on ConfigMaps (Cilium, MetalLB, Flux) into out/addons/ (needs internet; CLUSTER_NAME=...).
+	CLUSTER_NAME=$(CLUSTER_NAME) NAMESPACE=$(NAMESPACE) hack/render-addons.sh
 
 ##@ Release
 
