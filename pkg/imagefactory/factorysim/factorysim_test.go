@@ -60,7 +60,7 @@ func TestCheckLoopback(t *testing.T) {
 		{":8095", false},
 		{"0.0.0.0:8095", false},
 		{"[::]:8095", false},
-		{"10.0.1.1:8095", false},
+		{"192.0.2.1:8095", false},
 		{"factory.example:80", false},
 		{"127.0.0.1", false},
 	} {

@@ -45,7 +45,7 @@ tokens:
 
 	_, err = New(Config{Tokens: []TokenConfig{{ID: "a@pve!t", Secret: "x", ACLs: []ACLConfig{{Path: "/", Role: "Nope"}}}}})
 	g.Expect(err).To(MatchError(ContainSubstring("unknown role")))
-	g.Expect((&Server{}).listen("10.0.0.1:0", false)).To(MatchError(ContainSubstring("non-loopback")))
+	g.Expect((&Server{}).listen("192.0.2.1:0", false)).To(MatchError(ContainSubstring("non-loopback")))
 }
 
 func TestSharedStorageAndHooks(t *testing.T) {
