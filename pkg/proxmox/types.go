@@ -213,33 +213,39 @@ func splitTags(s string) []string {
 	return f
 }
 
+// flexNumber returns the digits of a PVE number that arrives as a JSON number or a
+// string; "" for null, empty or missing.
+func flexNumber(b []byte) (string, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || string(b) == "null" {
+		return "", nil
+	}
+	if b[0] != '"' {
+		return string(b), nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
 // flexInt decodes PVE integers that arrive as numbers or strings.
 type flexInt int64
 
 func (f *flexInt) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 || string(b) == "null" {
+	s, err := flexNumber(b)
+	if err != nil || s == "" {
 		*f = 0
-		return nil
+		return err
 	}
-	if b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		if s == "" {
-			*f = 0
-			return nil
-		}
-		b = []byte(s)
-	}
-	if i, err := strconv.ParseInt(string(b), 10, 64); err == nil {
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 		*f = flexInt(i)
 		return nil
 	}
-	fl, err := strconv.ParseFloat(string(b), 64)
+	fl, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return fmt.Errorf("not a number: %s", b)
+		return fmt.Errorf("not a number: %s", s)
 	}
 	*f = flexInt(fl)
 	return nil
@@ -249,25 +255,14 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 type flexFloat float64
 
 func (f *flexFloat) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 || string(b) == "null" {
+	s, err := flexNumber(b)
+	if err != nil || s == "" {
 		*f = 0
-		return nil
+		return err
 	}
-	if b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		if s == "" {
-			*f = 0
-			return nil
-		}
-		b = []byte(s)
-	}
-	fl, err := strconv.ParseFloat(string(b), 64)
+	fl, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return fmt.Errorf("not a number: %s", b)
+		return fmt.Errorf("not a number: %s", s)
 	}
 	*f = flexFloat(fl)
 	return nil

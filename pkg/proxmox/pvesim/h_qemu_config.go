@@ -102,16 +102,22 @@ func (s *Server) applyConfig(node string, vm *vmState, ch *configChange, t *task
 	return nil
 }
 
-func hVMConfigSync(c *reqCtx) (any, *apiError) {
-	s := c.s
-	s.mu.Lock()
+// loadAndPrepareConfig loads the VM and validates a config change under the state lock;
+// both the sync (PUT) and async (POST) config calls start this way.
+func (c *reqCtx) loadAndPrepareConfig() (*vmState, *configChange, *apiError) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
 	vm, e := c.loadVM()
 	if e != nil {
-		s.mu.Unlock()
-		return nil, e
+		return nil, nil, e
 	}
 	ch, e := c.prepareConfig(vm)
-	s.mu.Unlock()
+	return vm, ch, e
+}
+
+func hVMConfigSync(c *reqCtx) (any, *apiError) {
+	s := c.s
+	vm, ch, e := c.loadAndPrepareConfig()
 	if e != nil {
 		return nil, e
 	}
@@ -127,14 +133,7 @@ func hVMConfigSync(c *reqCtx) (any, *apiError) {
 
 func hVMConfigAsync(c *reqCtx) (any, *apiError) {
 	s := c.s
-	s.mu.Lock()
-	vm, e := c.loadVM()
-	if e != nil {
-		s.mu.Unlock()
-		return nil, e
-	}
-	ch, e := c.prepareConfig(vm)
-	s.mu.Unlock()
+	vm, ch, e := c.loadAndPrepareConfig()
 	if e != nil {
 		return nil, e
 	}
