@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func TestClusterLifecycle(t *testing.T) {
 		if m.Spec.VMID == nil || int(*m.Spec.VMID) != vm.VMID || m.Spec.Node != vm.Node {
 			t.Errorf("%s: spec records VM %v on %s, simulator has %d on %s", n, m.Spec.VMID, m.Spec.Node, vm.VMID, vm.Node)
 		}
-		if m.Spec.ProviderID != "proxmox://"+m.Spec.SMBIOSUUID || !containsSub(vm.Config["smbios1"], m.Spec.SMBIOSUUID) {
+		if m.Spec.ProviderID != "proxmox://"+m.Spec.SMBIOSUUID || !strings.Contains(vm.Config["smbios1"], m.Spec.SMBIOSUUID) {
 			t.Errorf("%s: providerID %q, smbios1 %q", n, m.Spec.ProviderID, vm.Config["smbios1"])
 		}
 		if vm.Status != "running" {
@@ -108,19 +109,6 @@ func TestClusterLifecycle(t *testing.T) {
 		deleteObj(t, &infrav1.ProxmoxTalosMachine{ObjectMeta: metav1.ObjectMeta{Namespace: f.ns, Name: n}})
 	}
 	f.waitAllGone()
-}
-
-func containsSub(s, sub string) bool {
-	return len(sub) > 0 && len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0)
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }
 
 func deleteObj(t *testing.T, obj client.Object) {
@@ -175,7 +163,7 @@ func (f *fixture) waitAllGone() {
 		}
 	}
 	for _, v := range inv.Volumes {
-		if v.Content == "images" || (v.Content == "iso" && indexOf(v.VolID, "-"+f.ns+"-") >= 0) {
+		if v.Content == "images" || (v.Content == "iso" && strings.Contains(v.VolID, "-"+f.ns+"-")) {
 			f.t.Errorf("volume %s left", v.VolID)
 		}
 	}

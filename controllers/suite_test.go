@@ -52,6 +52,9 @@ var (
 
 const talosVersion = "v1.13.9"
 
+// bootstrapToken stands for the secrets inside bootstrap data; tests check it never leaks.
+const bootstrapToken = "not-a-real-token-4f1d2c"
+
 func TestMain(m *testing.M) {
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
 		if err := add(scheme); err != nil {
@@ -309,7 +312,7 @@ func (f *fixture) createMachine(name string, o machineOpts) {
 	} else {
 		f.create(&corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name + "-bootstrap-data", Labels: map[string]string{clusterv1.ClusterNameLabel: f.cluster}},
-			Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: not-a-real-token\n")},
+			Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: " + bootstrapToken + "\n")},
 		})
 		m.Spec.Bootstrap.DataSecretName = ptr.To(name + "-bootstrap-data")
 	}
