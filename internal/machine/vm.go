@@ -167,7 +167,7 @@ func (r *Reconciler) vmSpec(s *Scope) (proxmox.VMSpec, error) {
 		})
 	}
 	for _, n := range sp.NetworkDevices {
-		nic := proxmox.NIC{Model: n.Model, Bridge: n.Bridge, MAC: MACAddress(s.PTM, n.Name)}
+		nic := proxmox.NIC{Slot: n.Name, Model: n.Model, Bridge: n.Bridge, MAC: MACAddress(s.PTM, n.Name)}
 		if n.VLAN != nil {
 			nic.VLAN = int(*n.VLAN)
 		}

@@ -59,6 +59,14 @@ func TestVMSpecParams(t *testing.T) {
 	p2 := s2.Params()
 	g.Expect(p2).To(HaveKeyWithValue("machine", "pc"))
 	g.Expect(p2).NotTo(HaveKey("efidisk0"))
+
+	// Named slots keep their names, gaps included.
+	s3 := testSpec(125)
+	s3.NICs = []NIC{{Slot: "net0", Bridge: "vmbr0"}, {Slot: "net2", Bridge: "vmbr1", VLAN: 30}}
+	g.Expect(s3.Validate()).To(Succeed())
+	p3 := s3.Params()
+	g.Expect(p3).To(HaveKeyWithValue("net2", "virtio,bridge=vmbr1,tag=30"))
+	g.Expect(p3).NotTo(HaveKey("net1"))
 }
 
 func TestVMSpecValidate(t *testing.T) {
@@ -73,6 +81,8 @@ func TestVMSpecValidate(t *testing.T) {
 		{"bad tag", func(s *VMSpec) { s.Tags = []string{"-x"} }, `tag "-x"`},
 		{"bad mac", func(s *VMSpec) { s.NICs[0].MAC = "zz" }, "net0 MAC"},
 		{"no bridge", func(s *VMSpec) { s.NICs[0].Bridge = "" }, "net0 has no bridge"},
+		{"bad NIC slot", func(s *VMSpec) { s.NICs[0].Slot = "eth0" }, `NIC slot "eth0" is not net0..net31`},
+		{"NIC slot twice", func(s *VMSpec) { s.NICs = append(s.NICs, NIC{Slot: "net0", Bridge: "vmbr1"}) }, "NIC slot net0 is used twice"},
 		{"bad machine", func(s *VMSpec) { s.Machine = "virt" }, "machine \"virt\""},
 		{"disk without source", func(s *VMSpec) { s.BootDisk.ImportFrom = "" }, "needs import-from or a size"},
 		{"bad uuid", func(s *VMSpec) { s.SMBIOSUUID = "nope" }, "smbios uuid"},

@@ -86,6 +86,9 @@ type Disk struct {
 
 // NIC is a network interface.
 type NIC struct {
+	// Slot is the PVE device name, net0 to net31. Empty takes the NIC's position in
+	// VMSpec.NICs, so a spec may leave gaps (net0, net2) only by naming every slot.
+	Slot string
 	// Model defaults to "virtio".
 	Model  string
 	Bridge string
@@ -103,6 +106,7 @@ var (
 	tagRe     = regexp.MustCompile(`^(?i)[a-z0-9_][a-z0-9_\-+.]*$`)
 	macRe     = regexp.MustCompile(`^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$`)
 	slotRe    = regexp.MustCompile(`^(scsi|virtio|sata|ide)[0-9]+$`)
+	nicSlotRe = regexp.MustCompile(`^net([0-9]|[12][0-9]|3[01])$`)
 	uuidRe    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	volidRe   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_.]*:.+$`)
 )
@@ -214,18 +218,27 @@ func (s *VMSpec) Validate() error {
 			add("disk %s needs import-from or a size", dk.Slot)
 		}
 	}
+	nicSlots := map[string]bool{}
 	for i, n := range d.NICs {
+		slot := n.slot(i)
+		if !nicSlotRe.MatchString(slot) {
+			add("NIC slot %q is not net0..net31", slot)
+		}
+		if nicSlots[slot] {
+			add("NIC slot %s is used twice", slot)
+		}
+		nicSlots[slot] = true
 		if n.Bridge == "" {
-			add("net%d has no bridge", i)
+			add("%s has no bridge", slot)
 		}
 		if n.MAC != "" && !macRe.MatchString(n.MAC) {
-			add("net%d MAC %q is not aa:bb:cc:dd:ee:ff", i, n.MAC)
+			add("%s MAC %q is not aa:bb:cc:dd:ee:ff", slot, n.MAC)
 		}
 		if n.VLAN < 0 || n.VLAN > 4094 {
-			add("net%d VLAN %d is outside 0..4094", i, n.VLAN)
+			add("%s VLAN %d is outside 0..4094", slot, n.VLAN)
 		}
 		if n.MTU != 0 && (n.MTU < 576 || n.MTU > 65520) {
-			add("net%d MTU %d is outside 576..65520", i, n.MTU)
+			add("%s MTU %d is outside 576..65520", slot, n.MTU)
 		}
 	}
 	if d.CDROM != "" && !volidRe.MatchString(d.CDROM) {
@@ -277,7 +290,7 @@ func (s *VMSpec) Params() map[string]any {
 		p[dk.Slot] = diskString(dk)
 	}
 	for i, n := range d.NICs {
-		p["net"+strconv.Itoa(i)] = nicString(n)
+		p[n.slot(i)] = nicString(n)
 	}
 	if d.CDROM != "" {
 		p[d.CDROMSlot] = d.CDROM + ",media=cdrom"
@@ -349,4 +362,12 @@ func nicString(n NIC) string {
 		s += ",firewall=1"
 	}
 	return s
+}
+
+// slot is the NIC's PVE device name: its Slot, or net<position> when unset.
+func (n NIC) slot(position int) string {
+	if n.Slot != "" {
+		return n.Slot
+	}
+	return "net" + strconv.Itoa(position)
 }
