@@ -287,6 +287,7 @@ type machineOpts struct {
 	controlPlane  bool
 	failureDomain string
 	noBootstrap   bool
+	vmID          *int32
 }
 
 // createMachine creates the bootstrap data Secret, the Machine and the
@@ -323,6 +324,7 @@ func (f *fixture) createMachine(name string, o machineOpts) {
 			OwnerReferences: []metav1.OwnerReference{ownerRef(m, "Machine")},
 		},
 		Spec: infrav1.ProxmoxTalosMachineSpec{
+			VMID:      o.vmID,
 			MemoryMiB: 2048,
 			NetworkDevices: []infrav1.NetworkDevice{{
 				Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"},

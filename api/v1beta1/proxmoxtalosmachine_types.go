@@ -109,7 +109,7 @@ type ExtraDisk struct {
 // "set by the controller" record the VM's identity so that it survives `clusterctl move`;
 // once set they are immutable.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.providerID) && self.providerID == oldSelf.providerID)",message="providerID is immutable once set"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || !has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once the VM is provisioned (providerID set)"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || size(oldSelf.node) == 0 || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || size(oldSelf.smbiosUUID) == 0 || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
 type ProxmoxTalosMachineSpec struct {
@@ -127,6 +127,8 @@ type ProxmoxTalosMachineSpec struct {
 	Node string `json:"node,omitempty"`
 
 	// vmID is the Proxmox VMID of the VM, set by the controller before it creates the VM.
+	// It may still change until providerID is set: when another tool takes the id first,
+	// the controller allocates another.
 	// +optional
 	// +kubebuilder:validation:Minimum=100
 	// +kubebuilder:validation:Maximum=999999999

@@ -88,10 +88,15 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 		}
 		res, err := s.PVE.CreateVM(ctx, spec)
 		if errors.Is(err, proxmox.ErrAlreadyExists) {
-			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.ProxmoxAPIErrorReason,
-				fmt.Sprintf("VMID %d is taken by a VM that is not this machine's; another tool allocated it concurrently", vmid))
-			r.warn(s, "VMIDConflict", "VMID %d is taken by another VM", vmid)
-			return r.waitOn(s, infrav1.VMProvisionedCondition)
+			// The search above found no VM with this machine's tags and uuid, so the VM at
+			// this VMID belongs to someone else (another tool took the id between allocation
+			// and creation). Forget the id and allocate another on the next pass; nothing of
+			// ours exists yet, so nothing can be duplicated or leaked.
+			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+				fmt.Sprintf("VMID %d is taken by a VM that is not this machine's; allocating another", vmid))
+			r.warn(s, "VMIDConflict", "VMID %d is taken by another VM; allocating another", vmid)
+			s.PTM.Spec.VMID = nil
+			return r.persistNow()
 		}
 		if err != nil {
 			return r.vmError(s, err)

@@ -290,7 +290,13 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 	m := validMachine()
 	g.Expect(k8sClient.Create(ctx, m)).To(Succeed())
 
-	// The controller records the VM's identity once...
+	// Until the VM is provisioned the VMID may change (another tool took it first)...
+	m.Spec.VMID = ptr.To[int32](4241)
+	g.Expect(k8sClient.Update(ctx, m)).To(Succeed())
+	m.Spec.VMID = nil
+	g.Expect(k8sClient.Update(ctx, m)).To(Succeed())
+
+	// ...then the controller records the VM's identity once...
 	m.Spec.Node = "pve1"
 	m.Spec.VMID = ptr.To[int32](4242)
 	m.Spec.SMBIOSUUID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
@@ -304,8 +310,8 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 		mutate func(*infrav1.ProxmoxTalosMachineSpec)
 		want   string
 	}{
-		{"vmID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = ptr.To[int32](4243) }, "vmID is immutable once set"},
-		{"vmID removed", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = nil }, "vmID is immutable once set"},
+		{"vmID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = ptr.To[int32](4243) }, "vmID is immutable once the VM is provisioned"},
+		{"vmID removed", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = nil }, "vmID is immutable once the VM is provisioned"},
 		{"node", func(s *infrav1.ProxmoxTalosMachineSpec) { s.Node = "pve2" }, "node is immutable once set"},
 		{"smbiosUUID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.SMBIOSUUID = "00000000-0000-4000-8000-000000000000" }, "smbiosUUID is immutable once set"},
 		{"providerID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.ProviderID = "proxmox://other" }, "providerID is immutable once set"},
