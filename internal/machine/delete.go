@@ -12,6 +12,7 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/ipam"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
 
@@ -50,6 +51,14 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 		}
 	}
 
+	if err := r.deleteMetalImage(ctx, s); err != nil {
+		reason, msg := cluster.ClassifyError(err)
+		r.setCondition(s, infrav1.ImageReadyCondition, false, reason, "Deleting the machine's metal image: "+msg)
+		out, _ := r.waitOn(s, infrav1.ImageReadyCondition)
+		return out.res, nil
+	}
+
+	// Addresses go last: the metal image's name above is derived from them.
 	released, err := ipam.Release(ctx, r.Client, s.PTM)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -123,5 +132,34 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope, node string, vmid i
 		return err
 	}
 	r.event(s, "Normal", "VMDeleted", "Deleted VM %d on node %s", vmid, node)
+	return nil
+}
+
+// deleteMetalImage removes a metal-platform machine's own disk image: its schematic carries
+// the machine's hostname and addresses (META key 10), so no other machine can use it and
+// keeping it would leak one image per machine ever created. nocloud images are shared and
+// stay. The name is computed offline from the same inputs that named it at creation.
+func (r *Reconciler) deleteMetalImage(ctx context.Context, s *Scope) error {
+	talos := infrav1.EffectiveTalos(s.ClusterSpec.Talos, s.Spec.Talos)
+	if talos.Platform != infrav1.TalosPlatformMetal || s.PTM.Spec.Node == "" || len(s.PTM.Spec.IPAddresses) == 0 {
+		return nil // never got far enough to have an image of its own
+	}
+	sc, err := r.schematic(s, talos)
+	if err != nil {
+		return nil // no valid schematic, so no image was ever made from it
+	}
+	id, err := imagefactory.SchematicID(sc)
+	if err != nil {
+		return nil
+	}
+	ref := imagefactory.ImageRef{SchematicID: id, TalosVersion: talos.Version, Platform: string(talos.Platform), Arch: talos.Architecture}
+	filename, err := ref.StorageName()
+	if err != nil {
+		return nil
+	}
+	volid := s.ClusterSpec.ImageStorage + ":import/" + filename
+	if err := s.PVE.DeleteVolume(ctx, s.PTM.Spec.Node, volid); err != nil {
+		return err
+	}
 	return nil
 }
