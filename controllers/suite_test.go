@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -288,6 +289,8 @@ type machineOpts struct {
 	failureDomain string
 	noBootstrap   bool
 	vmID          *int32
+	// ipv4 replaces net0's default source (the cluster pool "nodes").
+	ipv4 *infrav1.AddressSource
 }
 
 // createMachine creates the bootstrap data Secret, the Machine and the
@@ -327,7 +330,7 @@ func (f *fixture) createMachine(name string, o machineOpts) {
 			VMID:      o.vmID,
 			MemoryMiB: 2048,
 			NetworkDevices: []infrav1.NetworkDevice{{
-				Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"},
+				Name: "net0", IPv4: cmp.Or(o.ipv4, &infrav1.AddressSource{FromPool: "nodes"}),
 			}},
 		},
 	})
