@@ -93,8 +93,12 @@ release-manifests: ## Write out/ (infrastructure-components.yaml, metadata.yaml,
 ##@ Lab
 
 .PHONY: demo
-demo: ## Run the lab: create the seed's 3+2 Talos cluster on simulated Proxmox (DEMO_EXIT=1 to exit when Available).
-	@echo "make demo: the lab (issue 'The lab and make demo') is not built yet; what exists today:"; \
-	 echo "  go run ./cmd/pvesim      # Proxmox VE API simulator on 127.0.0.1:8006"; \
-	 echo "  go run ./cmd/factorysim  # Talos Image Factory simulator on loopback"; \
-	 exit 1
+demo: ## Run the lab: create the seed's 3+2 Talos cluster on simulated Proxmox (DEMO_EXIT=1 to exit when Available, DEMO_TIMEOUT=10m).
+	go run ./test/lab/cmd/demo
+
+E2E_TIMEOUT ?= 30m
+.PHONY: test-e2e
+test-e2e: ## Run the e2e suite over the lab (create the 3+2 cluster, delete it, assert pvesim is empty and every process stopped).
+	@hack/envtest-assets.sh >/dev/null
+	@hack/lab-binaries.sh >/dev/null
+	go test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...
