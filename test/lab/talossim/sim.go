@@ -1,0 +1,250 @@
+package talossim
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+)
+
+// Options configures a Sim.
+type Options struct {
+	// AssetsDir holds the kube-apiserver and etcd binaries (internal/testenv.AssetsDir()).
+	AssetsDir string
+	// ArtifactsDir receives the logs of workload API servers and etcds, one
+	// directory per cluster. Empty means a temporary directory.
+	ArtifactsDir string
+	// Logf receives progress messages; nil discards them. Secrets are never logged.
+	Logf func(format string, args ...any)
+	// KubeletReadyDelay is the delay between Node registration and Ready (default 1s).
+	KubeletReadyDelay time.Duration
+}
+
+// NodeInfo is a snapshot of one simulated node.
+type NodeInfo struct {
+	VMID     int
+	VMName   string
+	Hostname string
+	Address  netip.Addr
+	Role     string // RoleControlPlane or RoleWorker
+	Cluster  string // cluster.clusterName from the machine config
+	Endpoint string // cluster.controlPlane.endpoint
+	// Booted is true while the VM is powered on and its config was accepted.
+	Booted bool
+	// APIDListening is true while apid answers on Address:50000 (workers
+	// wait for a control plane carrying the OS CA key, as they wait for trustd).
+	APIDListening bool
+	EtcdMember    bool
+	// ClusterBootstrapped and APIReady describe the node's workload cluster.
+	ClusterBootstrapped bool
+	APIReady            bool
+}
+
+// Sim is the Talos node simulator. Its methods are safe for concurrent use.
+type Sim struct {
+	opts    Options
+	tempDir string // private: workload keys and etcd data
+
+	mu       sync.Mutex
+	nodes    map[int]*node       // by VMID: PVE VMIDs are cluster-wide unique
+	clusters map[string]*cluster // by control-plane endpoint URL
+	closed   bool
+}
+
+// New returns a simulator; nothing listens until a VM powers on.
+func New(opts Options) (*Sim, error) {
+	if opts.KubeletReadyDelay <= 0 {
+		opts.KubeletReadyDelay = time.Second
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	tmp, err := os.MkdirTemp("", "talossim-")
+	if err != nil {
+		return nil, err
+	}
+	if opts.ArtifactsDir == "" {
+		opts.ArtifactsDir = tmp
+	}
+	return &Sim{opts: opts, tempDir: tmp, nodes: map[int]*node{}, clusters: map[string]*cluster{}}, nil
+}
+
+func (s *Sim) logf(format string, args ...any) { s.opts.Logf("talossim: "+format, args...) }
+
+// OnPowerOn boots the VM as a Talos node. A power-on of a running VM (PVE
+// reboot/reset) is a reboot: the old incarnation shuts down first. Errors are
+// logged, not returned, because pvesim hooks cannot fail a start.
+func (s *Sim) OnPowerOn(ev pvesim.PowerEvent) {
+	s.shutdown(ev.VMID, false)
+	spec, err := parseSpec(ev)
+	if err != nil {
+		s.logf("VM %d (%s): not booting: %v", ev.VMID, ev.Name, err)
+		return
+	}
+	if err := s.boot(ev, spec); err != nil {
+		s.logf("VM %d (%s): not booting: %v", ev.VMID, ev.Name, err)
+	}
+}
+
+// OnPowerOff stops the node: apid stops answering, its Node object is
+// deleted (a Talos node whose VM is gone disappears), and the last node of a
+// cluster to stop takes the workload API server and etcd down with it.
+func (s *Sim) OnPowerOff(ev pvesim.PowerEvent) { s.shutdown(ev.VMID, true) }
+
+// Nodes lists the booted nodes, sorted by address.
+func (s *Sim) Nodes() []NodeInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]NodeInfo, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		c := n.cluster
+		out = append(out, NodeInfo{
+			VMID: n.vmid, VMName: n.vmName, Hostname: n.spec.hostname, Address: n.spec.addr,
+			Role: n.spec.role, Cluster: c.name, Endpoint: c.endpoint.String(),
+			Booted: true, APIDListening: n.apid != nil, EtcdMember: c.memberByHost(n.spec.hostname) != nil,
+			ClusterBootstrapped: c.bootstrapped, APIReady: c.apiReady(),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })
+	return out
+}
+
+// Close stops every apid, kubelet, API server and etcd the simulator started.
+func (s *Sim) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	ids := make([]int, 0, len(s.nodes))
+	for id := range s.nodes {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.shutdown(id, false)
+	}
+	s.mu.Lock()
+	clusters := make([]*cluster, 0, len(s.clusters))
+	for _, c := range s.clusters {
+		clusters = append(clusters, c)
+	}
+	s.mu.Unlock()
+	for _, c := range clusters {
+		c.stopWorkload()
+	}
+	return os.RemoveAll(s.tempDir)
+}
+
+// boot registers the node, starts apid and the kubelet stand-in, and joins
+// etcd when its cluster is already bootstrapped.
+func (s *Sim) boot(ev pvesim.PowerEvent, spec *nodeSpec) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("simulator closed")
+	}
+	for _, other := range s.nodes {
+		if other.spec.addr == spec.addr {
+			s.mu.Unlock()
+			return fmt.Errorf("address %s already used by VM %d", spec.addr, other.vmid)
+		}
+	}
+	c := s.clusterFor(spec)
+	n := newNode(s, ev, spec, c)
+	s.nodes[n.vmid] = n
+	// Workers cannot mint an apid certificate without the OS CA key, which only
+	// control-plane configs carry (real workers get theirs from trustd).
+	pending := []*node{n}
+	if spec.role == RoleControlPlane {
+		for _, other := range s.nodes {
+			if other != n && other.cluster == c && other.apid == nil {
+				pending = append(pending, other)
+			}
+		}
+	}
+	join := spec.role == RoleControlPlane && c.bootstrapped && c.memberByHost(spec.hostname) == nil
+	if join {
+		c.addMember(spec.hostname, spec.addr)
+	}
+	needAPI := c.bootstrapped && c.memberByHost(spec.hostname) != nil
+	s.mu.Unlock()
+
+	for _, p := range pending {
+		if err := s.startAPID(p); err != nil {
+			s.logf("node %s: apid: %v", p.spec.hostname, err)
+		}
+	}
+	if join {
+		s.logf("node %s joined etcd of cluster %s", spec.hostname, c.name)
+	}
+	n.recordBoot()
+	n.startKubelet()
+	if needAPI {
+		c.ensureWorkload()
+	}
+	s.logf("node %s (%s, %s) booted for cluster %s", spec.hostname, spec.addr, spec.role, c.name)
+	return nil
+}
+
+// clusterFor finds or creates the cluster record. Callers hold s.mu.
+func (s *Sim) clusterFor(spec *nodeSpec) *cluster {
+	key := spec.endpoint.String()
+	c, ok := s.clusters[key]
+	if !ok {
+		c = newCluster(s, spec)
+		s.clusters[key] = c
+	}
+	c.learn(spec)
+	return c
+}
+
+// shutdown stops a node; remove also deletes its Node object (power-off),
+// while a reboot keeps it, as a rebooting kubelet re-registers the same Node.
+func (s *Sim) shutdown(vmid int, remove bool) {
+	s.mu.Lock()
+	n, ok := s.nodes[vmid]
+	if ok {
+		delete(s.nodes, vmid)
+	}
+	var last bool
+	if ok {
+		last = true
+		for _, other := range s.nodes {
+			if other.cluster == n.cluster {
+				last = false
+			}
+		}
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	n.stop()
+	if remove {
+		n.cluster.deleteNode(n.spec.hostname)
+	}
+	s.logf("node %s (%s) stopped", n.spec.hostname, n.spec.addr)
+	if last {
+		n.cluster.stopWorkload()
+	}
+}
+
+// nodeByTarget resolves a `nodes` metadata entry (address or hostname) to a
+// running node, as apid would by dialing it.
+func (s *Sim) nodeByTarget(target string) *node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	addr, _ := netip.ParseAddr(target)
+	for _, n := range s.nodes {
+		if (addr.IsValid() && n.spec.addr == addr) || n.spec.hostname == target {
+			if n.apid == nil {
+				return nil
+			}
+			return n
+		}
+	}
+	return nil
+}
