@@ -3,10 +3,12 @@ package templates
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -59,7 +61,7 @@ func localRepo(t *testing.T) (cfg, home string) {
 	if err := os.WriteFile(filepath.Join(dir, "infrastructure-components.yaml"), components, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, file := range flavors {
+	for _, file := range append(slices.Collect(maps.Values(flavors)), clusterClassFile) {
 		copyFile(t, filepath.Join(root, "templates", file), filepath.Join(dir, file))
 	}
 	cfg = filepath.Join(tmp, "clusterctl.yaml")
@@ -240,6 +242,20 @@ func TestClusterctlGenerateWithDefaults(t *testing.T) {
 		t.Run(flavorLabel(flavor), func(t *testing.T) {
 			vals := requiredValues(t, flavor)
 			out := runClusterctl(t, bin, cfg, home, flavor, vals)
+			if flavor == "topology" {
+				tm := checkTopologyManifest(t, out)
+				defaults := map[string]string{}
+				for name, v := range docVariablesFor(t, flavor) {
+					if !v.Required {
+						defaults[name] = v.Default
+					}
+				}
+				maps.Copy(defaults, vals)
+				defaults["CONTROL_PLANE_MACHINE_COUNT"] = "1"
+				defaults["WORKER_MACHINE_COUNT"] = "0"
+				tm.checkValues(t, defaults)
+				return
+			}
 			m := checkManifest(t, flavor, out)
 			// the documented defaults reached the objects
 			defaults := map[string]string{}
@@ -277,6 +293,10 @@ func TestClusterctlGenerateWithEveryVariable(t *testing.T) {
 				vals[name] = v
 			}
 			out := runClusterctl(t, bin, cfg, home, flavor, vals)
+			if flavor == "topology" {
+				checkTopologyManifest(t, out).checkValues(t, vals)
+				return
+			}
 			m := checkManifest(t, flavor, out)
 			m.checkValues(t, vals)
 		})

@@ -31,7 +31,9 @@ func loadSchemas(t *testing.T) crdSchemas {
 	schemasOnce.Do(func() {
 		root := repoRoot(t)
 		schemas = crdSchemas{}
-		dirs := []string{filepath.Join(root, "config", "crd", "bases")}
+		// The optional TalosControlPlaneTemplate CRD (hack/gen-tcp-template-crd.go) validates the
+		// topology flavor's ClusterClass templates.
+		dirs := []string{filepath.Join(root, "config", "crd", "bases"), filepath.Join(root, "config", "optional", "taloscontrolplanetemplate")}
 		for name, sub := range map[string]string{"capi-core": "core/config/crd/bases", "cabpt": "config/crd/bases", "cacppt": "config/crd/bases"} {
 			out, err := exec.Command("bash", filepath.Join(root, "hack", "lab-binaries.sh"), "--dir", name).Output()
 			if err == nil {
