@@ -20,9 +20,6 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab"
 )
 
-// nodeSim is set by nodesim.go when the Talos node simulator is compiled in.
-var nodeSim lab.NodeSimFactory
-
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -65,11 +62,8 @@ func run() error {
 			return fmt.Errorf("hack/%s: %w", script, err)
 		}
 	}
-	if nodeSim == nil {
-		logf("warning: Talos node simulator not compiled in; machines will stop after their VMs start")
-	}
 
-	l, err := lab.Start(waitCtx, lab.Options{ArtifactsDir: artifacts, NodeSim: nodeSim, Logf: logf})
+	l, err := lab.Start(waitCtx, lab.Options{ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, Logf: logf})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // Ctrl-C during start: everything started is already stopped.
