@@ -25,7 +25,9 @@ func TestE2E(t *testing.T) {
 	RunSpecs(t, "proxmox-talos e2e over the lab")
 }
 
-var _ = Describe("The default flavor on the lab", Ordered, func() {
+// ContinueOnFailure: the deletion spec runs even when the cluster never turned Available, so
+// every run checks that Proxmox is left empty.
+var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, func() {
 	var (
 		l         *lab.Lab
 		proxy     framework.ClusterProxy
@@ -73,7 +75,13 @@ var _ = Describe("The default flavor on the lab", Ordered, func() {
 			GetLister: proxy.GetClient(), Cluster: cluster,
 		}, "8m", "5s")
 
-		waitCtx, cancel := context.WithTimeout(ctx, 8*time.Minute)
+		timeout := 8 * time.Minute
+		if v := os.Getenv("E2E_AVAILABLE_TIMEOUT"); v != "" {
+			d, err := time.ParseDuration(v)
+			Expect(err).NotTo(HaveOccurred(), "E2E_AVAILABLE_TIMEOUT")
+			timeout = d
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		st, err := l.WaitAvailable(waitCtx, func(line string) { GinkgoWriter.Println(line) })
 		GinkgoWriter.Println(l.Summary(st))
@@ -84,7 +92,10 @@ var _ = Describe("The default flavor on the lab", Ordered, func() {
 	})
 
 	It("deletes the Cluster and leaves Proxmox empty", func() {
-		Expect(cluster).NotTo(BeNil(), "the cluster was never created")
+		if cluster == nil {
+			cluster = &clusterv1.Cluster{}
+			cluster.Namespace, cluster.Name = l.Namespace, l.ClusterName
+		}
 		framework.DeleteCluster(ctx, framework.DeleteClusterInput{Deleter: proxy.GetClient(), Cluster: cluster})
 		framework.WaitForClusterDeleted(ctx, framework.WaitForClusterDeletedInput{
 			ClusterProxy: proxy, Cluster: cluster, ArtifactFolder: artifacts,
@@ -93,7 +104,14 @@ var _ = Describe("The default flavor on the lab", Ordered, func() {
 		Eventually(func(g Gomega) {
 			inv := l.PVE.Inventory()
 			g.Expect(inv.VMs).To(BeEmpty(), "VMs left in pvesim")
-			g.Expect(inv.Volumes).To(BeEmpty(), "volumes left in pvesim")
+			// Nothing of the cluster's may remain: no VM disk, no boot ISO. The nocloud Talos
+			// image is the one exception by design (internal/machine/delete.go): it is shared
+			// by every cluster with the same schematic and version, so it stays for the next.
+			for _, v := range inv.Volumes {
+				g.Expect(v.Content).To(Equal("import"), "volume %s left in pvesim", v.VolID)
+				g.Expect(v.VolID).To(MatchRegexp(`^local:import/talos-v[0-9.]+-nocloud-amd64-[0-9a-f]{64}\.qcow2$`),
+					"volume %s left in pvesim", v.VolID)
+			}
 		}, "1m", "2s").Should(Succeed())
 	})
 })
