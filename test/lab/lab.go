@@ -71,6 +71,7 @@ type Lab struct {
 	ManifestPath string
 
 	factorySrv *http.Server
+	nodeLog    *os.File
 	downloads  atomic.Int64
 	stopOnce   sync.Once
 }
@@ -162,7 +163,20 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		if err := os.MkdirAll(nodesDir, 0o700); err != nil {
 			return nil, err
 		}
-		if l.Nodes, err = opts.NodeSim(assets, nodesDir, logf); err != nil {
+		// The node simulator narrates every boot step; that goes to its own log so the
+		// console shows one line per Machine change.
+		nodeLog, err := os.OpenFile(filepath.Join(opts.ArtifactsDir, "talossim.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		l.nodeLog = nodeLog
+		var nodeLogMu sync.Mutex
+		nodeLogf := func(format string, args ...any) {
+			nodeLogMu.Lock()
+			defer nodeLogMu.Unlock()
+			fmt.Fprintf(nodeLog, "%s %s\n", time.Now().Format(time.RFC3339Nano), fmt.Sprintf(format, args...))
+		}
+		if l.Nodes, err = opts.NodeSim(assets, nodesDir, nodeLogf); err != nil {
 			return nil, fmt.Errorf("talos node simulator: %w", err)
 		}
 		l.PVE.OnPowerOn(l.Nodes.OnPowerOn)
@@ -273,6 +287,9 @@ func (l *Lab) Stop() {
 			if err := l.Nodes.Close(); err != nil {
 				l.Logf("talos node simulator close: %v", err)
 			}
+		}
+		if l.nodeLog != nil {
+			_ = l.nodeLog.Close()
 		}
 		if l.PVE != nil {
 			l.PVE.Close()

@@ -64,7 +64,9 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 	}
 	for _, m := range machines.Items {
 		_, cp := m.Labels[clusterv1.MachineControlPlaneLabel]
-		running := m.Status.Phase == string(clusterv1.MachinePhaseRunning) && m.Status.NodeRef.IsDefined()
+		// Counted as ready only when CAPI says the Machine is Available (Node healthy for
+		// minReadySeconds): phase Running alone already holds before the Node is healthy.
+		running := meta.IsStatusConditionTrue(m.Status.Conditions, clusterv1.MachineAvailableCondition)
 		if cp {
 			st.CPAll++
 			if running {
@@ -85,6 +87,9 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		}
 		if m.Status.NodeRef.IsDefined() {
 			desc += ", node " + m.Status.NodeRef.Name
+		}
+		if running {
+			desc += ", Available"
 		}
 		st.Machines[m.Name] = desc
 	}
