@@ -53,7 +53,7 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		DeferCleanup(func() {
 			l.Stop()
 			// Every process the lab started must be gone once it stops.
-			Expect(l.AliveProcesses()).To(BeEmpty(), "lab processes still running after Stop")
+			Expect(l.Leftovers()).To(BeEmpty(), "lab processes or listeners still running after Stop")
 			fmt.Fprintf(GinkgoWriter, "artifacts: %s\n", artifacts)
 			AddReportEntry("artifacts", artifacts)
 		})

@@ -72,6 +72,7 @@ type Lab struct {
 
 	factorySrv *http.Server
 	nodeLog    *os.File
+	children   []procInfo
 	downloads  atomic.Int64
 	stopOnce   sync.Once
 }
@@ -280,6 +281,8 @@ func (l *Lab) ApplyCluster(ctx context.Context) error {
 // pvesim and factorysim. Safe to call more than once.
 func (l *Lab) Stop() {
 	l.stopOnce.Do(func() {
+		// Remembered so Leftovers can prove that every one of them ended.
+		l.children = descendants(os.Getpid())
 		if l.Mgmt != nil {
 			l.Mgmt.Stop()
 		}

@@ -25,7 +25,9 @@ type Status struct {
 	// AvailableReason explains a False or Unknown Available condition.
 	AvailableReason string
 	// Machines maps each Machine to "<phase>" plus what it is waiting for.
-	Machines       map[string]string
+	Machines map[string]string
+	// Waiting maps each Machine that is not Available to its Ready condition's message.
+	Waiting        map[string]string
 	CPReady, CPAll int
 	WReady, WAll   int
 	// VMs is how many VMs pvesim holds.
@@ -35,7 +37,7 @@ type Status struct {
 // Status reads the Cluster, its Machines and ProxmoxTalosMachines.
 func (l *Lab) Status(ctx context.Context) (Status, error) {
 	c := l.Mgmt.Client
-	st := Status{Machines: map[string]string{}, VMs: len(l.PVE.Inventory().VMs)}
+	st := Status{Machines: map[string]string{}, Waiting: map[string]string{}, VMs: len(l.PVE.Inventory().VMs)}
 	cl := &clusterv1.Cluster{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: l.ClusterName}, cl); err != nil {
 		return st, err
@@ -90,6 +92,8 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 		}
 		if running {
 			desc += ", Available"
+		} else if c := meta.FindStatusCondition(m.Status.Conditions, clusterv1.MachineReadyCondition); c != nil && c.Status != "True" && c.Message != "" {
+			st.Waiting[m.Name] = oneLine(c.Message)
 		}
 		st.Machines[m.Name] = desc
 	}
@@ -154,8 +158,13 @@ func (s Status) Describe() string {
 		names = append(names, n+"="+d)
 	}
 	sort.Strings(names)
-	return fmt.Sprintf("control plane %d/%d, workers %d/%d, VMs %d, Available=%v (%s); machines: %s",
-		s.CPReady, s.CPAll, s.WReady, s.WAll, s.VMs, s.Available, s.AvailableReason, strings.Join(names, ", "))
+	var waiting []string
+	for n, w := range s.Waiting {
+		waiting = append(waiting, n+": "+w)
+	}
+	sort.Strings(waiting)
+	return fmt.Sprintf("control plane %d/%d, workers %d/%d, VMs %d, Available=%v (%s); machines: %s; not ready: %s",
+		s.CPReady, s.CPAll, s.WReady, s.WAll, s.VMs, s.Available, s.AvailableReason, strings.Join(names, ", "), strings.Join(waiting, "; "))
 }
 
 // Summary is the demo's closing line.

@@ -73,6 +73,9 @@ func run() error {
 	defer func() {
 		logf("stopping the lab")
 		l.Stop()
+		if left := l.Leftovers(); len(left) > 0 {
+			logf("warning: still running after stop: %v", left)
+		}
 		logf("stopped; artifacts in %s", artifacts)
 	}()
 
