@@ -12,6 +12,10 @@
 //     API types (or CAPI's), passes our webhook validation, conforms to its CRD schema (where
 //     the CRD is available) and references objects that exist; the embedded Talos patches,
 //     kube-vip manifest, Tailscale document, MetalLB pools and Flux objects parse.
+//   - the topology flavor pulls in templates/clusterclass-proxmox-talos.yaml, whose objects
+//     conform to their CRDs (including the optional TalosControlPlaneTemplate CRD) and
+//     reference each other consistently; that CRD is what hack/gen-tcp-template-crd.go
+//     derives from CACPPT's.
 //
 // The clusterctl tests skip when the cached clusterctl is missing, unless CI is set, in which
 // case they fail. CLUSTERCTL overrides the binary's path.
