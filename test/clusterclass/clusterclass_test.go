@@ -406,6 +406,19 @@ func TestClusterClassTopology(t *testing.T) {
 	if _, found, _ := unstructured.NestedFieldNoCopy(tcp.Object, "spec", "machineTemplate"); found {
 		t.Error("TalosControlPlane got spec.machineTemplate, which CACPPT v1alpha3 does not have")
 	}
+	// Why the class declares no controlPlane.machineInfrastructure: topology would then apply
+	// spec.machineTemplate.infrastructureRef (v1beta1 contract), and the API server refuses
+	// that field on a TalosControlPlane (server-side apply, as topology does; dry run).
+	probe := &unstructured.Unstructured{}
+	probe.SetGroupVersionKind(tcpGVK)
+	probe.SetNamespace(ns)
+	probe.SetName(tcp.GetName())
+	_ = unstructured.SetNestedMap(probe.Object, map[string]any{"kind": "ProxmoxTalosMachineTemplate", "name": "x"}, "spec", "machineTemplate", "infrastructureRef")
+	if err := c.Patch(ctx, probe, client.Apply, client.FieldOwner("probe"), client.DryRunAll); err == nil || !strings.Contains(err.Error(), "machineTemplate") {
+		t.Errorf("applying spec.machineTemplate to a TalosControlPlane: %v, want a refusal naming the field", err)
+	} else {
+		t.Logf("spec.machineTemplate refused as expected: %v", err)
+	}
 	patches, _, _ := unstructured.NestedStringSlice(tcp.Object, "spec", "controlPlaneConfig", "controlplane", "strategicPatches")
 	joined := strings.Join(patches, "\n---\n")
 	for _, want := range []string{"kind: Layer2VIPConfig", `name: "192.168.7.10"`, `link: "eth1"`, "- 192.168.7.0/24", "name: none"} {
