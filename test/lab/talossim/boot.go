@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/bootstrap"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
 
@@ -34,6 +35,10 @@ type nodeSpec struct {
 	osCA        *ca // Talos OS CA (machine.ca); key only on control planes
 	k8sCA       *ca // Kubernetes CA (cluster.ca); key only on control planes
 	saKeyPEM    []byte
+	// kubeletVersion is the tag of the kubelet image the config asks for (what a real
+	// kubelet would report), talosVersion the version of the image the VM boots from.
+	kubeletVersion string
+	talosVersion   string
 }
 
 // readBootMedia finds the Talos boot medium among the VM's ISOs and returns
@@ -132,6 +137,12 @@ func parseSpec(ev pvesim.PowerEvent) (*nodeSpec, error) {
 	}
 
 	spec.hostname = hostnameFrom(metaData, cfg, ev.Name)
+	if k := cfg.K8sKubeletConfig(); k != nil {
+		spec.kubeletVersion = imageTag(k.Image())
+	}
+	if ref, err := imagefactory.ParseStorageName(ev.DiskSource[strings.Index(ev.DiskSource, "/")+1:]); err == nil {
+		spec.talosVersion = ref.TalosVersion
+	}
 
 	addrs, err := addressesFrom(netConfig, cfg)
 	if err != nil {
@@ -221,4 +232,12 @@ func addressesFrom(netConfig []byte, cfg config.Provider) ([]netip.Addr, error) 
 		}
 	}
 	return out, nil
+}
+
+// imageTag is the tag of a container image reference ("" when it has none).
+func imageTag(image string) string {
+	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		return image[i+1:]
+	}
+	return ""
 }

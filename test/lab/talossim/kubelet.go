@@ -1,6 +1,7 @@
 package talossim
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -72,13 +73,19 @@ func (n *node) register(cs kubernetes.Interface, ready bool) error {
 	if ready {
 		cond.Status, cond.Reason, cond.Message = corev1.ConditionTrue, "KubeletReady", "kubelet is posting ready status"
 	}
+	// A real kubelet reports the pressure conditions too, and Cluster API's NodeHealthy
+	// waits for them.
 	obj.Status.Conditions = []corev1.NodeCondition{cond}
+	for _, t := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
+		obj.Status.Conditions = append(obj.Status.Conditions, corev1.NodeCondition{Type: t, Status: corev1.ConditionFalse,
+			Reason: "KubeletHas" + "No" + string(t), Message: "kubelet reports no " + string(t), LastHeartbeatTime: now, LastTransitionTime: now})
+	}
 	obj.Status.Addresses = []corev1.NodeAddress{
 		{Type: corev1.NodeInternalIP, Address: n.spec.addr.String()},
 		{Type: corev1.NodeHostName, Address: n.spec.hostname},
 	}
-	obj.Status.NodeInfo = corev1.NodeSystemInfo{OSImage: "Talos (v1.14.1)", OperatingSystem: "linux", Architecture: "amd64",
-		KubeletVersion: "v1.37.2", ContainerRuntimeVersion: "containerd://2.1.0"}
+	obj.Status.NodeInfo = corev1.NodeSystemInfo{OSImage: "Talos (" + cmp.Or(n.spec.talosVersion, "unknown") + ")", OperatingSystem: "linux",
+		Architecture: "amd64", KubeletVersion: n.spec.kubeletVersion, ContainerRuntimeVersion: "containerd://2.1.0"}
 	_, err = nodes.UpdateStatus(ctx, obj, metav1.UpdateOptions{})
 	return err
 }

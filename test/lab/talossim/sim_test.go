@@ -203,6 +203,12 @@ func TestNodeLifecycleAsCACPPT(t *testing.T) {
 			g.Expect(n.Status.Addresses).To(ContainElement(corev1.NodeAddress{Type: corev1.NodeHostName, Address: name}))
 			g.Expect(n.Status.Conditions).To(ContainElement(gstruct.MatchFields(gstruct.IgnoreExtras, gstruct.Fields{
 				"Type": Equal(corev1.NodeReady), "Status": Equal(corev1.ConditionTrue)})))
+			// Cluster API's NodeHealthy also waits for the pressure conditions.
+			for _, t := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
+				g.Expect(n.Status.Conditions).To(ContainElement(gstruct.MatchFields(gstruct.IgnoreExtras, gstruct.Fields{
+					"Type": Equal(t), "Status": Equal(corev1.ConditionFalse)})))
+			}
+			g.Expect(n.Status.NodeInfo.KubeletVersion).To(HavePrefix("v1."), "the kubelet image tag of the machine config")
 		}
 	}
 	g.Eventually(ready("lab-cp-1"), 60*time.Second, 250*time.Millisecond).Should(Succeed())
