@@ -45,7 +45,7 @@ func labInput(t *testing.T, endpoint string) (*generate.Input, *secrets.Bundle) 
 	g := NewWithT(t)
 	bundle, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersion1_11)
 	g.Expect(err).NotTo(HaveOccurred())
-	in, err := generate.NewInput("lab", endpoint, "v1.37.2",
+	in, err := generate.NewInput("lab", endpoint, "1.37.2",
 		generate.WithSecretsBundle(bundle), generate.WithVersionContract(config.TalosVersion1_11))
 	g.Expect(err).NotTo(HaveOccurred())
 	return in, bundle
@@ -208,7 +208,7 @@ func TestNodeLifecycleAsCACPPT(t *testing.T) {
 				g.Expect(n.Status.Conditions).To(ContainElement(gstruct.MatchFields(gstruct.IgnoreExtras, gstruct.Fields{
 					"Type": Equal(t), "Status": Equal(corev1.ConditionFalse)})))
 			}
-			g.Expect(n.Status.NodeInfo.KubeletVersion).To(HavePrefix("v1."), "the kubelet image tag of the machine config")
+			g.Expect(n.Status.NodeInfo.KubeletVersion).To(Equal("v1.37.2"), "the kubelet image tag of the machine config")
 		}
 	}
 	g.Eventually(ready("lab-cp-1"), 60*time.Second, 250*time.Millisecond).Should(Succeed())
