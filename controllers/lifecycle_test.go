@@ -44,6 +44,11 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Fatalf("credentials Secret not adopted: finalizers %v owners %v", secret.Finalizers, secret.OwnerReferences)
 	}
 
+	sc, _ := imagefactory.NewSchematic(imagefactory.SchematicOptions{Extensions: infrav1.DefaultExtensions})
+	id, _ := imagefactory.SchematicID(sc)
+	ref := imagefactory.ImageRef{SchematicID: id, TalosVersion: talosVersion, Platform: "nocloud", Arch: "amd64"}
+	downloadsBefore := factory.Downloads(ref.FactoryPath())
+
 	names := []string{"life-cp-0", "life-cp-1", "life-cp-2", "life-w-0", "life-w-1"}
 	for i, n := range names {
 		f.createMachine(n, machineOpts{controlPlane: i < 3})
@@ -92,11 +97,8 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Errorf("control planes on %d node(s), want 3: %v", len(cpNodes), cpNodes)
 	}
 
-	sc, _ := imagefactory.NewSchematic(imagefactory.SchematicOptions{Extensions: infrav1.DefaultExtensions})
-	id, _ := imagefactory.SchematicID(sc)
-	ref := imagefactory.ImageRef{SchematicID: id, TalosVersion: talosVersion, Platform: "nocloud", Arch: "amd64"}
-	if n := factory.Downloads(ref.FactoryPath()); n != 1 {
-		t.Errorf("image %s downloaded %d times, want 1", ref.FactoryPath(), n)
+	if n := factory.Downloads(ref.FactoryPath()) - downloadsBefore; n != 1 {
+		t.Errorf("image %s downloaded %d times for 5 machines, want 1", ref.FactoryPath(), n)
 	}
 
 	// Delete everything, cluster first as Cluster API does (the cluster waits for its machines).
@@ -122,40 +124,51 @@ func deleteObj(t *testing.T, obj client.Object) {
 // simulator no VM, disk or boot ISO of the fixture's cluster.
 func (f *fixture) waitAllGone() {
 	f.t.Helper()
+	eventually(f.t, 60*time.Second, f.anyLeft)
+	f.checkSimulatorEmpty()
+}
+
+// anyLeft reports the first provider object, address or finalizer of the fixture that is
+// still in the API server.
+func (f *fixture) anyLeft() error {
 	ctx := context.Background()
-	eventually(f.t, 60*time.Second, func() error {
-		var ptms infrav1.ProxmoxTalosMachineList
-		if err := k8s.List(ctx, &ptms, client.InNamespace(f.ns)); err != nil {
-			return err
-		}
-		if len(ptms.Items) > 0 {
-			m := ptms.Items[0]
-			return fmt.Errorf("%d ProxmoxTalosMachines left, e.g. %s: %s", len(ptms.Items), m.Name, condSummary(m.Status.Conditions))
-		}
-		var ptcs infrav1.ProxmoxTalosClusterList
-		if err := k8s.List(ctx, &ptcs, client.InNamespace(f.ns)); err != nil {
-			return err
-		}
-		if len(ptcs.Items) > 0 {
-			return fmt.Errorf("ProxmoxTalosCluster left: %s", condSummary(ptcs.Items[0].Status.Conditions))
-		}
-		var addrs ipamv1.IPAddressList
-		if err := k8s.List(ctx, &addrs, client.InNamespace(f.ns)); err != nil {
-			return err
-		}
-		var claims ipamv1.IPAddressClaimList
-		if err := k8s.List(ctx, &claims, client.InNamespace(f.ns)); err != nil {
-			return err
-		}
-		if len(addrs.Items)+len(claims.Items) > 0 {
-			return fmt.Errorf("%d IPAddresses and %d claims left", len(addrs.Items), len(claims.Items))
-		}
-		var secret corev1.Secret
-		if err := k8s.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: f.cluster + "-proxmox"}, &secret); err == nil && len(secret.Finalizers) > 0 {
-			return fmt.Errorf("credentials Secret still has finalizers %v", secret.Finalizers)
-		}
-		return nil
-	})
+	var ptms infrav1.ProxmoxTalosMachineList
+	if err := k8s.List(ctx, &ptms, client.InNamespace(f.ns)); err != nil {
+		return err
+	}
+	if len(ptms.Items) > 0 {
+		m := ptms.Items[0]
+		return fmt.Errorf("%d ProxmoxTalosMachines left, e.g. %s: %s", len(ptms.Items), m.Name, condSummary(m.Status.Conditions))
+	}
+	var ptcs infrav1.ProxmoxTalosClusterList
+	if err := k8s.List(ctx, &ptcs, client.InNamespace(f.ns)); err != nil {
+		return err
+	}
+	if len(ptcs.Items) > 0 {
+		return fmt.Errorf("ProxmoxTalosCluster left: %s", condSummary(ptcs.Items[0].Status.Conditions))
+	}
+	var addrs ipamv1.IPAddressList
+	if err := k8s.List(ctx, &addrs, client.InNamespace(f.ns)); err != nil {
+		return err
+	}
+	var claims ipamv1.IPAddressClaimList
+	if err := k8s.List(ctx, &claims, client.InNamespace(f.ns)); err != nil {
+		return err
+	}
+	if len(addrs.Items)+len(claims.Items) > 0 {
+		return fmt.Errorf("%d IPAddresses and %d claims left", len(addrs.Items), len(claims.Items))
+	}
+	var secret corev1.Secret
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: f.cluster + "-proxmox"}, &secret); err == nil && len(secret.Finalizers) > 0 {
+		return fmt.Errorf("credentials Secret still has finalizers %v", secret.Finalizers)
+	}
+	return nil
+}
+
+// checkSimulatorEmpty fails the test for any VM, disk, boot ISO or Talos image of the
+// fixture left in the simulator.
+func (f *fixture) checkSimulatorEmpty() {
+	f.t.Helper()
 	inv := pve.Inventory()
 	for _, vm := range inv.VMs {
 		if hasTag(vm.Tags, "cluster-"+f.cluster) {
@@ -165,6 +178,11 @@ func (f *fixture) waitAllGone() {
 	for _, v := range inv.Volumes {
 		if v.Content == "images" || (v.Content == "iso" && strings.Contains(v.VolID, "-"+f.ns+"-")) {
 			f.t.Errorf("volume %s left", v.VolID)
+		}
+		// The last cluster using the image storage takes the Talos images with it (tests
+		// run one at a time, so no other cluster is alive here).
+		if _, err := imagefactory.ParseStorageName(v.VolID[strings.Index(v.VolID, "/")+1:]); v.Content == "import" && err == nil {
+			f.t.Errorf("Talos image %s left", v.VolID)
 		}
 	}
 }
