@@ -7,11 +7,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	"sigs.k8s.io/cluster-api/test/framework"
@@ -45,8 +51,10 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		startCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		var err error
+		// SkipApply: the flavors are dry-run first, then the add-on ConfigMaps and the default
+		// flavor are applied by the specs below.
 		l, err = lab.Start(startCtx, lab.Options{
-			ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim,
+			ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, SkipApply: true,
 			Logf: func(format string, args ...any) { GinkgoWriter.Printf(format+"\n", args...) },
 		})
 		Expect(err).NotTo(HaveOccurred())
@@ -59,6 +67,41 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		})
 		proxy = framework.NewClusterProxy("lab", l.Mgmt.Kubeconfig, lab.Scheme())
 		DeferCleanup(func() { proxy.Dispose(ctx) })
+	})
+
+	It("accepts every generated flavor in a server-side dry-run apply", func() {
+		start := time.Now()
+		// The topology flavor's ClusterClass names a TalosControlPlaneTemplate: the optional
+		// CRD goes in first, as docs/clusterclass.md tells users.
+		Expect(l.Mgmt.InstallTalosControlPlaneTemplateCRD(ctx)).To(Succeed())
+		const ns = "dryrun"
+		Expect(l.Mgmt.EnsureNamespace(ctx, ns)).To(Succeed())
+		for _, flavor := range []string{"", "metal", "talos-vip", "topology"} {
+			objs := generateFlavor(ctx, l, flavor, "dry", ns, nil)
+			for _, o := range objs {
+				Expect(l.Mgmt.DryRunApply(ctx, o)).To(Succeed(), "flavor %q: %s %s", flavor, o.GetKind(), o.GetName())
+			}
+			AddReportEntry("dry-run", fmt.Sprintf("flavor %q: %d objects pass the server-side dry-run", flavor, len(objs)))
+		}
+		AddReportEntry("dry-run", "every flavor took "+time.Since(start).Round(time.Second).String())
+	})
+
+	It("applies the add-on ConfigMaps and the default flavor", func() {
+		cilium, why := realCilium()
+		if why != "" {
+			GinkgoWriter.Println(why)
+			AddReportEntry("real Cilium", why)
+		}
+		Expect(l.Mgmt.EnsureNamespace(ctx, l.Namespace)).To(Succeed())
+		for _, cm := range addonConfigMaps(l.ClusterName, l.Namespace) {
+			Expect(l.Mgmt.Client.Create(ctx, cm)).To(Succeed(), "ConfigMap %s", cm.Name)
+		}
+		if cilium != "" {
+			Expect(l.Mgmt.Apply(ctx, upstreamCilium(l.ClusterName, l.Namespace, cilium))).To(Succeed())
+		}
+		applyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		Expect(l.ApplyCluster(applyCtx)).To(Succeed())
 	})
 
 	It("provisions the infrastructure, all five Machines get Nodes and the Cluster turns Available", func() {
@@ -91,6 +134,68 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		Expect(l.PVE.Inventory().VMs).To(HaveLen(l.ControlPlanes + l.Workers))
 	})
 
+	It("applies the ClusterResourceSets' add-ons to the workload cluster", func() {
+		start := time.Now()
+		kubeconfig, err := l.WriteWorkloadKubeconfig(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		Expect(err).NotTo(HaveOccurred())
+		wl, err := client.New(cfg, client.Options{})
+		Expect(err).NotTo(HaveOccurred())
+
+		want := []string{}
+		for _, a := range standInAddons() {
+			want = append(want, a.want...)
+		}
+		if cilium, _ := realCilium(); cilium != "" {
+			want = append(want, "apps/v1 DaemonSet kube-system/cilium", "apps/v1 Deployment kube-system/cilium-operator")
+		}
+		sort.Strings(want)
+		Eventually(func(g Gomega) {
+			var missing []string
+			for _, w := range want {
+				var apiVersion, kind, key string
+				_, err := fmt.Sscan(w, &apiVersion, &kind, &key)
+				g.Expect(err).NotTo(HaveOccurred())
+				ns, name, _ := strings.Cut(key, "/")
+				u := &unstructured.Unstructured{}
+				u.SetAPIVersion(apiVersion)
+				u.SetKind(kind)
+				if err := wl.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, u); err != nil {
+					missing = append(missing, w+": "+err.Error())
+				}
+			}
+			g.Expect(missing).To(BeEmpty(), "objects the ClusterResourceSets should have created in the workload cluster")
+		}, "3m", "3s").Should(Succeed())
+		AddReportEntry("add-ons", fmt.Sprintf("all %d add-on objects in the workload cluster after %s", len(want), time.Since(start).Round(time.Second)))
+
+		// Which ClusterResourceSet applied which resource, as CAPI records it.
+		bindings := &unstructured.UnstructuredList{}
+		bindings.SetAPIVersion("addons.cluster.x-k8s.io/v1beta2")
+		bindings.SetKind("ClusterResourceSetBindingList")
+		Expect(l.Mgmt.Client.List(ctx, bindings, client.InNamespace(l.Namespace))).To(Succeed())
+		applied := map[string]bool{}
+		for _, b := range bindings.Items {
+			list, _, _ := unstructured.NestedSlice(b.Object, "spec", "bindings")
+			for _, x := range list {
+				xm, _ := x.(map[string]any)
+				res, _ := xm["resources"].([]any)
+				for _, r := range res {
+					rm, _ := r.(map[string]any)
+					line := fmt.Sprintf("binding %s: %s %v/%v applied=%v", b.GetName(), xm["clusterResourceSetName"], rm["kind"], rm["name"], rm["applied"])
+					GinkgoWriter.Println(line)
+					AddReportEntry("ClusterResourceSet", line)
+					if rm["applied"] == true {
+						applied[fmt.Sprint(xm["clusterResourceSetName"])] = true
+					}
+				}
+			}
+		}
+		for _, crs := range []string{"cilium", "metallb", "metallb-pools", "flux", "flux-sync"} {
+			Expect(applied).To(HaveKey(l.ClusterName+"-"+crs), "ClusterResourceSet %s-%s applied nothing", l.ClusterName, crs)
+		}
+	})
+
 	It("deletes the Cluster and leaves Proxmox empty", func() {
 		if cluster == nil {
 			cluster = &clusterv1.Cluster{}
@@ -115,3 +220,42 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		}, "1m", "2s").Should(Succeed())
 	})
 })
+
+// generateFlavor runs the real clusterctl on a flavor, checks that every address is a
+// loopback one and returns the objects in namespace. The topology flavor's output from
+// `--from <file>` is only the Cluster: clusterctl adds the class file from a provider
+// repository only, so the class comes from templates/clusterclass-proxmox-talos.yaml (it
+// has no variables) into the same namespace, as clusterctl would put it.
+func generateFlavor(ctx context.Context, l *lab.Lab, flavor, name, ns string, overrides map[string]string) []*unstructured.Unstructured {
+	GinkgoHelper()
+	out, path, err := l.GenerateFlavor(ctx, flavor, name, ns, overrides)
+	Expect(err).NotTo(HaveOccurred())
+	objs, err := lab.DecodeYAML(out)
+	Expect(err).NotTo(HaveOccurred())
+	// What clusterctl generated is checked; the class file is not: it holds variable schemas
+	// (defaults and descriptions with example addresses) and a placeholder Proxmox URL
+	// (proxmox.invalid) that its patches replace with the Cluster's variables. The objects
+	// topology renders from it are checked in the ClusterClass specs.
+	Expect(lab.CheckLoopbackOnly(objs)).To(Succeed(), "generated %s", path)
+	if flavor == "topology" && !hasKind(objs, "ClusterClass") {
+		b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "templates", "clusterclass-proxmox-talos.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		class, err := lab.DecodeYAML(b)
+		Expect(err).NotTo(HaveOccurred())
+		// The class and its templates before the Cluster that names them.
+		objs = append(class, objs...)
+	}
+	for _, o := range objs {
+		o.SetNamespace(ns)
+	}
+	return objs
+}
+
+func hasKind(objs []*unstructured.Unstructured, kind string) bool {
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			return true
+		}
+	}
+	return false
+}

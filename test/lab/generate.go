@@ -53,26 +53,50 @@ func (l *Lab) templateVariables() map[string]string {
 // generate runs the real clusterctl on the repository's default flavor and writes the result
 // to <artifacts>/<cluster>.yaml.
 func (l *Lab) generate(ctx context.Context) ([]byte, error) {
-	dir, err := labBinaryDir(ctx, "clusterctl")
+	out, path, err := l.GenerateFlavor(ctx, "", l.ClusterName, l.Namespace, nil)
 	if err != nil {
 		return nil, err
+	}
+	l.ManifestPath = path
+	return out, nil
+}
+
+// FlavorFile is the template of a flavor: "" is the default flavor.
+func FlavorFile(flavor string) string {
+	name := "cluster-template.yaml"
+	if flavor != "" {
+		name = "cluster-template-" + flavor + ".yaml"
+	}
+	return filepath.Join(testenv.RepoRoot(), "templates", name)
+}
+
+// GenerateFlavor runs the real clusterctl on a flavor's template with the lab's loopback
+// values (overrides replace single values, e.g. bigger pools) and writes the result to
+// <artifacts>/<name>[-<flavor>].yaml, whose path it returns.
+func (l *Lab) GenerateFlavor(ctx context.Context, flavor, name, namespace string, overrides map[string]string) ([]byte, string, error) {
+	dir, err := labBinaryDir(ctx, "clusterctl")
+	if err != nil {
+		return nil, "", err
 	}
 	// An empty clusterctl config keeps the user's ~/.cluster-api out of the lab.
 	cfg := filepath.Join(l.ArtifactsDir, "clusterctl.yaml")
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o600); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(dir, "clusterctl"), "generate", "cluster", l.ClusterName,
-		"--from", filepath.Join(testenv.RepoRoot(), "templates", "cluster-template.yaml"),
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, "clusterctl"), "generate", "cluster", name,
+		"--from", FlavorFile(flavor),
 		"--kubernetes-version", l.KubernetesVersion,
 		"--control-plane-machine-count", fmt.Sprint(l.ControlPlanes),
 		"--worker-machine-count", fmt.Sprint(l.Workers),
-		"--target-namespace", l.Namespace,
+		"--target-namespace", namespace,
 		"--kubeconfig", l.Mgmt.Kubeconfig,
 		"--config", cfg)
 	// The version check would call GitHub: no traffic leaves loopback.
 	env := append(os.Environ(), "CLUSTERCTL_DISABLE_VERSIONCHECK=true", "XDG_CONFIG_HOME="+filepath.Join(l.ArtifactsDir, "xdg"))
 	vars := l.templateVariables()
+	for k, v := range overrides {
+		vars[k] = v
+	}
 	keys := make([]string, 0, len(vars))
 	for k := range vars {
 		keys = append(keys, k)
@@ -86,15 +110,19 @@ func (l *Lab) generate(ctx context.Context) ([]byte, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("clusterctl generate cluster: %w\n%s", err, stderr.String())
+		return nil, "", fmt.Errorf("clusterctl generate cluster --from %s: %w\n%s", FlavorFile(flavor), err, stderr.String())
 	}
-	l.ManifestPath = filepath.Join(l.ArtifactsDir, l.ClusterName+".yaml")
+	base := name
+	if flavor != "" {
+		base += "-" + flavor
+	}
+	path := filepath.Join(l.ArtifactsDir, base+".yaml")
 	// The file holds the fake Tailscale key only; it is still written owner-only.
-	if err := os.WriteFile(l.ManifestPath, out, 0o600); err != nil {
-		return nil, err
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		return nil, "", err
 	}
-	l.Logf("generated %s with clusterctl (%d bytes)", l.ManifestPath, len(out))
-	return out, nil
+	l.Logf("generated %s with clusterctl (%d bytes)", path, len(out))
+	return out, path, nil
 }
 
 var (

@@ -231,23 +231,9 @@ func (l *Lab) PVECalls() int {
 // ApplyCluster creates the namespace and credentials Secret, generates the default flavor and
 // applies it after checking every address in it.
 func (l *Lab) ApplyCluster(ctx context.Context) error {
-	c := l.Mgmt.Client
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: l.Namespace}}
-	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("namespace: %w", err)
+	if err := l.EnsureCredentials(ctx); err != nil {
+		return err
 	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: l.ClusterName + "-proxmox", Namespace: l.Namespace},
-		StringData: map[string]string{
-			"tokenID":     pvesim.DefaultTokenID,
-			"tokenSecret": pvesim.DefaultTokenSecret,
-			"caBundle":    string(l.PVE.CAPEM()),
-		},
-	}
-	if err := c.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("credentials secret: %w", err)
-	}
-
 	manifest, err := l.generate(ctx)
 	if err != nil {
 		return err
@@ -323,3 +309,25 @@ func (l *Lab) AliveProcesses() []string {
 }
 
 var errNotLoopback = errors.New("address outside 127.0.0.0/8")
+
+// EnsureCredentials creates the namespace and the Proxmox credentials Secret <cluster>-proxmox
+// that every flavor names.
+func (l *Lab) EnsureCredentials(ctx context.Context) error {
+	c := l.Mgmt.Client
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: l.Namespace}}
+	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("namespace: %w", err)
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: l.ClusterName + "-proxmox", Namespace: l.Namespace},
+		StringData: map[string]string{
+			"tokenID":     pvesim.DefaultTokenID,
+			"tokenSecret": pvesim.DefaultTokenSecret,
+			"caBundle":    string(l.PVE.CAPEM()),
+		},
+	}
+	if err := c.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("credentials secret: %w", err)
+	}
+	return nil
+}
