@@ -344,6 +344,7 @@ func TestClusterClassTopology(t *testing.T) {
 					variable(t, "ipPools", pools),
 					variable(t, "nodeSubnet", "192.168.7.0/24"),
 					variable(t, "talosVersion", "v1.12.6"),
+					variable(t, "talosFactoryURL", "https://factory.example.invalid"),
 				},
 			},
 		},
@@ -379,6 +380,9 @@ func TestClusterClassTopology(t *testing.T) {
 	}
 	if len(infra.Spec.IPPools) != 2 || infra.Spec.IPPools[1].Name != "workers" || infra.Spec.IPPools[1].Addresses[0] != "192.168.7.21-192.168.7.22" {
 		t.Errorf("ipPools %+v", infra.Spec.IPPools)
+	}
+	if infra.Spec.Talos.FactoryURL != "https://factory.example.invalid" {
+		t.Errorf("talos.factoryURL %q: the class must let a cluster choose its Image Factory", infra.Spec.Talos.FactoryURL)
 	}
 	if infra.Spec.Talos.Version != "v1.12.6" {
 		t.Errorf("talos.version %q", infra.Spec.Talos.Version)

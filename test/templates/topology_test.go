@@ -222,6 +222,7 @@ var topologyValueAt = map[string]func(*topologyManifest) []string{
 	"NODE_DNS_SERVER":                  func(m *topologyManifest) []string { return m.poolValues("", "dnsServers") },
 	"NODE_SUBNET":                      func(m *topologyManifest) []string { return stringOrList(m.vars["nodeSubnet"]) },
 	"TALOS_VERSION":                    func(m *topologyManifest) []string { return stringOrList(m.vars["talosVersion"]) },
+	"TALOS_FACTORY_URL":                func(m *topologyManifest) []string { return stringOrList(m.vars["talosFactoryURL"]) },
 }
 
 // checkValues proves every variable's value reached its field, and that the test covers every
