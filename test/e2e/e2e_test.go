@@ -201,23 +201,24 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 			cluster = &clusterv1.Cluster{}
 			cluster.Namespace, cluster.Name = l.Namespace, l.ClusterName
 		}
-		framework.DeleteCluster(ctx, framework.DeleteClusterInput{Deleter: proxy.GetClient(), Cluster: cluster})
-		framework.WaitForClusterDeleted(ctx, framework.WaitForClusterDeletedInput{
-			ClusterProxy: proxy, Cluster: cluster, ArtifactFolder: artifacts,
-			ClusterctlConfigPath: filepath.Join(artifacts, "clusterctl.yaml"),
-		}, "5m", "2s")
-		Eventually(func(g Gomega) {
-			inv := l.PVE.Inventory()
-			g.Expect(inv.VMs).To(BeEmpty(), "VMs left in pvesim")
-			// Nothing of the cluster's may remain: no VM disk, no boot ISO. The nocloud Talos
-			// image is the one exception by design (internal/machine/delete.go): it is shared
-			// by every cluster with the same schematic and version, so it stays for the next.
-			for _, v := range inv.Volumes {
-				g.Expect(v.Content).To(Equal("import"), "volume %s left in pvesim", v.VolID)
-				g.Expect(v.VolID).To(MatchRegexp(`^local:import/talos-v[0-9.]+-nocloud-amd64-[0-9a-f]{64}\.qcow2$`),
-					"volume %s left in pvesim", v.VolID)
-			}
-		}, "1m", "2s").Should(Succeed())
+		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts)
+	})
+
+	// The ClusterClass route (docs/clusterclass.md) with the real CAPI topology controller and
+	// CACPPT, after the default cluster is gone (both use the VIP 127.10.3.1).
+	It("ClusterClass: a topology Cluster turns Available with 3 control planes and 2 workers", func() {
+		createTopologyCluster(ctx, l)
+		checkRenderedLoopback(ctx, l)
+	})
+
+	It("ClusterClass: a spec.topology.version bump replaces every Machine", func() {
+		bumpTopologyVersion(ctx, l, topologyTo, 12*time.Minute)
+	})
+
+	It("ClusterClass: deletes the topology Cluster and leaves Proxmox empty", func() {
+		cl := &clusterv1.Cluster{}
+		cl.Namespace, cl.Name = topologyNamespace, topologyName
+		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts)
 	})
 })
 
@@ -258,4 +259,21 @@ func hasKind(objs []*unstructured.Unstructured, kind string) bool {
 		}
 	}
 	return false
+}
+
+// deleteAndCheckEmpty deletes a Cluster and waits until pvesim holds nothing: no VM, no
+// disk, no boot ISO, and no Talos image (the last cluster using an image storage takes the
+// images with it).
+func deleteAndCheckEmpty(ctx context.Context, l *lab.Lab, proxy framework.ClusterProxy, cluster *clusterv1.Cluster, artifacts string) {
+	GinkgoHelper()
+	framework.DeleteCluster(ctx, framework.DeleteClusterInput{Deleter: proxy.GetClient(), Cluster: cluster})
+	framework.WaitForClusterDeleted(ctx, framework.WaitForClusterDeletedInput{
+		ClusterProxy: proxy, Cluster: cluster, ArtifactFolder: artifacts,
+		ClusterctlConfigPath: filepath.Join(artifacts, "clusterctl.yaml"),
+	}, "5m", "2s")
+	Eventually(func(g Gomega) {
+		inv := l.PVE.Inventory()
+		g.Expect(inv.VMs).To(BeEmpty(), "VMs left in pvesim")
+		g.Expect(inv.Volumes).To(BeEmpty(), "volumes left in pvesim")
+	}, "1m", "2s").Should(Succeed())
 }

@@ -1,6 +1,8 @@
 package talossim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -191,7 +193,14 @@ func (s *Sim) boot(ev pvesim.PowerEvent, spec *nodeSpec) error {
 
 // clusterFor finds or creates the cluster record. Callers hold s.mu.
 func (s *Sim) clusterFor(spec *nodeSpec) *cluster {
+	// A cluster is its endpoint and its Talos OS CA: a new cluster created later on the same
+	// VIP (after the previous one was deleted) has a new CA and must not inherit the old
+	// one's etcd membership or bootstrapped state.
 	key := spec.endpoint.String()
+	if spec.osCA != nil && spec.osCA.cert != nil {
+		sum := sha256.Sum256(spec.osCA.cert.Raw)
+		key += "#" + hex.EncodeToString(sum[:8])
+	}
 	c, ok := s.clusters[key]
 	if !ok {
 		c = newCluster(s, spec)
