@@ -21,7 +21,7 @@ func TestCheckLoopbackOnly(t *testing.T) {
 		t.Fatalf("loopback manifest refused: %v", err)
 	}
 	for _, bad := range []string{
-		"https://factory.talos.dev", "url: http://10.0.0.1:8006/x", "nameservers: [1.1.1.1]", "127.0.0.0/4", "http://[::1]:80",
+		"https://factory.talos.dev", "url: http://192.0.2.1:8006/x", "gateway: 10.0.0.1", "nameservers: [1.1.1.1]", "127.0.0.0/4", "http://[::1]:80",
 	} {
 		err := CheckLoopbackOnly(obj(map[string]any{"k": bad}))
 		if err == nil || !strings.Contains(err.Error(), "outside 127.0.0.0/8") {
