@@ -20,6 +20,12 @@ type Config struct {
 	Nodes    []NodeConfig    `json:"nodes,omitempty"`
 	Storages []StorageConfig `json:"storages,omitempty"`
 	Tokens   []TokenConfig   `json:"tokens,omitempty"`
+	// Users are PVE users with their own ACLs. A token whose user is listed
+	// here is limited by that user's privileges (see TokenConfig.Privsep);
+	// a token whose user is not listed keeps exactly its own ACLs, which is
+	// what configs written before users existed expect. root@pam always
+	// holds every privilege, as in PVE.
+	Users []UserConfig `json:"users,omitempty"`
 	// Roles adds or overrides roles (name → privileges).
 	Roles map[string][]string `json:"roles,omitempty"`
 	// Pools maps pool name → member VMIDs (for /pool/{pool} ACLs).
@@ -70,6 +76,17 @@ type TokenConfig struct {
 	ID     string      `json:"id"`
 	Secret string      `json:"secret"`
 	ACLs   []ACLConfig `json:"acls,omitempty"`
+	// Privsep is PVE's privilege separation flag (default true, as for
+	// tokens created in PVE's UI/API): the token's privileges are its own
+	// ACLs intersected with its user's. false: the token has exactly its
+	// user's privileges and its own ACLs are ignored.
+	Privsep *bool `json:"privsep,omitempty"`
+}
+
+// UserConfig is one PVE user ("name@realm") and the ACLs granted to it.
+type UserConfig struct {
+	ID   string      `json:"id"`
+	ACLs []ACLConfig `json:"acls,omitempty"`
 }
 
 // ACLConfig grants a role (or explicit privileges) on a path.
@@ -188,6 +205,19 @@ func (c *Config) withDefaults() (Config, error) {
 	for _, t := range out.Tokens {
 		if !strings.Contains(t.ID, "@") || !strings.Contains(t.ID, "!") || t.Secret == "" {
 			return out, fmt.Errorf("pvesim: token %q: want id user@realm!name and a secret", t.ID)
+		}
+	}
+	users := map[string]bool{}
+	for _, u := range out.Users {
+		if !strings.Contains(u.ID, "@") || strings.Contains(u.ID, "!") || users[u.ID] {
+			return out, fmt.Errorf("pvesim: user %q: want a unique id user@realm", u.ID)
+		}
+		users[u.ID] = true
+	}
+	for _, t := range out.Tokens {
+		user, _, _ := strings.Cut(t.ID, "!")
+		if t.Privsep != nil && !*t.Privsep && !users[user] && user != "root@pam" {
+			return out, fmt.Errorf("pvesim: token %q has privsep=false but its user %q is not in users", t.ID, user)
 		}
 	}
 	if out.TaskDuration == 0 {

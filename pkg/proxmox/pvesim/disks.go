@@ -64,7 +64,8 @@ func (c *reqCtx) planDrive(vmid int, key, value string) (*diskPlan, *apiError) {
 		return nil, e
 	}
 	if !st.content["images"] {
-		return nil, errServer("storage '%s' does not support vm images", sid)
+		// qemu-server's check_storage_access raises a parameter exception.
+		return nil, errParam("storage", "storage '%s' does not support vm images", sid)
 	}
 	if e := c.checkAll("/storage/"+sid, "Datastore.AllocateSpace"); e != nil {
 		return nil, e

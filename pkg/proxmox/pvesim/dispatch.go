@@ -3,14 +3,13 @@ package pvesim
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"strconv"
 	"strings"
 )
-
-const maxUpload = 4 << 30
 
 // serveHTTP runs PVE's request pipeline: auth → permission check → proxy to
 // node (595 if offline) → parameter verification → handler.
@@ -29,6 +28,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	done := s.metrics.begin(r.Method+" "+rt.template, node)
 	defer done()
 
+	isUpload := rt.method == http.MethodPost && rt.template == "/nodes/{node}/storage/{storage}/upload"
+	// pveproxy refuses a Transfer-Encoding before authenticating.
+	if len(r.TransferEncoding) > 0 {
+		writeError(w, checkRequestBody(r, isUpload))
+		return
+	}
 	c := &reqCtx{s: s, r: r, route: rt}
 	if e := c.authenticate(); e != nil {
 		writeError(w, e)
@@ -38,7 +43,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	params, upload, e := readParams(r)
+	if e := checkRequestBody(r, isUpload); e != nil {
+		writeError(w, e)
+		return
+	}
+	params, upload, e := readParams(r, isUpload)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -61,6 +70,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if e := c.validate(); e != nil {
 		writeError(w, e)
+		return
+	}
+	// qemu-server: raise_param_exc({ skiplock => "Only root may use this
+	// option." }) if $skiplock && $authuser ne 'root@pam'. pvesim
+	// authenticates API tokens only, and a token (even root@pam!x) is never
+	// the user root@pam.
+	if isTrue(c.params["skiplock"]) {
+		writeError(w, errParam("skiplock", "Only root may use this option."))
 		return
 	}
 	data, e := rt.handler(c)
@@ -113,15 +130,33 @@ func (c *reqCtx) authenticate() *apiError {
 
 // readParams merges query string and body (form, JSON or multipart) into
 // PVE's flat string parameters.
-func readParams(r *http.Request) (map[string]string, *uploadFile, *apiError) {
+func readParams(r *http.Request, isUpload bool) (map[string]string, *uploadFile, *apiError) {
 	params := map[string]string{}
 	for k, vs := range r.URL.Query() {
 		if len(vs) > 0 {
 			params[k] = vs[len(vs)-1]
 		}
 	}
-	if r.Body == nil || r.Method == http.MethodGet || r.Method == http.MethodDelete {
+	// Without Content-Length pveproxy handles the request without a body.
+	if r.Body == nil || r.ContentLength <= 0 || r.Method == http.MethodGet || r.Method == http.MethodDelete {
 		return params, nil, nil
+	}
+	if isUpload {
+		if _, ok := params["tmpfilename"]; ok {
+			return nil, nil, errParam("tmpfilename", "tmpfilename is only allowed on the trusted localhost port")
+		}
+		_, boundary := parseContentType(r.Header.Get("Content-Type"))
+		mu, e := readMultipartUpload(r.Body, boundary)
+		if e != nil {
+			return nil, nil, e
+		}
+		for k, v := range mu.params {
+			params[k] = v
+		}
+		tmp := fmt.Sprintf("/var/tmp/pveupload-%s", mu.sink.digest()[:32])
+		params["filename"] = mu.filename
+		params["tmpfilename"] = tmp
+		return params, &uploadFile{name: mu.filename, sink: mu.sink, tmpfilename: tmp}, nil
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch ct {
@@ -153,30 +188,6 @@ func readParams(r *http.Request) (map[string]string, *uploadFile, *apiError) {
 				params[k] = string(b)
 			}
 		}
-	case "multipart/form-data":
-		if err := r.ParseMultipartForm(64 << 20); err != nil {
-			return nil, nil, errStatus(http.StatusBadRequest, "unable to parse multipart body: %v", err)
-		}
-		for k, vs := range r.MultipartForm.Value {
-			if len(vs) > 0 {
-				params[k] = vs[len(vs)-1]
-			}
-		}
-		var up *uploadFile
-		if fhs := r.MultipartForm.File["filename"]; len(fhs) > 0 {
-			f, err := fhs[0].Open()
-			if err != nil {
-				return nil, nil, errServer("upload failed: %v", err)
-			}
-			data, err := io.ReadAll(io.LimitReader(f, maxUpload))
-			f.Close()
-			if err != nil {
-				return nil, nil, errServer("upload failed: %v", err)
-			}
-			up = &uploadFile{name: fhs[0].Filename, data: data}
-			params["filename"] = fhs[0].Filename
-		}
-		return params, up, nil
 	default:
 		if err := r.ParseForm(); err != nil {
 			return nil, nil, errStatus(http.StatusBadRequest, "unable to parse form: %v", err)

@@ -110,7 +110,7 @@ func TestDownloadURL(t *testing.T) {
 		{"http error", []string{"filename", "d.iso", "url", srv.URL + "/missing.iso", "verify-certificates", "0"}, 200, "404"},
 		{"non-loopback refused", []string{"filename", "e.iso", "url", "https://factory.talos.dev/e.iso"}, 200, "only downloads from loopback"},
 		{"bad extension", []string{"filename", "e.qcow2", "url", srv.URL + "/e"}, 400, ""},
-		{"existing file", []string{"filename", "a.iso", "url", srv.URL + "/a.iso"}, 500, ""},
+		{"existing file fails the task", []string{"filename", "a.iso", "url", srv.URL + "/a.iso"}, 200, "refusing to override existing file '/var/lib/vz/template/iso/a.iso'"},
 		{"bad url pattern", []string{"filename", "f.iso", "url", "ftp://127.0.0.1/x"}, 400, ""},
 	}
 	for _, tc := range tests {

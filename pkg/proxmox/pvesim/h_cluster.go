@@ -240,7 +240,10 @@ func hNextID(c *reqCtx) (any, *apiError) {
 func hPermissions(c *reqCtx) (any, *apiError) {
 	s := c.s
 	paths := []string{"/", "/vms", "/storage", "/nodes", "/access", "/sdn"}
-	for _, a := range s.tokens[c.token].ACLs {
+	acls := append([]ACLConfig{}, s.tokens[c.token].ACLs...)
+	user, _, _ := strings.Cut(c.token, "!")
+	acls = append(acls, s.users[user].ACLs...)
+	for _, a := range acls {
 		paths = append(paths, normPath(a.Path))
 	}
 	if p := c.params["path"]; p != "" {

@@ -128,12 +128,35 @@ func netMAC(value string) string {
 	return ""
 }
 
+// checkSDN follows check_bridge_access / check_vnet_access: SDN.Use on
+// /sdn/zones/localnetwork/<bridge>, and with a VLAN tag (or trunks) also on
+// /sdn/zones/localnetwork/<bridge>/<tag> for every tag.
 func (c *reqCtx) checkSDN(key, value string) *apiError {
-	if !strings.HasPrefix(key, "net") {
+	if !strings.HasPrefix(key, "net") || strings.Trim(key[3:], "0123456789") != "" {
 		return nil
 	}
-	if br := parsePropString(value, "model")["bridge"]; br != "" {
-		return c.checkAll("/sdn/zones/localnetwork/"+br, "SDN.Use")
+	kv := parsePropString(value, "model")
+	br := kv["bridge"]
+	if br == "" {
+		return nil
+	}
+	path := "/sdn/zones/localnetwork/" + br
+	if e := c.checkAll(path, "SDN.Use"); e != nil {
+		return e
+	}
+	var tags []string
+	if t := kv["tag"]; t != "" {
+		tags = append(tags, t)
+	}
+	for _, tr := range strings.Split(kv["trunks"], ";") {
+		if tr != "" {
+			tags = append(tags, tr)
+		}
+	}
+	for _, t := range tags {
+		if e := c.checkAll(path+"/"+t, "SDN.Use"); e != nil {
+			return e
+		}
 	}
 	return nil
 }

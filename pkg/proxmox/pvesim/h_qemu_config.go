@@ -155,7 +155,7 @@ func hVMResize(c *reqCtx) (any, *apiError) {
 	if e != nil {
 		return nil, e
 	}
-	node, disk, sizeArg, digest := c.node(), c.params["disk"], c.params["size"], c.params["digest"]
+	node, disk, sizeArg, digest, token := c.node(), c.params["disk"], c.params["size"], c.params["digest"], c.token
 	return s.startTask(taskSpec{node: node, typ: "qmresize", id: strconv.Itoa(vm.vmid), user: c.token,
 		locks: []string{vmLock(vm.vmid)}, routeKey: "PUT /nodes/{node}/qemu/{vmid}/resize",
 		run: func(t *task) error {
@@ -174,6 +174,12 @@ func hVMResize(c *reqCtx) (any, *apiError) {
 			kv := parsePropString(val, "file")
 			if kv["media"] == "cdrom" {
 				return fmt.Errorf("you can't resize a cdrom")
+			}
+			// resize_vm checks the disk's storage inside the worker, after
+			// loading the config: the request succeeds, the task fails.
+			sid, _, _ := strings.Cut(kv["file"], ":")
+			if !s.privileges(token, "/storage/"+sid)["Datastore.AllocateSpace"] {
+				return fmt.Errorf("Permission check failed (/storage/%s, Datastore.AllocateSpace)", sid)
 			}
 			v, st := s.findVolume(kv["file"], node)
 			if v == nil {

@@ -4,16 +4,11 @@ import (
 	"bytes"
 	"compress/bzip2"
 	"compress/gzip"
-	"crypto/md5"  //nolint:gosec // PVE offers md5 checksums
-	"crypto/sha1" //nolint:gosec // PVE offers sha1 checksums
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/hex"
 	"fmt"
-	"hash"
 	"io"
 	"net"
 	"net/url"
+	"regexp"
 	"strings"
 )
 
@@ -203,20 +198,79 @@ func (s *Server) prepareFileImport(sid, node, content, filename string) (*storag
 	return st, nil
 }
 
+// fileImportTarget checks storage and file name of download-url/upload like
+// pve-storage's Status.pm (before the worker): storage enabled on the node,
+// file based, content allowed, file name normalized and its extension valid
+// for the content. It returns the storage and the normalized file name.
+// Callers hold s.mu.
+func (s *Server) fileImportTarget(sid, node, content, rawName string, download bool) (*storageState, string, *apiError) {
+	st, e := s.storageOn(sid, node)
+	if e != nil {
+		return nil, "", e
+	}
+	if st.cfg.Type != "dir" {
+		if download {
+			return nil, "", errServer("can't upload to storage type '%s', not a file based storage!", st.cfg.Type)
+		}
+		return nil, "", errServer("can't upload to storage type '%s'", st.cfg.Type)
+	}
+	if download && !st.content[content] {
+		return nil, "", errServer("storage '%s' is not configured for content-type '%s'", sid, content)
+	}
+	name := normalizeContentFilename(rawName)
+	switch content {
+	case "iso":
+		if !reISOExt.MatchString(name) {
+			return nil, "", errParam("filename", "wrong file extension")
+		}
+	case "import":
+		if !reImportUpload.MatchString(name) {
+			return nil, "", errParam("filename", "invalid filename or wrong extension")
+		}
+	default:
+		if download {
+			return nil, "", errParam("content", "upload content-type '%s' is not allowed", content)
+		}
+		return nil, "", errParam("content", "upload content type '%s' not allowed", content)
+	}
+	if !download && !st.content[content] {
+		return nil, "", errServer("storage '%s' does not support '%s' content", sid, content)
+	}
+	return st, name, nil
+}
+
+var (
+	// ISO_EXT_RE_0 and SAFE_CHAR_CLASS_RE + UPLOAD_IMPORT_EXT_RE_1.
+	reISOExt       = regexp.MustCompile(`(?i)[^/]+\.(?:iso|img)$`)
+	reImportUpload = regexp.MustCompile(`^[a-zA-Z0-9\-.+=_]+\.(ova|qcow2|raw|vmdk)$`)
+)
+
+// checkTransferred is the validity check both transfers run on the file
+// before it is stored (assert_iso_content / file_size_info untrusted).
+func checkTransferred(path, content, name string, head []byte, size uint64) (uint64, error) {
+	switch content {
+	case "iso":
+		return checkImage(path, "", head, size)
+	case "import":
+		ext := name[strings.LastIndex(name, ".")+1:]
+		if ext == "ova" {
+			return size, nil
+		}
+		return checkImage(path, ext, head, size)
+	}
+	return size, nil
+}
+
+// hDownloadURL follows Status.pm download_url and
+// PVE::Tools::download_file_from_url: request-time checks are storage,
+// content and file name; the existing-file check, the download, checksum,
+// decompression and image check run in the "download" worker.
 func hDownloadURL(c *reqCtx) (any, *apiError) {
 	s := c.s
-	node, sid, content, filename := c.node(), c.params["storage"], c.params["content"], c.params["filename"]
+	node, sid, content := c.node(), c.params["storage"], c.params["content"]
 	comp := c.params["compression"]
-	if comp != "" {
-		if content != "iso" {
-			return nil, errParam("compression", "decompression is only supported for content type 'iso'")
-		}
-		if comp != "gz" && comp != "bz2" && comp != "zst" && comp != "lzo" {
-			return nil, errParam("compression", "value '%s' does not have a value in the enumeration 'gz, lzo, zst, bz2'", comp)
-		}
-	}
 	s.mu.Lock()
-	st, e := s.prepareFileImport(sid, node, content, filename)
+	st, filename, e := s.fileImportTarget(sid, node, content, c.params["filename"], true)
 	s.mu.Unlock()
 	if e != nil {
 		return nil, e
@@ -225,23 +279,67 @@ func hDownloadURL(c *reqCtx) (any, *apiError) {
 	if v, ok := c.params["verify-certificates"]; ok {
 		verify = isTrue(v)
 	}
-	algo, sum := c.params["checksum-algorithm"], c.params["checksum"]
+	algo, want := c.params["checksum-algorithm"], c.params["checksum"]
+	if want == "" {
+		algo = ""
+	}
+	dest := contentDir(sid, content) + "/" + filename
+	volid := fmt.Sprintf("%s:%s/%s", sid, content, filename)
 	return s.startTask(taskSpec{node: node, typ: "download", id: filename, user: c.token,
 		routeKey: "POST /nodes/{node}/storage/{storage}/download-url",
 		run: func(t *task) error {
-			s.logf(t, "downloading %s to %s", redactURL(rawURL), filename)
-			data, err := s.fetch(rawURL, verify)
+			if comp != "" && content != "iso" {
+				return fmt.Errorf("decompression not supported for %s", content)
+			}
+			s.logf(t, "downloading %s to %s", redactURL(rawURL), dest)
+			s.mu.Lock()
+			existing, _ := s.findVolume(volid, node)
+			var existingSum string
+			if existing != nil && algo != "" {
+				existingSum = existing.sums[algo]
+			}
+			s.mu.Unlock()
+			if existing != nil {
+				if algo == "" {
+					return fmt.Errorf("refusing to override existing file '%s'", dest)
+				}
+				s.logf(t, "calculating checksum of existing file...")
+				if strings.EqualFold(existingSum, want) {
+					s.logf(t, "OK, got correct file already, no need to download")
+					return nil
+				}
+				s.logf(t, "")
+				return fmt.Errorf("checksum mismatch: got '%s' != expect '%s', aborting", existingSum, want)
+			}
+			sink := newFileSink(content == "iso")
+			if err := s.fetch(rawURL, verify, sink); err != nil {
+				return err
+			}
+			if algo != "" {
+				s.logf(t, "calculating checksum...")
+				if got := sink.checksums()[algo]; !strings.EqualFold(got, want) {
+					s.logf(t, "")
+					return fmt.Errorf("checksum mismatch: got '%s' != expect '%s'", got, want)
+				}
+				s.logf(t, "OK, checksum verified")
+			}
+			if comp != "" {
+				data, err := decompress(comp, sink.data.Bytes())
+				if err != nil {
+					return err
+				}
+				sink = newFileSink(true)
+				_, _ = sink.Write(data)
+			}
+			vsize, err := checkTransferred(fmt.Sprintf("%s.tmp.%d", dest, t.pid), content, filename, sink.head, sink.size)
 			if err != nil {
 				return err
 			}
-			if err := verifyChecksum(t, s, data, algo, sum); err != nil {
+			if err := s.storeFile(t, st, node, content, filename, sink, vsize, false); err != nil {
 				return err
 			}
-			data, err = decompress(comp, data)
-			if err != nil {
-				return err
-			}
-			return s.storeFile(t, st, node, content, filename, data)
+			s.logf(t, "download of '%s' to '%s' finished", redactURL(rawURL), dest)
+			return nil
 		}}), nil
 }
 
@@ -258,10 +356,10 @@ func redactURL(raw string) string {
 
 // fetch downloads over loopback only: the URL host must be a loopback
 // literal or "localhost", and the dialer re-checks every connection.
-func (s *Server) fetch(raw string, verify bool) ([]byte, error) {
+func (s *Server) fetch(raw string, verify bool, sink io.Writer) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("invalid URL: %v", err)
+		return fmt.Errorf("invalid URL: %v", err)
 	}
 	host := u.Hostname()
 	if host == "localhost" {
@@ -269,25 +367,29 @@ func (s *Server) fetch(raw string, verify bool) ([]byte, error) {
 		u.Host = net.JoinHostPort(host, portOf(u))
 	}
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("download failed: pvesim only downloads from loopback URLs, refusing host '%s'", u.Hostname())
+		return fmt.Errorf("download failed: pvesim only downloads from loopback URLs, refusing host '%s'", u.Hostname())
 	}
 	client := s.downloadClient
 	if !verify {
 		insecure, err := newDownloadClient(s.cfg.DownloadCAPEM, true)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		client = insecure
 	}
 	resp, err := client.Get(u.String())
 	if err != nil {
-		return nil, fmt.Errorf("download failed: %v", unwrapURLError(err))
+		return fmt.Errorf("download failed: %v", unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("download failed: %d %s", resp.StatusCode, strings.TrimPrefix(resp.Status, fmt.Sprintf("%d ", resp.StatusCode)))
+		return fmt.Errorf("download failed: %d %s", resp.StatusCode, strings.TrimPrefix(resp.Status, fmt.Sprintf("%d ", resp.StatusCode)))
 	}
-	return io.ReadAll(io.LimitReader(resp.Body, maxUpload))
+	// wget writes the whole body; a short read is a failed download.
+	if _, err := io.Copy(sink, resp.Body); err != nil {
+		return fmt.Errorf("download failed: %v", err)
+	}
+	return nil
 }
 
 func unwrapURLError(err error) error {
@@ -307,36 +409,6 @@ func portOf(u *url.URL) string {
 	return "80"
 }
 
-func verifyChecksum(t *task, s *Server, data []byte, algo, want string) error {
-	if algo == "" {
-		return nil
-	}
-	var h hash.Hash
-	switch algo {
-	case "md5":
-		h = md5.New() //nolint:gosec
-	case "sha1":
-		h = sha1.New() //nolint:gosec
-	case "sha224":
-		h = sha256.New224()
-	case "sha256":
-		h = sha256.New()
-	case "sha384":
-		h = sha512.New384()
-	case "sha512":
-		h = sha512.New()
-	default:
-		return fmt.Errorf("unknown checksum algorithm '%s'", algo)
-	}
-	h.Write(data)
-	got := hex.EncodeToString(h.Sum(nil))
-	if !strings.EqualFold(got, want) {
-		return fmt.Errorf("checksum mismatch: got '%s' != expect '%s'", got, want)
-	}
-	s.logf(t, "calculating checksum...OK, checksum verified")
-	return nil
-}
-
 func decompress(comp string, data []byte) ([]byte, error) {
 	switch comp {
 	case "":
@@ -353,48 +425,82 @@ func decompress(comp string, data []byte) ([]byte, error) {
 	return nil, fmt.Errorf("decompression with '%s' is not supported by pvesim", comp)
 }
 
-// storeFile writes a downloaded/uploaded file as a volume, refusing when the
-// storage lacks space.
-func (s *Server) storeFile(t *task, st *storageState, node, content, filename string, data []byte) error {
+// storeFile writes a downloaded/uploaded file as a volume. An upload
+// overwrites an existing file (Status.pm: "we simply overwrite the
+// destination file"); a download reaching this point found none.
+func (s *Server) storeFile(t *task, st *storageState, node, content, filename string, sink *fileSink, virtualSize uint64, overwrite bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := newFileVolume(st.cfg.Name, content, filename, data)
-	if cur, _ := s.findVolume(v.volid, node); cur != nil {
-		return fmt.Errorf("refusing to override existing file '%s'", v.volid)
+	volid := fmt.Sprintf("%s:%s/%s", st.cfg.Name, content, filename)
+	var freed uint64
+	if cur, _ := s.findVolume(volid, node); cur != nil {
+		if !overwrite {
+			return fmt.Errorf("refusing to override existing file '%s'", contentDir(st.cfg.Name, content)+"/"+filename)
+		}
+		freed = cur.size
 	}
-	if v.size > s.storageAvail(st, node) {
+	if sink.size > s.storageAvail(st, node)+freed {
 		return fmt.Errorf("write error: No space left on device")
 	}
+	if cur, _ := s.findVolume(volid, node); cur != nil {
+		s.removeVolume(cur)
+	}
+	v := &volume{volid: volid, content: content, name: filename, size: sink.size, sha256: sink.digest(),
+		format: formatOf(filename), sums: sink.checksums()}
+	if content == "iso" {
+		v.data = append([]byte(nil), sink.data.Bytes()...)
+	}
+	if content == "import" {
+		v.virtualSize = virtualSize
+	}
 	s.addVolume(st, node, v)
-	t.log = append(t.log, fmt.Sprintf("stored %d bytes as '%s'", v.size, v.volid))
 	return nil
 }
 
+// hUpload follows Status.pm upload: request-time checks on storage, content
+// and the normalized file name; the "imgcopy" worker verifies the checksum
+// and the image (qemu-img info -f <ext>, untrusted) and copies the file,
+// overwriting an existing one.
 func hUpload(c *reqCtx) (any, *apiError) {
 	s := c.s
 	node, sid, content := c.node(), c.params["storage"], c.params["content"]
 	if c.upload == nil {
-		return nil, errParam("filename", "property is missing and it is not optional")
+		return nil, errServer("missing temporary file name")
 	}
-	if _, ok := c.params["tmpfilename"]; ok {
-		return nil, errParam("tmpfilename", "tmpfilename is only allowed on the trusted localhost port")
-	}
-	filename := c.upload.name
 	s.mu.Lock()
-	st, e := s.prepareFileImport(sid, node, content, filename)
+	st, filename, e := s.fileImportTarget(sid, node, content, c.params["filename"], false)
 	s.mu.Unlock()
 	if e != nil {
 		return nil, e
 	}
-	data := c.upload.data
-	algo, sum := c.params["checksum-algorithm"], c.params["checksum"]
+	up := c.upload
+	algo, want := c.params["checksum-algorithm"], c.params["checksum"]
+	dest := contentDir(sid, content) + "/" + filename
 	return s.startTask(taskSpec{node: node, typ: "imgcopy", id: "", user: c.token,
 		routeKey: "POST /nodes/{node}/storage/{storage}/upload",
 		run: func(t *task) error {
-			s.logf(t, "starting file import from: /var/tmp/pveupload-pvesim")
-			if err := verifyChecksum(t, s, data, algo, sum); err != nil {
+			s.logf(t, "starting file import from: %s", up.tmpfilename)
+			if algo != "" {
+				s.logf(t, "calculating checksum...")
+				got := up.sink.checksums()[algo]
+				if !strings.EqualFold(got, want) {
+					s.logf(t, "")
+					return fmt.Errorf("checksum mismatch: got '%s' != expect '%s'", got, want)
+				}
+				s.logf(t, "OK, checksum verified")
+			}
+			vsize, err := checkTransferred(up.tmpfilename, content, filename, up.sink.head, up.sink.size)
+			if err != nil {
 				return err
 			}
-			return s.storeFile(t, st, node, content, filename, data)
+			s.logf(t, "target node: %s", node)
+			s.logf(t, "target file: %s", dest)
+			s.logf(t, "file size is: %d", up.sink.size)
+			s.logf(t, "command: cp -- %s %s", up.tmpfilename, dest)
+			if err := s.storeFile(t, st, node, content, filename, up.sink, vsize, true); err != nil {
+				return err
+			}
+			s.logf(t, "finished file import successfully")
+			return nil
 		}}), nil
 }

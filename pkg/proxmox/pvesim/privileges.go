@@ -3,64 +3,142 @@ package pvesim
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 )
 
-// allPrivileges lists PVE 9's privileges; 8.x has VM.Monitor instead of the
-// VM.GuestAgent.* family.
-func allPrivileges(is8 bool) []string {
-	p := []string{
-		"Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit",
-		"Group.Allocate", "Mapping.Audit", "Mapping.Modify", "Mapping.Use", "Permissions.Modify",
-		"Pool.Allocate", "Pool.Audit", "Realm.Allocate", "Realm.AllocateUser",
-		"SDN.Allocate", "SDN.Audit", "SDN.Use",
-		"Sys.AccessNetwork", "Sys.Audit", "Sys.Console", "Sys.Incoming", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog",
-		"User.Modify",
-		"VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone",
-		"VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit", "VM.Config.Disk", "VM.Config.HWType",
-		"VM.Config.Memory", "VM.Config.Network", "VM.Config.Options",
-		"VM.Console", "VM.Migrate", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
-	}
-	if is8 {
-		p = append(p, "VM.Monitor")
-	} else {
-		p = append(p, "VM.GuestAgent.Audit", "VM.GuestAgent.FileRead", "VM.GuestAgent.FileWrite",
-			"VM.GuestAgent.FileSystemMgmt", "VM.GuestAgent.Unrestricted")
-	}
-	sort.Strings(p)
-	return p
+// privGroup is one category of pve-access-control's $privgroups: the
+// built-in roles are derived from these lists (create_roles), so modelling
+// the lists reproduces PVE*Admin, PVE*User and PVEAuditor exactly.
+type privGroup struct {
+	name                     string
+	root, admin, user, audit []string
 }
 
-func builtinRoles(is8 bool) map[string][]string {
-	all := allPrivileges(is8)
-	var vmPrivs []string
-	for _, p := range all {
-		if strings.HasPrefix(p, "VM.") {
-			vmPrivs = append(vmPrivs, p)
+// privGroups returns AccessControl.pm's $privgroups for the PVE major
+// version: 8.x has VM.Monitor; 9.x replaced it with the VM.GuestAgent.*
+// family and added VM.Replicate.
+func privGroups(is8 bool) []privGroup {
+	vmAdmin := []string{"VM.Config.Disk", "VM.Config.CPU", "VM.Config.Memory", "VM.Config.Network",
+		"VM.Config.HWType", "VM.Config.Options", "VM.Allocate", "VM.Clone", "VM.Migrate"}
+	vmUser := []string{"VM.Config.CDROM", "VM.Config.Cloudinit", "VM.Console", "VM.Backup", "VM.PowerMgmt"}
+	if is8 {
+		vmAdmin = append(vmAdmin, "VM.Monitor", "VM.Snapshot", "VM.Snapshot.Rollback")
+	} else {
+		vmAdmin = append(vmAdmin, "VM.Replicate", "VM.Snapshot", "VM.Snapshot.Rollback",
+			"VM.GuestAgent.FileRead", "VM.GuestAgent.FileWrite", "VM.GuestAgent.FileSystemMgmt",
+			"VM.GuestAgent.Unrestricted")
+		vmUser = append(vmUser, "VM.GuestAgent.Audit")
+	}
+	return []privGroup{
+		{name: "VM", admin: vmAdmin, user: vmUser, audit: []string{"VM.Audit"}},
+		{name: "Sys", root: []string{"Sys.PowerMgmt", "Sys.Modify", "Sys.Incoming", "Sys.AccessNetwork"},
+			admin: []string{"Sys.Console", "Sys.Syslog"}, audit: []string{"Sys.Audit"}},
+		{name: "Datastore", admin: []string{"Datastore.Allocate", "Datastore.AllocateTemplate"},
+			user: []string{"Datastore.AllocateSpace"}, audit: []string{"Datastore.Audit"}},
+		{name: "SDN", admin: []string{"SDN.Allocate", "SDN.Audit"}, user: []string{"SDN.Use"}, audit: []string{"SDN.Audit"}},
+		{name: "User", root: []string{"Realm.Allocate"}, admin: []string{"User.Modify", "Group.Allocate", "Realm.AllocateUser"}},
+		{name: "Pool", admin: []string{"Pool.Allocate"}, user: []string{"Pool.Audit"}, audit: []string{"Pool.Audit"}},
+		{name: "Mapping", admin: []string{"Mapping.Modify"}, user: []string{"Mapping.Use"}, audit: []string{"Mapping.Audit"}},
+	}
+}
+
+// allPrivileges lists every valid privilege of the version (Administrator's
+// set): the groups plus Permissions.Modify, which belongs to no group.
+func allPrivileges(is8 bool) []string {
+	set := map[string]bool{"Permissions.Modify": true}
+	for _, g := range privGroups(is8) {
+		for _, l := range [][]string{g.root, g.admin, g.user, g.audit} {
+			for _, p := range l {
+				set[p] = true
+			}
 		}
 	}
-	return map[string][]string{
-		"Administrator":     all,
-		"NoAccess":          {},
-		"PVEAuditor":        {"Datastore.Audit", "Mapping.Audit", "Pool.Audit", "SDN.Audit", "Sys.Audit", "VM.Audit"},
-		"PVEVMAdmin":        append(vmPrivs, "Datastore.AllocateSpace", "SDN.Use"),
-		"PVEDatastoreAdmin": {"Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit"},
-		"PVESDNUser":        {"SDN.Audit", "SDN.Use"},
-	}
+	return sortedKeys(set)
 }
 
-// privileges computes the token's privileges on path like PVE: walking from
-// "/" down, entries on a more specific path replace inherited ones; entries
-// with propagate=0 apply only to their exact path. VMs in a pool also get the
-// pool's privileges.
+// builtinRoles mirrors create_roles: PVE<cat>Admin = admin+user+audit,
+// PVE<cat>User = user+audit (only where the group has user privileges),
+// PVEAdmin = every category's admin+user+audit without Mapping.Modify,
+// PVEAuditor = every audit privilege, plus PVETemplateUser, NoAccess and
+// Administrator.
+func builtinRoles(is8 bool) map[string][]string {
+	sets := map[string]map[string]bool{}
+	add := func(role string, privs ...string) {
+		if sets[role] == nil {
+			sets[role] = map[string]bool{}
+		}
+		for _, p := range privs {
+			sets[role][p] = true
+		}
+	}
+	for _, g := range privGroups(is8) {
+		all := append(append(append([]string{}, g.admin...), g.user...), g.audit...)
+		add("PVE"+g.name+"Admin", all...)
+		add("PVEAdmin", all...)
+		if len(g.user) > 0 {
+			add("PVE"+g.name+"User", append(append([]string{}, g.user...), g.audit...)...)
+		}
+		add("PVEAuditor", g.audit...)
+	}
+	delete(sets["PVEAdmin"], "Mapping.Modify")
+	add("PVETemplateUser", "VM.Clone", "VM.Audit")
+	out := map[string][]string{"NoAccess": {}, "Administrator": allPrivileges(is8)}
+	for role, set := range sets {
+		out[role] = sortedKeys(set)
+	}
+	return out
+}
+
+// privileges computes what a token may do on path like PVE's
+// RPCEnvironment::permissions: root@pam's tokens without privilege
+// separation hold everything; a token without privilege separation has
+// exactly its user's privileges; a privilege-separated token has its own
+// ACLs intersected with its user's. A token whose user is not configured
+// (Config.Users) keeps exactly its own ACLs (backward compatibility).
 func (s *Server) privileges(tokenID, path string) map[string]bool {
-	out := s.pathPrivileges(tokenID, path)
+	tok := s.tokens[tokenID]
+	user, _, _ := strings.Cut(tokenID, "!")
+	privsep := tok.Privsep == nil || *tok.Privsep
+	var userPrivs map[string]bool
+	userKnown := true
+	if user == "root@pam" {
+		// root can do anything (AccessControl::roles returns Administrator).
+		userPrivs = map[string]bool{}
+		for _, p := range allPrivileges(s.cfg.is8()) {
+			userPrivs[p] = true
+		}
+	} else if u, ok := s.users[user]; ok {
+		userPrivs = s.aclPrivileges(u.ACLs, path)
+	} else {
+		userKnown = false
+	}
+	if !privsep {
+		if userPrivs == nil {
+			return map[string]bool{}
+		}
+		return userPrivs
+	}
+	own := s.aclPrivileges(tok.ACLs, path)
+	if !userKnown {
+		return own
+	}
+	for p := range own {
+		if !userPrivs[p] {
+			delete(own, p)
+		}
+	}
+	return own
+}
+
+// aclPrivileges evaluates one ACL list on path; VMs in a pool also get the
+// pool's privileges.
+func (s *Server) aclPrivileges(acls []ACLConfig, path string) map[string]bool {
+	out := s.pathPrivileges(acls, path)
 	if rest, ok := strings.CutPrefix(path, "/vms/"); ok {
 		if id, err := strconv.Atoi(rest); err == nil {
 			if pool := s.poolOf(id); pool != "" {
-				for p := range s.pathPrivileges(tokenID, "/pool/"+pool) {
+				for p := range s.pathPrivileges(acls, "/pool/"+pool) {
 					out[p] = true
 				}
 			}
@@ -69,8 +147,10 @@ func (s *Server) privileges(tokenID, path string) map[string]bool {
 	return out
 }
 
-func (s *Server) pathPrivileges(tokenID, path string) map[string]bool {
-	tok := s.tokens[tokenID]
+// pathPrivileges walks from "/" down: entries on a more specific path
+// replace inherited ones; entries with propagate=0 apply only to their
+// exact path.
+func (s *Server) pathPrivileges(acls []ACLConfig, path string) map[string]bool {
 	levels := []string{"/"}
 	cur := ""
 	for _, seg := range strings.Split(strings.Trim(path, "/"), "/") {
@@ -83,7 +163,7 @@ func (s *Server) pathPrivileges(tokenID, path string) map[string]bool {
 	result := map[string]bool{}
 	for _, lvl := range levels {
 		var entries []ACLConfig
-		for _, a := range tok.ACLs {
+		for _, a := range acls {
 			if normPath(a.Path) != lvl {
 				continue
 			}
@@ -229,6 +309,12 @@ func (c *reqCtx) substitute(path string) string {
 func (c *reqCtx) checkConfigPerms(vmid int, keys []string) *apiError {
 	path := fmt.Sprintf("/vms/%d", vmid)
 	for _, k := range keys {
+		// check_vm_modify_config_perm returns early only for the user
+		// root@pam; an API token is never that user (its id is
+		// root@pam!name), so root-only options are refused for every token.
+		if msg := rootOnlyOption(k, c.params[k]); msg != "" {
+			return errServer("%s", msg)
+		}
 		priv := configPrivilege(k, c.params[k])
 		if priv == "" {
 			continue
@@ -242,6 +328,35 @@ func (c *reqCtx) checkConfigPerms(vmid int, keys []string) *apiError {
 		}
 	}
 	return nil
+}
+
+// rootOnlyOption returns qemu-server's refusal for options only root@pam may
+// set: the catch-all branch of check_vm_modify_config_perm (args, lock,
+// hookscript, ...) and the real-device checks for serial, usb and hostpci
+// (check_vm_create_serial_perm / _usb_perm / hostpci mapping check).
+func rootOnlyOption(key, value string) string {
+	base := strings.TrimRight(key, "0123456789")
+	indexed := base != key
+	switch {
+	case key == "args" || key == "lock" || key == "hookscript":
+		return fmt.Sprintf("only root can set '%s' config", key)
+	case indexed && base == "serial":
+		if value != "" && value != "socket" {
+			return fmt.Sprintf("only root can set '%s' config for real devices", key)
+		}
+	case indexed && base == "parallel":
+		return fmt.Sprintf("only root can set '%s' config", key)
+	case indexed && base == "usb":
+		kv := parsePropString(value, "host")
+		if value != "" && kv["mapping"] == "" && kv["host"] != "spice" {
+			return fmt.Sprintf("only root can set '%s' config for real devices", key)
+		}
+	case indexed && base == "hostpci":
+		if value != "" && parsePropString(value, "host")["mapping"] == "" {
+			return fmt.Sprintf("only root can set '%s' config for non-mapped devices", key)
+		}
+	}
+	return ""
 }
 
 func configPrivilege(key, value string) string {

@@ -74,11 +74,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	writeWithReason(w, e.status, reasonPhrase(e.msg), b)
 }
 
-// reasonPhrase makes a message safe for an HTTP status line.
+// reasonPhrase is the message's first line, like pve-http-server's
+// response(): ($msg) = $msg =~ m/^(.*)$/m.
 func reasonPhrase(msg string) string {
-	msg = strings.TrimSpace(msg)
-	msg = strings.NewReplacer("\r", " ", "\n", " ").Replace(msg)
-	if msg == "" {
+	msg, _, _ = strings.Cut(msg, "\n")
+	msg = strings.TrimRight(msg, "\r")
+	if strings.TrimSpace(msg) == "" {
 		return "Error"
 	}
 	return msg

@@ -33,7 +33,9 @@ type reqCtx struct {
 
 type uploadFile struct {
 	name string
-	data []byte
+	sink *fileSink
+	// tmpfilename is pveproxy's temporary file the upload was spooled to.
+	tmpfilename string
 }
 
 func (s *Server) handlers() map[string]handlerFunc {

@@ -34,6 +34,7 @@ type Server struct {
 	vms    map[int]*vmState
 	tasks  map[string]*task
 	tokens map[string]TokenConfig
+	users  map[string]UserConfig
 	roles  map[string][]string
 	pid    int
 	rng    *rand.Rand
@@ -79,6 +80,7 @@ func New(cfg Config) (*Server, error) {
 		vms:      map[int]*vmState{},
 		tasks:    map[string]*task{},
 		tokens:   map[string]TokenConfig{},
+		users:    map[string]UserConfig{},
 		roles:    builtinRoles(c.is8()),
 		pid:      0x1000,
 		rng:      rand.New(rand.NewSource(c.Seed)),
@@ -105,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 	for _, t := range c.Tokens {
 		s.tokens[t.ID] = t
 	}
+	for _, u := range c.Users {
+		s.users[u.ID] = u
+	}
 	for name, privs := range c.Roles {
 		s.roles[name] = privs
 	}
@@ -113,6 +118,15 @@ func New(cfg Config) (*Server, error) {
 			if a.Role != "" {
 				if _, ok := s.roles[a.Role]; !ok {
 					return nil, fmt.Errorf("pvesim: token %s: unknown role %q", t.ID, a.Role)
+				}
+			}
+		}
+	}
+	for _, u := range c.Users {
+		for _, a := range u.ACLs {
+			if a.Role != "" {
+				if _, ok := s.roles[a.Role]; !ok {
+					return nil, fmt.Errorf("pvesim: user %s: unknown role %q", u.ID, a.Role)
 				}
 			}
 		}

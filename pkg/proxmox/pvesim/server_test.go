@@ -167,7 +167,7 @@ func TestCreateErrors(t *testing.T) {
 		{"storage full", form("vmid", "100", "scsi0", "small:5"), 200, "not enough free space on storage 'small'"},
 		{"iso import refused", form("vmid", "101", "scsi0", "small:0,import-from=local:iso/a.iso"), 500, "has wrong type 'iso'"},
 		{"missing import source", form("vmid", "102", "scsi0", "small:0,import-from=local:import/nope.qcow2"), 500, "does not exist"},
-		{"storage without images", form("vmid", "103", "scsi0", "local:1"), 500, "does not support vm images"},
+		{"storage without images", form("vmid", "103", "scsi0", "local:1"), 400, "Parameter verification failed."},
 		{"missing iso", form("vmid", "104", "ide2", "local:iso/b.iso,media=cdrom"), 500, "volume 'local:iso/b.iso' does not exist"},
 	}
 	for _, tc := range tests {

@@ -76,6 +76,8 @@ type volume struct {
 	// data is kept for ISOs only (power-on hooks hand it to node simulators).
 	data   []byte
 	sha256 string
+	// sums are the file's checksums by algorithm (ISO/import files).
+	sums map[string]string
 	// source is the import-from volid a disk was created from.
 	source string
 }

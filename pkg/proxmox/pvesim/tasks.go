@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -69,12 +70,15 @@ func (s *Server) startTask(spec taskSpec) string {
 		t.running = false
 		t.endtime = time.Now().Unix()
 		if err != nil {
-			t.exitstatus = err.Error()
-			t.log = append(t.log, "TASK ERROR: "+err.Error())
+			// The worker's die message is printed as "TASK ERROR: <msg>";
+			// a multi-line message spans several log lines.
+			lines := strings.Split(strings.TrimRight(err.Error(), "\n"), "\n")
+			t.log = append(t.log, "TASK ERROR: "+lines[0])
+			t.log = append(t.log, lines[1:]...)
 		} else {
-			t.exitstatus = "OK"
 			t.log = append(t.log, "TASK OK")
 		}
+		t.exitstatus = readStatus(t.log)
 		s.mu.Unlock()
 	}()
 	return t.upid
@@ -112,12 +116,34 @@ func (s *Server) execTask(t *task, spec taskSpec) error {
 	return spec.run(t)
 }
 
+// readStatus derives a finished task's exit status from the last line of its
+// log, like PVE::Tools::upid_read_status: "TASK OK" → OK, "TASK ERROR: x" →
+// x, "TASK WARNINGS: n" → "WARNINGS: n", anything else → "unexpected status".
+func readStatus(log []string) string {
+	if len(log) == 0 {
+		return "unable to read tail (got 0 bytes)"
+	}
+	line := log[len(log)-1]
+	switch {
+	case line == "TASK OK":
+		return "OK"
+	case strings.HasPrefix(line, "TASK ERROR: "):
+		return strings.TrimPrefix(line, "TASK ERROR: ")
+	case strings.HasPrefix(line, "TASK WARNINGS: "):
+		return strings.TrimPrefix(line, "TASK ")
+	}
+	return "unexpected status"
+}
+
 // logf appends a line to a task log.
 func (s *Server) logf(t *task, format string, args ...any) {
 	s.mu.Lock()
 	t.log = append(t.log, fmt.Sprintf(format, args...))
 	s.mu.Unlock()
 }
+
+// reUPID is PVE::Tools::upid_decode's format.
+var reUPID = regexp.MustCompile(`^UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):([0-9A-Fa-f]{8}):([^:\s]+):([^:\s]*):([^:\s]+):$`)
 
 func vmLock(vmid int) string { return fmt.Sprintf("/var/lock/qemu-server/lock-%d.conf", vmid) }
 
@@ -284,11 +310,12 @@ func (c *reqCtx) findTask(priv string) (*task, *apiError) {
 	c.s.mu.Lock()
 	t, ok := c.s.tasks[upid]
 	c.s.mu.Unlock()
-	if !strings.HasPrefix(upid, "UPID:") {
-		return nil, errServer("unable to parse worker upid '%s'", upid)
+	// pve-manager Tasks.pm: raise_param_exc({ upid => ... }) for both.
+	if !reUPID.MatchString(upid) {
+		return nil, errParam("upid", "unable to parse worker upid")
 	}
 	if !ok || t.node != c.node() {
-		return nil, errServer("no such task")
+		return nil, errParam("upid", "no such task")
 	}
 	if t.user != c.token {
 		if e := c.checkAll("/nodes/"+t.node, priv); e != nil {

@@ -1,9 +1,7 @@
 package pvesim
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"regexp"
 	"sort"
@@ -127,9 +125,10 @@ func checkFilename(content, name string) *apiError {
 // their bytes (node simulators boot from them); import images keep size,
 // qcow2 virtual size and digest.
 func newFileVolume(sid, content, name string, data []byte) *volume {
-	sum := sha256.Sum256(data)
+	sink := newFileSink(false)
+	_, _ = sink.Write(data)
 	v := &volume{volid: fmt.Sprintf("%s:%s/%s", sid, content, name), content: content, name: name,
-		size: uint64(len(data)), sha256: hex.EncodeToString(sum[:]), format: formatOf(name)}
+		size: uint64(len(data)), sha256: sink.digest(), sums: sink.checksums(), format: formatOf(name)}
 	if content == "iso" {
 		v.data = data
 	}
