@@ -95,8 +95,9 @@ const (
 )
 
 // ImageSource opens the image to upload. It returns the stream and its exact
-// size in bytes (-1 if unknown: the request is then sent chunked, which not
-// every proxy accepts). The stream is read once, never buffered whole.
+// size in bytes (-1 if unknown: pveproxy refuses chunked uploads, so the
+// stream is then spooled to a temporary file first to learn its size). The
+// stream is read once, never buffered whole in memory.
 type ImageSource func(ctx context.Context) (io.ReadCloser, int64, error)
 
 // ImageRequest describes an image that must be present in a storage.

@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"sort"
 	"strings"
@@ -246,6 +247,16 @@ func (c *PVEClient) ensureImage(ctx context.Context, req ImageRequest) (ImageRes
 			return ImageResult{}, fmt.Errorf("opening %s for upload: %w", req.Filename, err)
 		}
 		defer func() { _ = rc.Close() }()
+		if size < 0 {
+			// pveproxy refuses chunked bodies (501) and needs the exact
+			// Content-Length of an upload: learn it by spooling to disk.
+			f, n, err := spoolToTemp(rc)
+			if err != nil {
+				return ImageResult{}, fmt.Errorf("spooling %s of unknown size before upload: %w", req.Filename, err)
+			}
+			defer func() { _ = f.Close(); _ = os.Remove(f.Name()) }()
+			rc, size = f, n
+		}
 		if size > 0 && st.Available > 0 && uint64(size) > st.Available {
 			return ImageResult{}, fmt.Errorf("%w: %s needs %d bytes, storage %s on %s has %d free", ErrInsufficientSpace, req.Filename, size, req.Storage, req.Node, st.Available)
 		}
@@ -280,9 +291,12 @@ func (c *PVEClient) findStorage(ctx context.Context, node, storage string) (Stor
 func (c *PVEClient) upload(ctx context.Context, node, storage, content, filename, checksum, alg string, src io.Reader, size int64) (string, error) {
 	var head bytes.Buffer
 	mw := multipart.NewWriter(&head)
+	// pveproxy (file_upload_multipart) reads exactly these fields before the
+	// file part and only in this order: content, checksum-algorithm,
+	// checksum. Any other order fails the upload with 501.
 	fields := [][2]string{{"content", content}}
 	if checksum != "" {
-		fields = append(fields, [2]string{"checksum", checksum}, [2]string{"checksum-algorithm", alg})
+		fields = append(fields, [2]string{"checksum-algorithm", alg}, [2]string{"checksum", checksum})
 	}
 	for _, f := range fields {
 		if err := mw.WriteField(f[0], f[1]); err != nil {
@@ -306,11 +320,10 @@ func (c *PVEClient) upload(ctx context.Context, node, storage, content, filename
 	if err != nil {
 		return "", err
 	}
-	if size >= 0 {
-		req.ContentLength = int64(len(all)) + size
-	} else {
-		req.ContentLength = -1
+	if size < 0 {
+		return "", fmt.Errorf("%w: upload of %s needs its size: PVE refuses chunked uploads", ErrInvalidConfig, filename)
 	}
+	req.ContentLength = int64(len(all)) + size
 	// The stream cannot be replayed: no GetBody, so the transport will not
 	// retry it.
 	req.GetBody = nil
@@ -337,6 +350,25 @@ func (c *PVEClient) upload(ctx context.Context, node, storage, content, filename
 		return "", nil
 	}
 	return *out.Data, nil
+}
+
+// spoolToTemp copies a stream of unknown length to a temporary file and
+// returns it rewound with its size.
+func spoolToTemp(r io.Reader) (*os.File, int64, error) {
+	f, err := os.CreateTemp("", "capmox-upload-*")
+	if err != nil {
+		return nil, 0, err
+	}
+	n, err := io.Copy(f, r)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, 0, err
+	}
+	return f, n, nil
 }
 
 // UploadISO implements Client.

@@ -228,10 +228,9 @@ func (s *Server) fileImportTarget(sid, node, content, rawName string, download b
 			return nil, "", errParam("filename", "invalid filename or wrong extension")
 		}
 	default:
-		if download {
-			return nil, "", errParam("content", "upload content-type '%s' is not allowed", content)
-		}
-		return nil, "", errParam("content", "upload content type '%s' not allowed", content)
+		// PVE also takes vztmpl (container templates), which pvesim does
+		// not model; say so rather than pretend PVE refuses it.
+		return nil, "", errParam("content", "pvesim supports only content 'iso' and 'import'")
 	}
 	if !download && !st.content[content] {
 		return nil, "", errServer("storage '%s' does not support '%s' content", sid, content)

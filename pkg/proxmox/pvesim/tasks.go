@@ -70,11 +70,10 @@ func (s *Server) startTask(spec taskSpec) string {
 		t.running = false
 		t.endtime = time.Now().Unix()
 		if err != nil {
-			// The worker's die message is printed as "TASK ERROR: <msg>";
-			// a multi-line message spans several log lines.
-			lines := strings.Split(strings.TrimRight(err.Error(), "\n"), "\n")
-			t.log = append(t.log, "TASK ERROR: "+lines[0])
-			t.log = append(t.log, lines[1:]...)
+			// RESTEnvironment::fork_worker: chomp, newlines become spaces,
+			// then "TASK ERROR: <msg>" is the log's last line.
+			msg := strings.ReplaceAll(strings.TrimSuffix(err.Error(), "\n"), "\n", " ")
+			t.log = append(t.log, "TASK ERROR: "+msg)
 		} else {
 			t.log = append(t.log, "TASK OK")
 		}

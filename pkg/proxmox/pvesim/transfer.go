@@ -318,18 +318,17 @@ func readMultipartUpload(body io.Reader, boundary string) (*multipartUpload, *ap
 			return fail("wrong field name '%s' for file upload, expected 'filename'", name)
 		}
 		rest := rbuf[m[1]:]
-		u := reUntilData.FindStringIndex(rest)
-		if u == nil {
-			if eof {
-				return fail("upload failed")
-			}
-			continue
+		// remove_until_data: s/^.*?(\r?\n){2}//s is a no-op when it finds
+		// no blank line, so a file part without further headers keeps its
+		// leading newline as data, as on PVE.
+		if u := reUntilData.FindStringIndex(rest); u != nil {
+			rest = rest[u[1]:]
 		}
 		filename = strings.TrimSpace(rbuf[m[6]:m[7]])
 		for k, v := range got {
 			params[k] = v
 		}
-		buf = []byte(rest[u[1]:])
+		buf = []byte(rest)
 		phase = 2
 	}
 	sink := newFileSink(params["content"] == "iso")
