@@ -472,3 +472,46 @@ func TestPrivilegesLikeAccessControl(t *testing.T) {
 	_, err := New(Config{Tokens: []TokenConfig{{ID: "carol@pve!t", Secret: "x", Privsep: &f}}})
 	g.Expect(err).To(MatchError(ContainSubstring("privsep=false but its user")))
 }
+
+// TestCheckReturnsCatchesMismatches: the response checker used by the
+// provider's schema test accepts pvesim's real answers and rejects
+// responses that break the returns schema.
+func TestCheckReturnsCatchesMismatches(t *testing.T) {
+	dir, ok, err := apischema.SchemaDir()
+	if err != nil || !ok {
+		t.Skipf("PVE schema files not found at %s", dir)
+	}
+	file := filepath.Join(dir, "pve-9.1-apidata.json")
+	s := startSim(t, Config{})
+	var recs []ResponseRecord
+	s.OnResponse(func(r ResponseRecord) { recs = append(recs, r) })
+	g := NewWithT(t)
+	r := root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100", "cores", "2"))
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
+	root(t, s, "GET", "/nodes/pve1/storage", nil)
+	for _, rec := range recs {
+		g.Expect(CheckReturns(file, rec.Method, rec.Route, rec.Body)).To(Succeed(), rec.Route)
+	}
+	tests := []struct {
+		name, method, route, body, want string
+	}{
+		{"missing required property", "GET", "/nodes/{node}/tasks/{upid}/status",
+			`{"data":{"id":"","node":"pve1","pid":1,"pstart":1,"starttime":1,"status":"stopped","type":"x","user":"u"}}`,
+			"data.upid: property is missing"},
+		{"enum", "GET", "/nodes/{node}/tasks/{upid}/status",
+			`{"data":{"upid":"u","id":"","node":"pve1","pid":1,"pstart":1,"starttime":1,"status":"done","type":"x","user":"u"}}`,
+			"does not have a value in the enumeration"},
+		{"integer as text", "GET", "/nodes/{node}/storage",
+			`{"data":[{"storage":"local","type":"dir","content":"iso","total":"a lot"}]}`, "type check ('integer') failed"},
+		{"object instead of array", "GET", "/nodes/{node}/storage", `{"data":{"storage":"local"}}`, "want array"},
+		{"indexed config key typed", "GET", "/nodes/{node}/qemu/{vmid}/config", `{"data":{"digest":"x","cores":"two"}}`,
+			"data.cores: type check ('integer') failed"},
+		{"string where a UPID is due", "POST", "/nodes/{node}/qemu", `{"data":{"upid":"x"}}`, "want string"},
+		{"no data", "GET", "/version", `{"errors":{}}`, "body has no data"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			NewWithT(t).Expect(CheckReturns(file, tc.method, tc.route, []byte(tc.body))).To(MatchError(ContainSubstring(tc.want)))
+		})
+	}
+}

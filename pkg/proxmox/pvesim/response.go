@@ -48,17 +48,19 @@ func errNoVM(node string, vmid int) *apiError {
 	return errServer("Configuration file 'nodes/%s/qemu-server/%d.conf' does not exist", node, vmid)
 }
 
-// writeData writes a successful {"data": ...} envelope.
-func writeData(w http.ResponseWriter, data any) {
+// writeData writes a successful {"data": ...} envelope and returns the body
+// (nil if encoding failed).
+func writeData(w http.ResponseWriter, data any) []byte {
 	body, err := json.Marshal(map[string]any{"data": data})
 	if err != nil {
 		writeError(w, errServer("internal error encoding response: %v", err))
-		return
+		return nil
 	}
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.Header().Set("Cache-Control", "max-age=0")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+	return body
 }
 
 // writeError writes PVE's error shape with the message as reason phrase.

@@ -48,6 +48,7 @@ type Server struct {
 	hookMu     sync.Mutex
 	onPowerOn  []func(PowerEvent)
 	onPowerOff []func(PowerEvent)
+	onResponse []func(ResponseRecord)
 
 	downloadClient *http.Client
 
