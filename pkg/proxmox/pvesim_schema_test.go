@@ -62,62 +62,7 @@ func TestSimResponsesMatchReturnsSchema(t *testing.T) {
 				recs = append(recs, r)
 				mu.Unlock()
 			})
-			c := env.client
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-
-			image := fakeQCOW2(1 << 30)
-			sum := sha256.Sum256(image)
-			factory := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(image) }))
-			defer factory.Close()
-
-			_, err := c.Version(ctx)
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.Nodes(ctx)
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.Storages(ctx, "pve1")
-			g.Expect(err).NotTo(HaveOccurred())
-			res, err := c.EnsureImage(ctx, ImageRequest{Node: "pve1", Storage: "local", Content: "import", Filename: talosImage,
-				URL: factory.URL + "/i.qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumAlgorithm: "sha256"})
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.EnsureImage(ctx, ImageRequest{Node: "pve1", Storage: "local", Content: "import", Filename: "up.qcow2",
-				Checksum: hex.EncodeToString(sum[:]), ChecksumAlgorithm: "sha256",
-				Source: func(context.Context) (io.ReadCloser, int64, error) {
-					return io.NopCloser(strings.NewReader(string(image))), int64(len(image)), nil
-				}})
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.StorageContent(ctx, "pve1", "local", "")
-			g.Expect(err).NotTo(HaveOccurred())
-			iso, err := c.UploadISO(ctx, "pve1", "local", "cidata.iso", []byte("cidata"))
-			g.Expect(err).NotTo(HaveOccurred())
-			vmid, err := c.AllocateVMID(ctx, VMIDRange{Min: 100, Max: 199})
-			g.Expect(err).NotTo(HaveOccurred())
-			spec := simSpec("pve1", "cp-1", res.VolID)
-			spec.VMID = vmid
-			spec.CDROM = iso
-			_, err = c.CreateVM(ctx, spec)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(c.ResizeDisk(ctx, "pve1", vmid, "scsi0", "20G")).To(Succeed())
-			g.Expect(c.SetTags(ctx, "pve1", vmid, []string{"capi", "x"})).To(Succeed())
-			_, err = c.VMs(ctx)
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.FindVMs(ctx, VMFilter{Tags: []string{"capi"}})
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.VMConfig(ctx, "pve1", vmid)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(c.StartVM(ctx, "pve1", vmid)).To(Succeed())
-			_, err = c.VMStatus(ctx, "pve1", vmid)
-			g.Expect(err).NotTo(HaveOccurred())
-			_, err = c.GuestNetworkInterfaces(ctx, "pve1", vmid)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(c.DetachISO(ctx, "pve1", vmid, "ide2")).To(Succeed())
-			g.Expect(c.AttachISO(ctx, "pve1", vmid, "ide2", iso)).To(Succeed())
-			g.Expect(c.ShutdownVM(ctx, "pve1", vmid, 5*time.Second)).To(Succeed())
-			g.Expect(c.StartVM(ctx, "pve1", vmid)).To(Succeed())
-			g.Expect(c.StopVM(ctx, "pve1", vmid)).To(Succeed())
-			g.Expect(c.DeleteVM(ctx, "pve1", vmid)).To(Succeed())
-			g.Expect(c.DeleteVolume(ctx, "pve1", iso)).To(Succeed())
-			g.Expect(env.sim.WaitTasks(5 * time.Second)).To(Succeed())
+			driveEveryCall(t, env)
 
 			mu.Lock()
 			defer mu.Unlock()
@@ -145,4 +90,120 @@ func TestSimResponsesMatchReturnsSchema(t *testing.T) {
 			))
 		})
 	}
+}
+
+// driveEveryCall runs each Client call the provider makes against env's
+// pvesim: images by download and upload, cidata ISO, VMID allocation,
+// create, resize, tags, lists, config, power, guest agent, ISO swap,
+// delete.
+func driveEveryCall(t *testing.T, env *simEnv) {
+	t.Helper()
+	g := NewWithT(t)
+	c := env.client
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	image := fakeQCOW2(1 << 30)
+	sum := sha256.Sum256(image)
+	factory := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(image) }))
+	defer factory.Close()
+
+	_, err := c.Version(ctx)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.Nodes(ctx)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.Storages(ctx, "pve1")
+	g.Expect(err).NotTo(HaveOccurred())
+	res, err := c.EnsureImage(ctx, ImageRequest{Node: "pve1", Storage: "local", Content: "import", Filename: talosImage,
+		URL: factory.URL + "/i.qcow2", Checksum: hex.EncodeToString(sum[:]), ChecksumAlgorithm: "sha256"})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.EnsureImage(ctx, ImageRequest{Node: "pve1", Storage: "local", Content: "import", Filename: "up.qcow2",
+		Checksum: hex.EncodeToString(sum[:]), ChecksumAlgorithm: "sha256",
+		Source: func(context.Context) (io.ReadCloser, int64, error) {
+			return io.NopCloser(strings.NewReader(string(image))), int64(len(image)), nil
+		}})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.StorageContent(ctx, "pve1", "local", "")
+	g.Expect(err).NotTo(HaveOccurred())
+	iso, err := c.UploadISO(ctx, "pve1", "local", "cidata.iso", []byte("cidata"))
+	g.Expect(err).NotTo(HaveOccurred())
+	vmid, err := c.AllocateVMID(ctx, VMIDRange{Min: 100, Max: 199})
+	g.Expect(err).NotTo(HaveOccurred())
+	spec := simSpec("pve1", "cp-1", res.VolID)
+	spec.VMID = vmid
+	spec.CDROM = iso
+	_, err = c.CreateVM(ctx, spec)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.ResizeDisk(ctx, "pve1", vmid, "scsi0", "20G")).To(Succeed())
+	g.Expect(c.SetTags(ctx, "pve1", vmid, []string{"capi", "x"})).To(Succeed())
+	_, err = c.VMs(ctx)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.FindVMs(ctx, VMFilter{Tags: []string{"capi"}})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.VMConfig(ctx, "pve1", vmid)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.StartVM(ctx, "pve1", vmid)).To(Succeed())
+	_, err = c.VMStatus(ctx, "pve1", vmid)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = c.GuestNetworkInterfaces(ctx, "pve1", vmid)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.DetachISO(ctx, "pve1", vmid, "ide2")).To(Succeed())
+	g.Expect(c.AttachISO(ctx, "pve1", vmid, "ide2", iso)).To(Succeed())
+	g.Expect(c.ShutdownVM(ctx, "pve1", vmid, 5*time.Second)).To(Succeed())
+	g.Expect(c.StartVM(ctx, "pve1", vmid)).To(Succeed())
+	g.Expect(c.StopVM(ctx, "pve1", vmid)).To(Succeed())
+	g.Expect(c.DeleteVM(ctx, "pve1", vmid)).To(Succeed())
+	g.Expect(c.DeleteVolume(ctx, "pve1", iso)).To(Succeed())
+	g.Expect(env.sim.WaitTasks(5 * time.Second)).To(Succeed())
+
+}
+
+// documentedRole is the provider's least-privilege role (reference notes,
+// proxmox-api.md): 9.x reads the guest agent with VM.GuestAgent.Audit, 8.4
+// with VM.Monitor.
+func documentedRole(is8 bool) []string {
+	agent := "VM.GuestAgent.Audit"
+	if is8 {
+		agent = "VM.Monitor"
+	}
+	return []string{"VM.Allocate", "VM.Audit", "VM.Clone", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Disk",
+		"VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt", agent,
+		"Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit", "SDN.Use",
+		"Sys.Audit", "Sys.AccessNetwork"}
+}
+
+// TestSimDocumentedRoleSuffices runs every client call with a
+// privilege-separated token of a user that holds only the documented role
+// (token ACL ∩ user ACL, as PVE computes it), on 8.4 and 9.1.
+func TestSimDocumentedRoleSuffices(t *testing.T) {
+	for _, version := range []string{"8.4.1", "9.1.2"} {
+		t.Run(version, func(t *testing.T) {
+			role := documentedRole(strings.HasPrefix(version, "8."))
+			acl := []pvesim.ACLConfig{{Path: "/", Role: "CAPI"}}
+			env := startSim(t, pvesim.Config{
+				Version: version,
+				Roles:   map[string][]string{"CAPI": role},
+				Users:   []pvesim.UserConfig{{ID: "capi@pve", ACLs: acl}},
+				Tokens:  []pvesim.TokenConfig{{ID: "capi@pve!provider", Secret: "5e1f0c2a-0000-4000-8000-000000000001", ACLs: acl}},
+			})
+			driveEveryCall(t, env)
+		})
+	}
+}
+
+// TestSimUploadOfUnknownSize: pveproxy answers a chunked upload with 501,
+// so a source of unknown size is spooled and sent with its Content-Length.
+func TestSimUploadOfUnknownSize(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{})
+	image := fakeQCOW2(2 << 30)
+	res, err := env.client.EnsureImage(context.Background(), ImageRequest{Node: "pve1", Storage: "local", Content: "import",
+		Filename: "unknown-size.qcow2", Source: func(context.Context) (io.ReadCloser, int64, error) {
+			return io.NopCloser(strings.NewReader(string(image))), -1, nil
+		}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Transferred).To(BeTrue())
+	vols, err := env.client.StorageContent(context.Background(), "pve1", "local", "import")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(vols).To(ContainElement(And(HaveField("VolID", "local:import/unknown-size.qcow2"), HaveField("Size", uint64(len(image))))))
 }
