@@ -12,6 +12,7 @@ package factorysim
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -265,7 +266,34 @@ func (s *Server) HasSchematic(id string) bool {
 
 // ImagePayload is the deterministic content served for an image path: 4-7 KiB (the size
 // depends on the path, so size checks are meaningful) of a SHA-256 stream seeded by the path.
+// An uncompressed .qcow2 starts with a valid qcow2 v3 header (virtual size
+// ImageVirtualSize, no backing file), because Proxmox checks a transferred
+// image with qemu-img info -f qcow2 and refuses anything else.
 func ImagePayload(path string) []byte {
+	out := imageStream(path)
+	if strings.HasSuffix(path, ".qcow2") {
+		copy(out, qcow2Header(ImageVirtualSize))
+	}
+	return out
+}
+
+// ImageVirtualSize is the disk size a served qcow2 image declares.
+const ImageVirtualSize = 1 << 30
+
+// qcow2Header is a minimal qcow2 version 3 header (104 bytes, 64 KiB
+// clusters, refcount order 4, no backing file, no features).
+func qcow2Header(virtualSize uint64) []byte {
+	h := make([]byte, 104)
+	copy(h, "QFI\xfb")
+	binary.BigEndian.PutUint32(h[4:], 3)
+	binary.BigEndian.PutUint32(h[20:], 16)
+	binary.BigEndian.PutUint64(h[24:], virtualSize)
+	binary.BigEndian.PutUint32(h[96:], 4)
+	binary.BigEndian.PutUint32(h[100:], 104)
+	return h
+}
+
+func imageStream(path string) []byte {
 	seed := sha256.Sum256([]byte(path))
 	size := 4096 + int(seed[0]%4)*1024
 
