@@ -217,8 +217,6 @@ func TestUploadLikePveproxy(t *testing.T) {
 		{name: "unknown field before the file", parts: []part{{"content", "", "iso"}, {"note", "", "x"}, {"filename", "a.iso", "data"}},
 			status: 501, reason: "wrong field name 'note\""},
 		{name: "only fields, no file", parts: []part{{"content", "", "iso"}}, status: 501, reason: "upload failed"},
-		{name: "not multipart", ctype: "application/octet-stream", parts: []part{{"content", "", "iso"}}, status: 501,
-			reason: "upload 'Content-Type 'application/octet-stream' not implemented"},
 		{name: "name normalized", parts: []part{{"content", "", "iso"}, {"filename", "../my cidata (1).iso", "raw iso bytes"}},
 			status: 200, exit: "OK", volid: "local:iso/my_cidata__1_.iso"},
 		{name: "qcow2 that is not qcow2", parts: []part{{"content", "", "import"}, {"filename", "fake.qcow2", "not an image"}},
@@ -267,6 +265,13 @@ func TestUploadLikePveproxy(t *testing.T) {
 		}
 	}
 	g.Expect(talos).To(HaveLen(1))
+
+	// A non-multipart upload: pveproxy never answers; the connection ends.
+	req, _ := http.NewRequest("POST", s.URL()+"/nodes/pve1/storage/local/upload", strings.NewReader("content=iso"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "PVEAPIToken="+rootTok)
+	_, err := http.DefaultClient.Do(req)
+	g.Expect(err).To(MatchError(ContainSubstring("EOF")))
 
 	// Chunked bodies are refused before anything else.
 	body := multipartBody(bnd, part{"content", "", "iso"}, part{"filename", "chunk.iso", "x"})
@@ -512,6 +517,45 @@ func TestCheckReturnsCatchesMismatches(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			NewWithT(t).Expect(CheckReturns(file, tc.method, tc.route, []byte(tc.body))).To(MatchError(ContainSubstring(tc.want)))
+		})
+	}
+}
+
+// TestRequestBodiesLikePveproxy: bodies only for PUT/POST, at most 64 KiB,
+// form or JSON; chunked is refused for every route.
+func TestRequestBodiesLikePveproxy(t *testing.T) {
+	s := startSim(t, Config{})
+	big := "description=" + strings.Repeat("x", 70*1024)
+	tests := []struct {
+		name, method, path, ctype, body string
+		chunked                         bool
+		status                          int
+		reason                          string
+	}{
+		{"body on GET", "GET", "/version", "application/x-www-form-urlencoded", "a=1", false, 501, "Unexpected content for method 'GET'"},
+		{"too large", "POST", "/nodes/pve1/qemu", "application/x-www-form-urlencoded", "vmid=100&" + big, false, 501, "for data too large"},
+		{"other content type", "POST", "/nodes/pve1/qemu", "text/plain", "vmid=100", false, 506, "upload 'Content-Type 'text/plain' not implemented"},
+		{"chunked form", "POST", "/nodes/pve1/qemu", "application/x-www-form-urlencoded", "vmid=100", true, 501, "chunked transfer encoding not supported"},
+		{"form is fine", "POST", "/nodes/pve1/qemu", "application/x-www-form-urlencoded", "vmid=100", false, 200, ""},
+		{"json is fine", "POST", "/nodes/pve1/qemu", "application/json", `{"vmid":101}`, false, 200, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			var body io.Reader = strings.NewReader(tc.body)
+			if tc.chunked {
+				body = io.MultiReader(body)
+			}
+			req, _ := http.NewRequest(tc.method, s.URL()+tc.path, body)
+			req.Header.Set("Content-Type", tc.ctype)
+			req.Header.Set("Authorization", "PVEAPIToken="+rootTok)
+			res, err := http.DefaultClient.Do(req)
+			g.Expect(err).NotTo(HaveOccurred())
+			defer res.Body.Close()
+			g.Expect(res.StatusCode).To(Equal(tc.status), res.Status)
+			if tc.reason != "" {
+				g.Expect(res.Status).To(Equal(fmt.Sprintf("%d %s", tc.status, tc.reason)))
+			}
 		})
 	}
 }

@@ -63,8 +63,21 @@ func writeData(w http.ResponseWriter, data any) []byte {
 	return body
 }
 
+// statusDrop marks an error pveproxy never answers: the connection is closed
+// without a response.
+const statusDrop = -1
+
 // writeError writes PVE's error shape with the message as reason phrase.
 func writeError(w http.ResponseWriter, e *apiError) {
+	if e.status == statusDrop {
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				_ = conn.Close()
+				return
+			}
+		}
+		e = errStatus(http.StatusNotImplemented, "%s", e.msg)
+	}
 	body := map[string]any{"data": nil}
 	if e.params != nil {
 		body["errors"] = e.params

@@ -191,7 +191,10 @@ func checkRequestBody(r *http.Request, isUpload bool) *apiError {
 	ct, boundary := parseContentType(ctype)
 	if isUpload {
 		if boundary == "" || ct != "multipart/form-data" {
-			return errStatus(http.StatusNotImplemented, "upload 'Content-Type '%s' not implemented", ctype)
+			// pveproxy dies here inside its header-reading eval, which only
+			// warns: no response is sent and the connection ends at the idle
+			// timeout. statusDrop makes pvesim close it without an answer.
+			return errStatus(statusDrop, "upload 'Content-Type '%s' not implemented", ctype)
 		}
 		return nil
 	}
