@@ -135,7 +135,8 @@ func (f *fakePVE) taskStatus(w http.ResponseWriter, r *http.Request) {
 	tk, ok := f.tasks[upid]
 	if !ok {
 		f.mu.Unlock()
-		pveError(w, http.StatusInternalServerError, "unable to parse worker upid '"+upid+"'", nil)
+		// pve-manager Tasks.pm: raise_param_exc({ upid => "no such task" }).
+		pveError(w, http.StatusBadRequest, "Parameter verification failed.", map[string]string{"upid": "no such task"})
 		return
 	}
 	status := "running"
