@@ -160,10 +160,13 @@ func (r *Reconciler) vmSpec(s *Scope) (proxmox.VMSpec, error) {
 		CDROMSlot:     BootISOSlot,
 		Agent:         slices.Contains(talos.Extensions, imagefactory.ExtensionQEMUGuestAgent),
 		SerialConsole: true,
-		RNG:           true,
-		SMBIOSUUID:    sp.SMBIOSUUID,
-		OnBoot:        true,
-		Description:   fmt.Sprintf("Cluster API machine %s/%s of cluster %s", s.PTM.Namespace, s.Machine.Name, s.Cluster.Name),
+		// No rng0: qemu-server lets only the user root@pam set it ("only
+		// root can set 'rng0' config"), and the provider authenticates with
+		// an API token, which is never root@pam.
+		RNG:         false,
+		SMBIOSUUID:  sp.SMBIOSUUID,
+		OnBoot:      true,
+		Description: fmt.Sprintf("Cluster API machine %s/%s of cluster %s", s.PTM.Namespace, s.Machine.Name, s.Cluster.Name),
 	}
 	for _, d := range sp.ExtraDisks {
 		spec.ExtraDisks = append(spec.ExtraDisks, proxmox.Disk{

@@ -81,7 +81,8 @@ func simSpec(node, name, image string) VMSpec {
 		Machine: "q35", BIOS: "ovmf",
 		BootDisk: Disk{Storage: "local-lvm", ImportFrom: image, Discard: true, SSD: true, Cache: "writethrough"},
 		NICs:     []NIC{{Bridge: "vmbr0"}},
-		Agent:    true, SerialConsole: true, RNG: true, OnBoot: true,
+		// No RNG: rng0 is root@pam's alone (see VMSpec.RNG).
+		Agent: true, SerialConsole: true, OnBoot: true,
 	}
 }
 

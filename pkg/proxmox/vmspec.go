@@ -56,7 +56,9 @@ type VMSpec struct {
 	Agent bool
 	// SerialConsole adds serial0=socket.
 	SerialConsole bool
-	// RNG adds rng0 from /dev/urandom.
+	// RNG adds rng0 from /dev/urandom. Only the user root@pam may set rng0
+	// (qemu-server's check_vm_modify_config_perm); an API token, even
+	// root@pam's, gets 500 "only root can set 'rng0' config".
 	RNG bool
 	// SMBIOSUUID sets smbios1 uuid, the source of the node's providerID.
 	SMBIOSUUID string

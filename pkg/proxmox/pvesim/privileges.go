@@ -304,91 +304,142 @@ func (c *reqCtx) substitute(path string) string {
 	return path
 }
 
-// checkConfigPerms mirrors qemu-server's check_vm_modify_config_perm: each
-// changed option needs its VM.Config.* privilege on /vms/{vmid}.
+// checkConfigPerms mirrors qemu-server's check_vm_modify_config_perm and
+// the serial/usb/hostpci checks: each changed option needs its privilege on
+// /vms/{vmid} (or the request's pool), and options outside qemu-server's
+// tables are root@pam's alone. That check returns early only for the user
+// root@pam; an API token is never that user (its id is root@pam!name), so
+// root-only options are refused for every token.
 func (c *reqCtx) checkConfigPerms(vmid int, keys []string) *apiError {
 	path := fmt.Sprintf("/vms/%d", vmid)
 	for _, k := range keys {
-		// check_vm_modify_config_perm returns early only for the user
-		// root@pam; an API token is never that user (its id is
-		// root@pam!name), so root-only options are refused for every token.
-		if msg := rootOnlyOption(k, c.params[k]); msg != "" {
-			return errServer("%s", msg)
+		req := configPrivileges(k, c.params[k])
+		if req.rootOnly != "" {
+			return errServer("%s", req.rootOnly)
 		}
-		priv := configPrivilege(k, c.params[k])
-		if priv == "" {
+		if len(req.privs) == 0 {
 			continue
 		}
 		// Like check_vm_perm, a pool given in the request also grants.
-		if pool := c.params["pool"]; pool != "" && c.s.privileges(c.token, "/pool/"+pool)[priv] {
-			continue
+		if pool := c.params["pool"]; pool != "" {
+			have := c.s.privileges(c.token, "/pool/"+pool)
+			if req.satisfiedBy(have) {
+				continue
+			}
 		}
-		if e := c.checkAll(path, priv); e != nil {
+		var e *apiError
+		if req.anyOf {
+			e = c.checkAny(path, req.privs...)
+		} else {
+			e = c.checkAll(path, req.privs...)
+		}
+		if e != nil {
 			return e
+		}
+		if k == "startup" {
+			// special case: it changes host behaviour.
+			if e := c.checkAll("/", "Sys.Modify"); e != nil {
+				return e
+			}
 		}
 	}
 	return nil
 }
 
-// rootOnlyOption returns qemu-server's refusal for options only root@pam may
-// set: the catch-all branch of check_vm_modify_config_perm (args, lock,
-// hookscript, ...) and the real-device checks for serial, usb and hostpci
-// (check_vm_create_serial_perm / _usb_perm / hostpci mapping check).
-func rootOnlyOption(key, value string) string {
+// optionRequirement is what one config option needs.
+type optionRequirement struct {
+	privs    []string
+	anyOf    bool
+	rootOnly string
+}
+
+func (r optionRequirement) satisfiedBy(have map[string]bool) bool {
+	for _, p := range r.privs {
+		if have[p] && r.anyOf {
+			return true
+		}
+		if !have[p] && !r.anyOf {
+			return false
+		}
+	}
+	return !r.anyOf
+}
+
+func optionSet(keys ...string) map[string]bool {
+	m := map[string]bool{}
+	for _, k := range keys {
+		m[k] = true
+	}
+	return m
+}
+
+// qemu-server's option tables (PVE/API2/Qemu.pm, 8.x): an option in none of
+// them (args, lock, hookscript, rng0, vmgenid, affinity, ...) falls into
+// check_vm_modify_config_perm's catch-all "only root can set '<opt>' config".
+var (
+	cpuOptions       = optionSet("cores", "cpu", "cpulimit", "cpuunits", "numa", "smp", "sockets", "vcpus")
+	memoryOptions    = optionSet("memory", "balloon", "shares")
+	hwtypeOptions    = optionSet("acpi", "hotplug", "kvm", "machine", "scsihw", "smbios1", "tablet", "vga", "watchdog", "audio0")
+	generalOptions   = optionSet("agent", "autostart", "bios", "description", "keyboard", "localtime", "migrate_downtime", "migrate_speed", "name", "onboot", "ostype", "protection", "reboot", "startdate", "startup", "tdf", "template")
+	vmpowerOptions   = optionSet("freeze")
+	diskOptions      = optionSet("boot", "bootdisk", "vmstatestorage")
+	cloudinitOptions = optionSet("cicustom", "cipassword", "citype", "ciuser", "ciupgrade", "nameserver", "searchdomain", "sshkeys")
+)
+
+func configPrivileges(key, value string) optionRequirement {
+	need := func(p ...string) optionRequirement { return optionRequirement{privs: p} }
+	root := func(format string) optionRequirement {
+		return optionRequirement{rootOnly: fmt.Sprintf(format, key)}
+	}
 	base := strings.TrimRight(key, "0123456789")
 	indexed := base != key
 	switch {
-	case key == "args" || key == "lock" || key == "hookscript":
-		return fmt.Sprintf("only root can set '%s' config", key)
-	case indexed && base == "serial":
-		if value != "" && value != "socket" {
-			return fmt.Sprintf("only root can set '%s' config for real devices", key)
-		}
-	case indexed && base == "parallel":
-		return fmt.Sprintf("only root can set '%s' config", key)
-	case indexed && base == "usb":
-		kv := parsePropString(value, "host")
-		if value != "" && kv["mapping"] == "" && kv["host"] != "spice" {
-			return fmt.Sprintf("only root can set '%s' config for real devices", key)
-		}
-	case indexed && base == "hostpci":
-		if value != "" && parsePropString(value, "host")["mapping"] == "" {
-			return fmt.Sprintf("only root can set '%s' config for non-mapped devices", key)
-		}
-	}
-	return ""
-}
-
-func configPrivilege(key, value string) string {
-	base := strings.TrimRight(key, "0123456789")
-	switch {
+	case nonConfigParams[key]:
+		return optionRequirement{}
 	case isDriveKey(key):
 		if strings.Contains(value, "media=cdrom") {
-			return "VM.Config.CDROM"
+			return need("VM.Config.CDROM")
 		}
-		return "VM.Config.Disk"
+		return need("VM.Config.Disk")
 	case key == "cdrom":
-		return "VM.Config.CDROM"
+		return need("VM.Config.CDROM")
 	case key == "tags":
-		return "VM.Config.Options"
+		// Tags skip the table check; assert_tag_permissions wants Options.
+		return need("VM.Config.Options")
+	case indexed && base == "serial":
+		if value != "" && value != "socket" {
+			return root("only root can set '%s' config for real devices")
+		}
+		return need("VM.Config.HWType")
+	case indexed && base == "usb":
+		kv := parsePropString(value, "host")
+		if value != "" && kv["mapping"] == "" && !strings.EqualFold(kv["host"], "spice") {
+			return root("only root can set '%s' config for real devices")
+		}
+		return need("VM.Config.HWType")
+	case indexed && base == "hostpci":
+		if value != "" && parsePropString(value, "host")["mapping"] == "" {
+			return root("only root can set '%s' config for non-mapped devices")
+		}
+		return need("VM.Config.HWType")
+	case cpuOptions[key] || (indexed && base == "numa"):
+		return need("VM.Config.CPU")
+	case memoryOptions[key]:
+		return need("VM.Config.Memory")
+	case hwtypeOptions[key]:
+		return need("VM.Config.HWType")
+	case generalOptions[key]:
+		return need("VM.Config.Options")
+	case vmpowerOptions[key]:
+		return need("VM.PowerMgmt")
+	case diskOptions[key]:
+		return need("VM.Config.Disk")
+	case indexed && base == "net":
+		return need("VM.Config.Network")
+	case cloudinitOptions[key] || (indexed && base == "ipconfig"):
+		return optionRequirement{privs: []string{"VM.Config.Cloudinit", "VM.Config.Network"}, anyOf: true}
+	case key == "vmstate":
+		return need("VM.Config.Disk", "VM.PowerMgmt")
 	}
-	switch base {
-	case "cores", "cpu", "cpulimit", "cpuunits", "numa", "smp", "sockets", "vcpus", "affinity":
-		return "VM.Config.CPU"
-	case "memory", "balloon", "shares":
-		return "VM.Config.Memory"
-	case "acpi", "hotplug", "kvm", "machine", "scsihw", "smbios", "tablet", "vga", "watchdog", "audio",
-		"rng", "serial", "usb", "parallel", "hostpci":
-		return "VM.Config.HWType"
-	case "net":
-		return "VM.Config.Network"
-	case "ipconfig", "ciuser", "cipassword", "citype", "sshkeys", "nameserver", "searchdomain", "cicustom", "ciupgrade":
-		return "VM.Config.Cloudinit"
-	case "boot", "bootdisk", "vmstatestorage":
-		return "VM.Config.Disk"
-	case "vmid", "node", "delete", "digest", "revert", "force", "skiplock", "background_delay", "pool",
-		"storage", "start", "unique", "archive", "bwlimit", "live-restore", "import-working-storage":
-		return ""
-	}
-	return "VM.Config.Options"
+	return root("only root can set '%s' config")
 }
