@@ -59,16 +59,17 @@ func (c *reqCtx) planDrive(vmid int, key, value string) (*diskPlan, *apiError) {
 		}
 		return nil, nil
 	}
+	// check_storage_access: the privilege first, then the storage's content
+	// (a parameter exception).
+	if e := c.checkAll("/storage/"+sid, "Datastore.AllocateSpace"); e != nil {
+		return nil, e
+	}
 	st, e := s.storageOn(sid, node)
 	if e != nil {
 		return nil, e
 	}
 	if !st.content["images"] {
-		// qemu-server's check_storage_access raises a parameter exception.
 		return nil, errParam("storage", "storage '%s' does not support vm images", sid)
-	}
-	if e := c.checkAll("/storage/"+sid, "Datastore.AllocateSpace"); e != nil {
-		return nil, e
 	}
 	p := &diskPlan{key: key, storage: sid, size: size, opts: kv}
 	delete(p.opts, "file")
