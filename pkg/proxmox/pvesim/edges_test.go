@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 
@@ -562,6 +563,74 @@ func TestRequestBodiesLikePveproxy(t *testing.T) {
 			if tc.reason != "" {
 				g.Expect(res.Status).To(Equal(fmt.Sprintf("%d %s", tc.status, tc.reason)))
 			}
+		})
+	}
+}
+
+// TestEveryServedRouteMatchesReturnsSchema hits every route pvesim serves
+// (8.4 and 9.1) and checks each successful response against the returns
+// schema of that version.
+func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
+	dir, ok, err := apischema.SchemaDir()
+	if err != nil || !ok {
+		t.Skipf("PVE schema files not found at %s", dir)
+	}
+	for _, v := range []struct{ sim, schema string }{{"8.4.1", "8.4"}, {"9.1.2", "9.1"}} {
+		t.Run(v.schema, func(t *testing.T) {
+			g := NewWithT(t)
+			file := filepath.Join(dir, "pve-"+v.schema+"-apidata.json")
+			s := startSim(t, Config{Version: v.sim})
+			var recs []ResponseRecord
+			s.OnResponse(func(r ResponseRecord) { recs = append(recs, r) })
+			iso, err := s.AddVolume("local", "pve1", "iso", "a.iso", []byte("iso"))
+			g.Expect(err).NotTo(HaveOccurred())
+			_, err = s.AddVolume("local", "pve1", "import", "t.qcow2", qcow2Image(gib))
+			g.Expect(err).NotTo(HaveOccurred())
+			ok200 := func(method, path string, f url.Values) resp {
+				r := root(t, s, method, path, f)
+				g.Expect(r.status).To(Equal(200), "%s %s: %s", method, path, r.reason)
+				return r
+			}
+			upid := ok200("POST", "/nodes/pve1/qemu", form("vmid", "100", "name", "a", "agent", "1", "cores", "2",
+				"scsi0", "local-lvm:0,import-from=local:import/t.qcow2", "ide2", iso+",media=cdrom", "net0", "virtio,bridge=vmbr0"))
+			g.Expect(waitTask(t, s, "pve1", upid)).To(Equal("OK"))
+			ok200("GET", "/nodes/pve1/tasks/"+url.PathEscape(upid.body["data"].(string))+"/log", nil)
+			for _, p := range []string{"/version", "/nodes", "/nodes/pve1/status", "/cluster/status", "/cluster/resources",
+				"/cluster/nextid", "/access/permissions", "/nodes/pve1/storage", "/nodes/pve1/storage/local/status",
+				"/nodes/pve1/storage/local/content", "/nodes/pve1/storage/local/content/" + iso, "/nodes/pve1/qemu",
+				"/nodes/pve1/qemu/100/config", "/nodes/pve1/qemu/100/status/current"} {
+				ok200("GET", p, nil)
+			}
+			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/config", form("memory", "2048")))).To(Equal("OK"))
+			ok200("PUT", "/nodes/pve1/qemu/100/config", form("tags", "x"))
+			g.Expect(waitTask(t, s, "pve1", ok200("PUT", "/nodes/pve1/qemu/100/resize", form("disk", "scsi0", "size", "+1G")))).To(Equal("OK"))
+			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
+			for _, p := range []string{"/agent/network-get-interfaces", "/agent/get-osinfo"} {
+				ok200("GET", "/nodes/pve1/qemu/100"+p, nil)
+			}
+			ok200("POST", "/nodes/pve1/qemu/100/agent/ping", nil)
+			for _, p := range []string{"reboot", "reset", "shutdown"} {
+				g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/"+p, nil))).To(Equal("OK"))
+			}
+			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
+			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/stop", nil))).To(Equal("OK"))
+			g.Expect(waitTask(t, s, "pve1", ok200("DELETE", "/nodes/pve1/qemu/100", nil))).To(Equal("OK"))
+			g.Expect(waitTask(t, s, "pve1", ok200("DELETE", "/nodes/pve1/storage/local/content/"+iso, nil))).To(Equal("OK"))
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("x")) }))
+			defer srv.Close()
+			dl := ok200("POST", "/nodes/pve1/storage/local/download-url", form("content", "iso", "filename", "b.iso", "url", srv.URL))
+			ok200("DELETE", "/nodes/pve1/tasks/"+url.PathEscape(dl.body["data"].(string)), nil)
+			body := multipartBody("bnd", part{"content", "", "iso"}, part{"filename", "c.iso", "x"})
+			up := uploadReq(t, s, bytes.NewReader(body), int64(len(body)), "multipart/form-data; boundary=bnd")
+			g.Expect(waitTask(t, s, "pve1", up)).To(Equal("OK"))
+			g.Expect(s.WaitTasks(5 * time.Second)).To(Succeed())
+
+			covered := map[string]bool{}
+			for _, r := range recs {
+				covered[r.Method+" "+r.Route] = true
+				g.Expect(CheckReturns(file, r.Method, r.Route, r.Body)).To(Succeed())
+			}
+			g.Expect(sortedKeys(covered)).To(ConsistOf(s.Routes()), "every served route was checked")
 		})
 	}
 }

@@ -65,6 +65,11 @@ func hNodeStatus(c *reqCtx) (any, *apiError) {
 	if n.cfg.Memory > used {
 		free = n.cfg.Memory - used
 	}
+	memory := map[string]any{"total": n.cfg.Memory, "used": used, "free": free}
+	if !s.cfg.is8() {
+		// 9.x reports MemAvailable too (required by its returns schema).
+		memory["available"] = free
+	}
 	return map[string]any{
 		"pveversion": fmt.Sprintf("pve-manager/%s/5b4e6d5e1a3c2f01", s.cfg.Version),
 		"kversion":   "Linux 6.8.12-1-pve #1 SMP PREEMPT_DYNAMIC PMX 6.8.12-1",
@@ -73,7 +78,7 @@ func hNodeStatus(c *reqCtx) (any, *apiError) {
 		"wait":       0,
 		"idle":       0,
 		"loadavg":    []string{"0.10", "0.05", "0.01"},
-		"memory":     map[string]any{"total": n.cfg.Memory, "used": used, "free": free},
+		"memory":     memory,
 		"swap":       map[string]any{"total": 0, "used": 0, "free": 0},
 		"rootfs":     map[string]any{"total": 100 * gib, "used": 10 * gib, "free": 90 * gib, "avail": 90 * gib},
 		"ksm":        map[string]any{"shared": 0},
