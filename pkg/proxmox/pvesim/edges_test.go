@@ -634,3 +634,37 @@ func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
 		})
 	}
 }
+
+// TestUsersAndPrivsepInConfigFile: users and the token privsep flag load
+// from the YAML config (cmd/pvesim -config) and take effect.
+func TestUsersAndPrivsepInConfigFile(t *testing.T) {
+	g := NewWithT(t)
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	g.Expect(os.WriteFile(p, []byte(`
+users:
+  - id: capi@pve
+    acls:
+      - path: /
+        role: PVEAuditor
+tokens:
+  - id: capi@pve!full
+    secret: s1
+    privsep: false
+  - id: capi@pve!sep
+    secret: s2
+    acls:
+      - path: /
+        role: Administrator
+`), 0o600)).To(Succeed())
+	c, err := LoadConfigFile(p)
+	g.Expect(err).NotTo(HaveOccurred())
+	s, err := New(c)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(s.Start()).To(Succeed())
+	t.Cleanup(s.Close)
+	// Both tokens end up with the user's PVEAuditor: reading works, creating does not.
+	for _, tok := range []string{"capi@pve!full=s1", "capi@pve!sep=s2"} {
+		g.Expect(call(t, s, tok, "GET", "/nodes/pve1/status", nil).status).To(Equal(200), tok)
+		g.Expect(call(t, s, tok, "POST", "/nodes/pve1/qemu", form("vmid", "100")).reason).To(Equal("Permission check failed (/vms/100, VM.Allocate)"), tok)
+	}
+}
