@@ -75,6 +75,16 @@ func TestErrorsWhereProxmoxRaisesThem(t *testing.T) {
 	last := logs[len(logs)-1]
 	g.Expect(last.Log[len(last.Log)-1]).To(Equal("TASK ERROR: boom details"))
 	g.Expect(readStatus([]string{"x", "TASK WARNINGS: 2"})).To(Equal("WARNINGS: 2"))
+
+	// Destroying a locked VM (here a backup lock) fails the task, not the
+	// request (destroy_vm checks the lock inside its worker).
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "102")))).To(Equal("OK"))
+	s.mu.Lock()
+	s.vms[102].conf["lock"] = "backup"
+	s.mu.Unlock()
+	r = root(t, s, "DELETE", "/nodes/pve1/qemu/102", nil)
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("VM is locked (backup)"))
+	g.Expect(s.Inventory().VMs).To(ContainElement(HaveField("VMID", 102)))
 	g.Expect(readStatus([]string{"TASK OK", "stray output"})).To(Equal("unexpected status"))
 }
 

@@ -226,10 +226,6 @@ func hVMDelete(c *reqCtx) (any, *apiError) {
 		s.mu.Unlock()
 		return nil, errServer("VM %d is running - destroy failed", vm.vmid)
 	}
-	if l := vm.conf["lock"]; l != "" && !c.boolParam("skiplock") {
-		s.mu.Unlock()
-		return nil, errServer("VM is locked (%s)", l)
-	}
 	s.mu.Unlock()
 	node, vmid := c.node(), vm.vmid
 	unreferenced := c.boolParam("destroy-unreferenced-disks")
@@ -238,6 +234,11 @@ func hVMDelete(c *reqCtx) (any, *apiError) {
 		run: func(t *task) error {
 			s.mu.Lock()
 			defer s.mu.Unlock()
+			// destroy_vm checks the lock inside the worker, under the
+			// config lock: a locked VM fails the task, not the request.
+			if l := vm.conf["lock"]; l != "" {
+				return fmt.Errorf("VM is locked (%s)", l)
+			}
 			if vm.running {
 				return fmt.Errorf("VM %d is running - destroy failed", vmid)
 			}
