@@ -85,9 +85,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if body := writeData(w, data); body != nil {
+	writeData(w, data, func(body []byte) {
 		s.fireResponse(ResponseRecord{Method: rt.method, Route: rt.template, Status: http.StatusOK, Body: body})
-	}
+	})
 }
 
 func (s *Server) checkNodeReachable(node string) *apiError {

@@ -48,19 +48,21 @@ func errNoVM(node string, vmid int) *apiError {
 	return errServer("Configuration file 'nodes/%s/qemu-server/%d.conf' does not exist", node, vmid)
 }
 
-// writeData writes a successful {"data": ...} envelope and returns the body
-// (nil if encoding failed).
-func writeData(w http.ResponseWriter, data any) []byte {
+// writeData writes a successful {"data": ...} envelope. sent (if set) gets
+// the body before it is written, so observers have it when the client does.
+func writeData(w http.ResponseWriter, data any, sent func([]byte)) {
 	body, err := json.Marshal(map[string]any{"data": data})
 	if err != nil {
 		writeError(w, errServer("internal error encoding response: %v", err))
-		return nil
+		return
+	}
+	if sent != nil {
+		sent(body)
 	}
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.Header().Set("Cache-Control", "max-age=0")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
-	return body
 }
 
 // statusDrop marks an error pveproxy never answers: the connection is closed
