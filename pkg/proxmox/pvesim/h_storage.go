@@ -334,7 +334,10 @@ func hDownloadURL(c *reqCtx) (any, *apiError) {
 			if err != nil {
 				return err
 			}
-			if err := s.storeFile(t, st, node, content, filename, sink, vsize, false); err != nil {
+			// The existence check ran before the download; like wget to a
+			// temporary file and rename(), a file that appeared meanwhile
+			// (a concurrent download) is replaced.
+			if err := s.storeFile(t, st, node, content, filename, sink, vsize); err != nil {
 				return err
 			}
 			s.logf(t, "download of '%s' to '%s' finished", redactURL(rawURL), dest)
@@ -426,16 +429,14 @@ func decompress(comp string, data []byte) ([]byte, error) {
 
 // storeFile writes a downloaded/uploaded file as a volume. An upload
 // overwrites an existing file (Status.pm: "we simply overwrite the
-// destination file"); a download reaching this point found none.
-func (s *Server) storeFile(t *task, st *storageState, node, content, filename string, sink *fileSink, virtualSize uint64, overwrite bool) error {
+// destination file"); a download checked for one before fetching and
+// renames over whatever appeared since.
+func (s *Server) storeFile(t *task, st *storageState, node, content, filename string, sink *fileSink, virtualSize uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	volid := fmt.Sprintf("%s:%s/%s", st.cfg.Name, content, filename)
 	var freed uint64
 	if cur, _ := s.findVolume(volid, node); cur != nil {
-		if !overwrite {
-			return fmt.Errorf("refusing to override existing file '%s'", contentDir(st.cfg.Name, content)+"/"+filename)
-		}
 		freed = cur.size
 	}
 	if sink.size > s.storageAvail(st, node)+freed {
@@ -496,7 +497,7 @@ func hUpload(c *reqCtx) (any, *apiError) {
 			s.logf(t, "target file: %s", dest)
 			s.logf(t, "file size is: %d", up.sink.size)
 			s.logf(t, "command: cp -- %s %s", up.tmpfilename, dest)
-			if err := s.storeFile(t, st, node, content, filename, up.sink, vsize, true); err != nil {
+			if err := s.storeFile(t, st, node, content, filename, up.sink, vsize); err != nil {
 				return err
 			}
 			s.logf(t, "finished file import successfully")
