@@ -179,9 +179,12 @@ func hClusterResources(c *reqCtx) (any, *apiError) {
 // vmResource is a /cluster/resources type=vm entry. Callers hold s.mu.
 func (s *Server) vmResource(v *vmState) map[string]any {
 	e := map[string]any{"id": fmt.Sprintf("qemu/%d", v.vmid), "type": "qemu", "vmid": v.vmid, "node": v.node,
-		"name": v.name(), "status": statusText(v), "template": 0, "maxmem": v.memBytes(),
+		"status": statusText(v), "template": 0, "maxmem": v.memBytes(),
 		"maxdisk": s.vmMaxDisk(v), "maxcpu": vmCPUs(v), "mem": 0, "cpu": 0, "uptime": 0, "disk": 0,
 		"netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0}
+	if n := v.name(); n != "" {
+		e["name"] = n
+	}
 	if t := v.conf["tags"]; t != "" {
 		e["tags"] = t
 	}

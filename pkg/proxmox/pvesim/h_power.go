@@ -15,7 +15,7 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if e != nil {
 		return nil, e
 	}
-	out := map[string]any{"vmid": v.vmid, "name": v.name(), "status": statusText(v), "qmpstatus": statusText(v),
+	out := map[string]any{"vmid": v.vmid, "name": v.displayName(), "status": statusText(v), "qmpstatus": statusText(v),
 		"cpus": vmCPUs(v), "maxmem": v.memBytes(), "maxdisk": s.vmMaxDisk(v), "mem": 0, "cpu": 0, "disk": 0,
 		"uptime": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0, "ha": map[string]any{"managed": 0}}
 	if v.agentEnabled() {
