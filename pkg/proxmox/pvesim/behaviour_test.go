@@ -1,6 +1,7 @@
 package pvesim
 
 import (
+	"net/url"
 	"testing"
 	"time"
 
@@ -69,4 +70,68 @@ func TestCreateWindowFailureRemovesConfigAndDisks(t *testing.T) {
 	g.Expect(inv.VMs).To(BeEmpty())
 	g.Expect(inv.VolumesByContent("images")).To(BeEmpty())
 	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/config", nil).status).To(Equal(500))
+}
+
+// TestNodeTaskList: GET /nodes/{node}/tasks as pve-manager's node_tasks:
+// finished tasks by default (newest first), running ones with
+// source=active|all as RUNNING, filters typefilter/vmid/userfilter/errors,
+// start/limit paging, token tasks split into user and tokenid. A caller that
+// lost its create's UPID finds it here.
+func TestNodeTaskList(t *testing.T) {
+	g := NewWithT(t)
+	s := startSim(t, Config{TaskDuration: Duration(150 * time.Millisecond)})
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")))).To(Equal("OK"))
+	failed := root(t, s, "POST", "/nodes/pve1/qemu/100/status/reboot", nil)
+	g.Expect(waitTask(t, s, "pve1", failed)).To(Equal("VM 100 not running"))
+	running := root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "101"))
+	runUPID := running.body["data"].(string)
+
+	list := func(f url.Values) []map[string]any {
+		r := root(t, s, "GET", "/nodes/pve1/tasks", f)
+		g.Expect(r.status).To(Equal(200), r.reason)
+		var out []map[string]any
+		for _, e := range r.body["data"].([]any) {
+			out = append(out, e.(map[string]any))
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		query url.Values
+		want  []string // type/id of the listed tasks, in order
+	}{
+		{"archive by default, newest first", nil, []string{"qmreboot/100", "qmcreate/100"}},
+		{"active only", form("source", "active"), []string{"qmcreate/101"}},
+		{"all", form("source", "all"), []string{"qmcreate/101", "qmreboot/100", "qmcreate/100"}},
+		{"typefilter+vmid", form("source", "all", "typefilter", "qmcreate", "vmid", "101"), []string{"qmcreate/101"}},
+		{"errors", form("errors", "1"), []string{"qmreboot/100"}},
+		{"statusfilter ok", form("statusfilter", "ok"), []string{"qmcreate/100"}},
+		{"paging", form("start", "1", "limit", "1"), []string{"qmcreate/100"}},
+		{"userfilter other", form("userfilter", "alice"), nil},
+		{"userfilter match", form("userfilter", "root@pam", "limit", "1"), []string{"qmreboot/100"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			var got []string
+			for _, e := range list(tc.query) {
+				got = append(got, e["type"].(string)+"/"+e["id"].(string))
+			}
+			g.Expect(got).To(Equal(tc.want))
+		})
+	}
+	all := list(form("source", "all"))
+	g.Expect(all[0]).To(HaveKeyWithValue("upid", runUPID))
+	g.Expect(all[0]).To(HaveKeyWithValue("status", "RUNNING"))
+	g.Expect(all[0]).NotTo(HaveKey("endtime"))
+	g.Expect(all[0]).To(HaveKeyWithValue("user", "root@pam"))
+	g.Expect(all[0]).To(HaveKeyWithValue("tokenid", "pvesim"))
+	g.Expect(all[1]).To(HaveKeyWithValue("status", "VM 100 not running"))
+	g.Expect(all[1]).To(HaveKey("endtime"))
+	for _, k := range []string{"node", "pid", "pstart", "starttime"} {
+		g.Expect(all[1]).To(HaveKey(k))
+	}
+	r := root(t, s, "GET", "/nodes/pve1/tasks", form("source", "bogus"))
+	g.Expect(r.status).To(Equal(400))
+	g.Expect(waitTask(t, s, "pve1", running)).To(Equal("OK"))
 }

@@ -71,6 +71,7 @@ func (s *Server) handlers() map[string]handlerFunc {
 		"GET /nodes/{node}/tasks/{upid}/status":                      hTaskStatus,
 		"GET /nodes/{node}/tasks/{upid}/log":                         hTaskLog,
 		"DELETE /nodes/{node}/tasks/{upid}":                          hTaskStop,
+		"GET /nodes/{node}/tasks":                                    hTaskList,
 	}
 }
 

@@ -41,4 +41,5 @@ var Served = []struct{ Method, Path string }{
 	{"GET", "/nodes/{node}/tasks/{upid}/status"},
 	{"GET", "/nodes/{node}/tasks/{upid}/log"},
 	{"DELETE", "/nodes/{node}/tasks/{upid}"},
+	{"GET", "/nodes/{node}/tasks"},
 }
