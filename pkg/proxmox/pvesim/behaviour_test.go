@@ -135,3 +135,154 @@ func TestNodeTaskList(t *testing.T) {
 	g.Expect(r.status).To(Equal(400))
 	g.Expect(waitTask(t, s, "pve1", running)).To(Equal("OK"))
 }
+
+func threeNodes() []NodeConfig {
+	return []NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}}
+}
+
+// waitFor polls cond until it holds or 5 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestMigrate: qemu-server migrate_vm's checks at request time, the
+// qmigrate worker holding "lock: migrate", local disks moving with the VM,
+// online migration of a running VM, and an offline target failing the task.
+func TestMigrate(t *testing.T) {
+	g := NewWithT(t)
+	s := startSim(t, Config{Nodes: threeNodes(), TaskDuration: Duration(100 * time.Millisecond)})
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100", "name", "a", "scsi0", "local-lvm:1")))).To(Equal("OK"))
+
+	for _, tc := range []struct {
+		name   string
+		path   string
+		params url.Values
+		status int
+		text   string
+	}{
+		{"target is local", "/nodes/pve1/qemu/100/migrate", form("target", "pve1"), 400, ""},
+		{"unknown target", "/nodes/pve1/qemu/100/migrate", form("target", "pve9"), 500, "no such cluster node 'pve9'"},
+		{"wrong node", "/nodes/pve2/qemu/100/migrate", form("target", "pve3"), 500, "does not exist"},
+	} {
+		r := root(t, s, "POST", tc.path, tc.params)
+		g.Expect(r.status).To(Equal(tc.status), tc.name)
+		g.Expect(r.reason).To(ContainSubstring(tc.text), tc.name)
+	}
+	r := root(t, s, "POST", "/nodes/pve1/qemu/100/migrate", form("target", "pve2"))
+	g.Expect(r.status).To(Equal(200))
+	waitFor(t, "lock: migrate", func() bool { vm, _ := s.VM(100); return vm.Lock == "migrate" })
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
+	vm, _ := s.VM(100)
+	g.Expect(vm.Node).To(Equal("pve2"))
+	g.Expect(vm.Lock).To(BeEmpty())
+	for _, v := range s.Inventory().VolumesByContent("images") {
+		g.Expect(v.Node).To(Equal("pve2"), "local disks move with the VM")
+	}
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/config", nil).status).To(Equal(500))
+	g.Expect(root(t, s, "GET", "/nodes/pve2/qemu/100/config", nil).status).To(Equal(200))
+
+	// Running: needs online=1, and with-local-disks for its local disk.
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu/100/status/start", nil))).To(Equal("OK"))
+	r = root(t, s, "POST", "/nodes/pve2/qemu/100/migrate", form("target", "pve3"))
+	g.Expect(r.reason).To(Equal("can't migrate running VM without --online"))
+	r = root(t, s, "POST", "/nodes/pve2/qemu/100/migrate", form("target", "pve3", "online", "1"))
+	g.Expect(r.reason).To(Equal("can't live migrate attached local disks without with-local-disks option"))
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu/100/migrate",
+		form("target", "pve3", "online", "1", "with-local-disks", "1")))).To(Equal("OK"))
+	vm, _ = s.VM(100)
+	g.Expect(vm.Node).To(Equal("pve3"))
+	g.Expect(vm.Status).To(Equal("running"))
+
+	// An offline target fails the worker, and the lock is gone again.
+	g.Expect(waitTask(t, s, "pve3", root(t, s, "POST", "/nodes/pve3/qemu/100/status/stop", nil))).To(Equal("OK"))
+	s.SetNodeOnline("pve1", false)
+	r = root(t, s, "POST", "/nodes/pve3/qemu/100/migrate", form("target", "pve1"))
+	g.Expect(waitTask(t, s, "pve3", r)).To(MatchRegexp(`^migration aborted \(duration \d\d:\d\d:\d\d\): Can't connect to destination address using public key$`))
+	vm, _ = s.VM(100)
+	g.Expect(vm.Node).To(Equal("pve3"))
+	g.Expect(vm.Lock).To(BeEmpty())
+}
+
+// TestHA: /cluster/ha/resources, HA-managed start/stop answered with
+// hastart/hastop tasks that end OK before the VM changes state (the CRM/LRM
+// act a cycle later), relocation by HA, destroy needing purge.
+func TestHA(t *testing.T) {
+	g := NewWithT(t)
+	// The CRM delay is 10 Proxmox seconds: 200 ms at TimeScale 0.02.
+	s := startSim(t, Config{Nodes: threeNodes(), TimeScale: 0.02})
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")))).To(Equal("OK"))
+
+	r := root(t, s, "POST", "/cluster/ha/resources", form("sid", "vm:100", "state", "stopped"))
+	g.Expect(r.status).To(Equal(200), r.reason)
+	g.Expect(root(t, s, "POST", "/cluster/ha/resources", form("sid", "100")).reason).To(Equal("resource ID 'vm:100' already defined"))
+	g.Expect(root(t, s, "POST", "/cluster/ha/resources", form("sid", "vm:101")).reason).To(Equal("resource 'vm:101' does not exist in cluster"))
+	list := root(t, s, "GET", "/cluster/ha/resources", nil).body["data"].([]any)
+	g.Expect(list).To(ConsistOf(And(HaveKeyWithValue("sid", "vm:100"), HaveKeyWithValue("state", "stopped"), HaveKeyWithValue("type", "vm"))))
+	one := root(t, s, "GET", "/cluster/ha/resources/vm:100", nil).body["data"].(map[string]any)
+	g.Expect(one).To(HaveKey("digest"))
+
+	r = root(t, s, "POST", "/nodes/pve1/qemu/100/status/start", nil)
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
+	g.Expect(r.body["data"]).To(ContainSubstring(":hastart:100:"))
+	vm, _ := s.VM(100)
+	g.Expect(vm.Status).To(Equal("stopped"), "the hastart task ends before the VM starts")
+	st := root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).body["data"].(map[string]any)
+	g.Expect(st["ha"]).To(HaveKeyWithValue("managed", BeNumerically("==", 1)))
+	waitFor(t, "the LRM to start VM 100", func() bool { vm, _ := s.VM(100); return vm.Status == "running" })
+	g.Expect(s.Tasks()).To(ContainElement(And(HaveField("Type", "qmstart"), HaveField("User", "root@pam"))))
+
+	r = root(t, s, "POST", "/nodes/pve1/qemu/100/status/stop", nil)
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
+	g.Expect(r.body["data"]).To(ContainSubstring(":hastop:100:"))
+	vm, _ = s.VM(100)
+	g.Expect(vm.Status).To(Equal("running"), "the hastop task ends before the VM stops")
+	waitFor(t, "the LRM to stop VM 100", func() bool { vm, _ := s.VM(100); return vm.Status == "stopped" })
+
+	// HA relocates the started VM: it comes back running on pve3.
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
+	waitFor(t, "VM 100 running", func() bool { vm, _ := s.VM(100); return vm.Status == "running" })
+	g.Expect(s.RelocateHA(100, "pve3")).To(Succeed())
+	waitFor(t, "VM 100 running on pve3", func() bool { vm, _ := s.VM(100); return vm.Node == "pve3" && vm.Status == "running" })
+
+	g.Expect(root(t, s, "DELETE", "/nodes/pve3/qemu/100", nil).reason).To(ContainSubstring("purge parameter not set"))
+	g.Expect(root(t, s, "DELETE", "/cluster/ha/resources/vm:100", nil).status).To(Equal(200))
+	g.Expect(root(t, s, "GET", "/cluster/ha/resources/vm:100", nil).reason).To(Equal("no such resource 'vm:100'"))
+	g.Expect(s.RelocateHA(100, "pve1")).To(HaveOccurred())
+	g.Expect(s.WaitTasks(5 * time.Second)).To(Succeed())
+}
+
+// TestNodeReachability: calls routed to a node that is down answer 595 "No
+// route to host" after OfflineDelay, a stopped pveproxy refuses at once, and
+// a ProxyErrorRate fault gives 596 for forwarded calls only.
+func TestNodeReachability(t *testing.T) {
+	g := NewWithT(t)
+	s := startSim(t, Config{Nodes: threeNodes(), OfflineDelay: Duration(150 * time.Millisecond)})
+	s.SetNodeOnline("pve2", false)
+	began := time.Now()
+	r := root(t, s, "GET", "/nodes/pve2/qemu", nil)
+	g.Expect(r.status).To(Equal(595))
+	g.Expect(r.reason).To(Equal("No route to host"))
+	g.Expect(time.Since(began)).To(BeNumerically(">=", 150*time.Millisecond))
+	s.SetNodeOnline("pve2", true)
+	g.Expect(root(t, s, "GET", "/nodes/pve2/qemu", nil).status).To(Equal(200))
+
+	s.SetPveproxyRunning("pve3", false)
+	r = root(t, s, "GET", "/nodes/pve3/qemu", nil)
+	g.Expect(r.status).To(Equal(595))
+	g.Expect(r.reason).To(Equal("Connection refused"))
+	s.SetPveproxyRunning("pve3", true)
+
+	s.AddFault(Fault{ProxyErrorRate: 1})
+	r = root(t, s, "GET", "/nodes/pve2/qemu", nil)
+	g.Expect(r.status).To(Equal(596))
+	g.Expect(r.reason).To(Equal("Connection timed out"))
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu", nil).status).To(Equal(200), "pve1 serves its own calls")
+	g.Expect(root(t, s, "GET", "/cluster/resources", nil).status).To(Equal(200), "not forwarded")
+}

@@ -194,6 +194,9 @@ func (s *Server) vmResource(v *vmState) map[string]any {
 	if v.pool != "" {
 		e["pool"] = v.pool
 	}
+	if h := s.ha[v.vmid]; h != nil {
+		e["hastate"] = h.state
+	}
 	if v.running {
 		e["mem"] = v.memBytes() / 2
 		e["uptime"] = int64(time.Since(v.startedAt).Seconds())

@@ -18,6 +18,9 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	out := map[string]any{"vmid": v.vmid, "name": v.displayName(), "status": statusText(v), "qmpstatus": statusText(v),
 		"cpus": vmCPUs(v), "maxmem": v.memBytes(), "maxdisk": s.vmMaxDisk(v), "mem": 0, "cpu": 0, "disk": 0,
 		"uptime": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0, "ha": map[string]any{"managed": 0}}
+	if h := s.ha[v.vmid]; h != nil {
+		out["ha"] = map[string]any{"managed": 1, "state": h.state}
+	}
 	if v.agentEnabled() {
 		out["agent"] = 1
 	}
@@ -50,6 +53,19 @@ func hPower(typ string) handlerFunc {
 		}
 		action := strings.TrimPrefix(typ, "qm")
 		node := c.node()
+		// qemu-server hands start/stop/shutdown of an HA-managed VM to the
+		// HA stack (PVE::HA::Config::vm_is_ha_managed).
+		s.mu.Lock()
+		ha := s.haManaged(vm.vmid) != nil
+		s.mu.Unlock()
+		if ha {
+			switch typ {
+			case "qmstart":
+				return c.haRequest("hastart", "started", "start", vm.vmid)
+			case "qmstop", "qmshutdown":
+				return c.haRequest("hastop", "stopped", "stop", vm.vmid)
+			}
+		}
 		return s.startTask(taskSpec{node: node, typ: typ, id: strconv.Itoa(vm.vmid), user: c.token,
 			locks: []string{vmLock(vm.vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/" + action,
 			run: func(t *task) error {

@@ -30,8 +30,10 @@ type Server struct {
 	storages     map[string]*storageState
 	storageOrder []string
 	// vols: storage → node scope ("" for shared) → volid → volume.
-	vols   map[string]map[string]map[string]*volume
-	vms    map[int]*vmState
+	vols map[string]map[string]map[string]*volume
+	vms  map[int]*vmState
+	// ha is /etc/pve/ha/resources.cfg (VMs only).
+	ha     map[int]*haResource
 	tasks  map[string]*task
 	tokens map[string]TokenConfig
 	roles  map[string][]string
@@ -77,6 +79,7 @@ func New(cfg Config) (*Server, error) {
 		storages: map[string]*storageState{},
 		vols:     map[string]map[string]map[string]*volume{},
 		vms:      map[int]*vmState{},
+		ha:       map[int]*haResource{},
 		tasks:    map[string]*task{},
 		tokens:   map[string]TokenConfig{},
 		roles:    builtinRoles(c.is8()),

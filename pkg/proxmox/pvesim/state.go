@@ -119,6 +119,8 @@ func (s *storageState) volNode(node string) string {
 type nodeState struct {
 	cfg    NodeConfig
 	online bool
+	// proxyDown: the node is up but pveproxy does not accept connections.
+	proxyDown bool
 }
 
 func sortedKeys[V any](m map[string]V) []string {
