@@ -286,3 +286,80 @@ func TestNodeReachability(t *testing.T) {
 	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu", nil).status).To(Equal(200), "pve1 serves its own calls")
 	g.Expect(root(t, s, "GET", "/cluster/resources", nil).status).To(Equal(200), "not forwarded")
 }
+
+// waitTick returns right after the next simulated pvestatd round.
+func waitTick(t *testing.T, s *Server) {
+	t.Helper()
+	s.mu.Lock()
+	prev := s.snap
+	s.mu.Unlock()
+	waitFor(t, "a status tick", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.snap != prev
+	})
+}
+
+func vmResourceOf(t *testing.T, s *Server, vmid float64) map[string]any {
+	t.Helper()
+	for _, e := range root(t, s, "GET", "/cluster/resources", form("type", "vm")).body["data"].([]any) {
+		if m := e.(map[string]any); m["vmid"] == vmid {
+			return m
+		}
+	}
+	t.Fatalf("VM %v not in /cluster/resources", vmid)
+	return nil
+}
+
+// TestStatusSnapshot: /cluster/resources and /nodes report pvestatd's last
+// round (extract_vm_stats/extract_node_stats over the RRD dump): a new VM is
+// "unknown" without a name until the next tick, start shows late, lock and
+// tags are live; status/current and /nodes/{node}/status are live. Node mem
+// is the host share plus guests' resident memory, which grows after start.
+func TestStatusSnapshot(t *testing.T) {
+	g := NewWithT(t)
+	// Ticks every 400 ms; guest memory ramps up over 60 Proxmox s = 300 ms.
+	s := startSim(t, Config{TimeScale: 0.005, TaskDuration: Duration(5 * time.Millisecond),
+		StatusInterval: Duration(400 * time.Millisecond),
+		Nodes:          []NodeConfig{{Name: "pve1", Memory: 16 * gib, HostMemory: 3 * gib}}})
+	nodeMem := func() float64 {
+		for _, e := range root(t, s, "GET", "/cluster/resources", form("type", "node")).body["data"].([]any) {
+			return e.(map[string]any)["mem"].(float64)
+		}
+		return 0
+	}
+	waitTick(t, s)
+	g.Expect(nodeMem()).To(BeNumerically("==", 3*gib), "host share only")
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100", "name", "a", "memory", "8192")))).To(Equal("OK"))
+	e := vmResourceOf(t, s, 100)
+	g.Expect(e).To(HaveKeyWithValue("status", "unknown"))
+	g.Expect(e).NotTo(HaveKey("name"))
+	g.Expect(e).To(HaveKeyWithValue("node", "pve1"), "placement comes from the live vmlist")
+	live := root(t, s, "GET", "/nodes/pve1/qemu", nil).body["data"].([]any)[0].(map[string]any)
+	g.Expect(live).To(HaveKeyWithValue("status", "stopped"))
+	g.Expect(live).To(HaveKeyWithValue("name", "a"))
+
+	waitTick(t, s)
+	e = vmResourceOf(t, s, 100)
+	g.Expect(e).To(HaveKeyWithValue("status", "stopped"))
+	g.Expect(e).To(HaveKeyWithValue("name", "a"))
+
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).body["data"]).To(HaveKeyWithValue("status", "running"))
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "stopped"), "start shows late")
+	// Tags are live.
+	g.Expect(root(t, s, "PUT", "/nodes/pve1/qemu/100/config", form("tags", "late")).status).To(Equal(200))
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("tags", "late"))
+
+	nodeLive := func() float64 {
+		return root(t, s, "GET", "/nodes/pve1/status", nil).body["data"].(map[string]any)["memory"].(map[string]any)["used"].(float64)
+	}
+	early := nodeLive()
+	g.Expect(early).To(BeNumerically("<", 3*gib+4*gib), "resident memory right after start is far below 8 GiB")
+	waitTick(t, s)
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "running"))
+	time.Sleep(300 * time.Millisecond)
+	g.Expect(nodeLive()).To(BeNumerically(">", early), "resident memory grows after start")
+	waitTick(t, s)
+	g.Expect(nodeMem()).To(BeNumerically("~", 3*gib+8*gib*9/10, 8*mib))
+}

@@ -33,7 +33,7 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if v.running {
 		out["pid"] = v.pid
 		out["uptime"] = int64(time.Since(v.startedAt).Seconds())
-		out["mem"] = v.memBytes() / 2
+		out["mem"] = s.vmRSS(v, time.Now())
 		out["running-machine"] = "pc-q35-9.2+pve1"
 		out["running-qemu"] = "9.2.0"
 	}
@@ -107,9 +107,11 @@ func (s *Server) powerOn(t *task, vm *vmState) error {
 		s.mu.Unlock()
 		return fmt.Errorf("VM %d already running", vm.vmid)
 	}
+	// KVM overcommits: guest RAM is allocated lazily, so a VM starts even
+	// when configured memory exceeds what is free. Only an allocation larger
+	// than the host's RAM fails (the kernel's overcommit heuristic).
 	n := s.nodes[vm.node]
-	need := vm.memBytes()
-	if s.nodeMemUsed(vm.node)+need > n.cfg.Memory {
+	if vm.memBytes() > n.cfg.Memory {
 		t.log = append(t.log, fmt.Sprintf("kvm: cannot set up guest memory 'pc.ram': Cannot allocate memory"))
 		s.mu.Unlock()
 		return fmt.Errorf("start failed: QEMU exited with code 1")

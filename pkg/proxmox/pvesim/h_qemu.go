@@ -61,7 +61,7 @@ func hVMList(c *reqCtx) (any, *apiError) {
 		if v.running {
 			e["pid"] = v.pid
 			e["uptime"] = int64(time.Since(v.startedAt).Seconds())
-			e["mem"] = v.memBytes() / 2
+			e["mem"] = s.vmRSS(v, time.Now())
 		}
 		out = append(out, e)
 	}
