@@ -196,10 +196,14 @@ func (s *Server) haKick(vmid int) {
 		case !want && running:
 			s.startTask(taskSpec{node: node, typ: "qmshutdown", id: strconv.Itoa(vmid), user: "root@pam",
 				locks: []string{vmLock(vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/shutdown",
-				run: func(t *task) error { return s.powerOff(t, vm, false) }})
+				run: func(t *task) error { return s.powerOff(t, vm, haStop) }})
 		}
 	}()
 }
+
+// haStop is how the LRM stops a service: a shutdown with forceStop after
+// the (default 60 s) timeout.
+var haStop = stopOpts{shutdown: true, force: true}
 
 // haRequest is the worker qemu-server forks for an HA-managed VM instead of
 // acting itself (hastart/hastop: "ha-manager set vm:<id> --state ..."). The
@@ -405,8 +409,8 @@ func (s *Server) RelocateHA(vmid int, target string) error {
 		s.mu.Unlock()
 		if running {
 			upid := s.startTask(taskSpec{node: source, typ: "qmshutdown", id: strconv.Itoa(vmid), user: "root@pam",
-				locks: []string{vmLock(vmid)}, run: func(t *task) error { return s.powerOff(t, vm, false) }})
-			if s.waitTask(upid) != "OK" {
+				locks: []string{vmLock(vmid)}, run: func(t *task) error { return s.powerOff(t, vm, haStop) }})
+			if st := s.waitTask(upid); st != "OK" && !strings.HasPrefix(st, "WARNINGS") {
 				return
 			}
 		}

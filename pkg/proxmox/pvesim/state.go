@@ -20,6 +20,9 @@ type vmState struct {
 	pid       int
 	// agentDown simulates a guest whose agent is not (yet) answering.
 	agentDown bool
+	// ignoresACPI simulates a guest that does not react to the power
+	// button.
+	ignoresACPI bool
 	// guestIfaces overrides the agent's network-get-interfaces answer.
 	guestIfaces []GuestInterface
 	pool        string
