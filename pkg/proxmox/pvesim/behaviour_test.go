@@ -265,7 +265,12 @@ func TestHA(t *testing.T) {
 func TestNodeReachability(t *testing.T) {
 	g := NewWithT(t)
 	s := startSim(t, Config{Nodes: threeNodes(), OfflineDelay: Duration(150 * time.Millisecond)})
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu", form("vmid", "100")))).To(Equal("OK"))
+	waitTick(t, s)
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "stopped"))
 	s.SetNodeOnline("pve2", false)
+	waitTick(t, s)
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "unknown"), "no status from a node that is down")
 	began := time.Now()
 	r := root(t, s, "GET", "/nodes/pve2/qemu", nil)
 	g.Expect(r.status).To(Equal(595))
