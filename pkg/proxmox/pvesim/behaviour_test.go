@@ -45,6 +45,12 @@ func TestCreateWindow(t *testing.T) {
 	g.Expect(res[0]).To(Or(Not(HaveKey("name")), HaveKeyWithValue("name", "VM 100")))
 	g.Expect(res[0]).NotTo(HaveKey("tags"))
 
+	// The worker holds the config lock and the VMID is taken: a retried
+	// create, an update or a destroy during the window all fail.
+	g.Expect(root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")).reason).To(Equal("VM 100 already exists on node 'pve1'"))
+	g.Expect(root(t, s, "PUT", "/nodes/pve1/qemu/100/config", form("name", "b")).reason).To(Equal("can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout"))
+	g.Expect(root(t, s, "DELETE", "/nodes/pve1/qemu/100", nil).reason).To(Equal("VM is locked (create)"))
+
 	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
 	g.Expect(time.Since(began)).To(BeNumerically(">=", 100*time.Millisecond), "the import takes its time")
 	cfg = root(t, s, "GET", "/nodes/pve1/qemu/100/config", nil).body["data"].(map[string]any)

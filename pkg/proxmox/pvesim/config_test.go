@@ -101,6 +101,11 @@ func TestProfiles(t *testing.T) {
 			g.Expect(time.Duration(c.TaskDuration)).To(Equal(tc.task))
 			g.Expect(time.Duration(c.StatusInterval)).To(Equal(tc.tick))
 			g.Expect(time.Duration(c.OfflineDelay)).To(Equal(tc.offline))
+			if c.Profile == ProfileRealistic {
+				g.Expect(time.Duration(c.LockTimeout)).To(Equal(tc.task * 10), "PVE waits 10 s for a config lock")
+			} else {
+				g.Expect(c.LockTimeout).To(BeZero())
+			}
 			// A 1.2 GiB Talos image at 40 MiB/s is ~31 Proxmox seconds.
 			g.Expect(c.importDuration(1229 * mib)).To(BeNumerically("~", tc.import1200, tc.import1200/10))
 		})
