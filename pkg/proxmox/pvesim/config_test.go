@@ -102,7 +102,7 @@ func TestProfiles(t *testing.T) {
 			g.Expect(time.Duration(c.StatusInterval)).To(Equal(tc.tick))
 			g.Expect(time.Duration(c.OfflineDelay)).To(Equal(tc.offline))
 			if c.Profile == ProfileRealistic {
-				g.Expect(time.Duration(c.LockTimeout)).To(Equal(tc.task * 10), "PVE waits 10 s for a config lock")
+				g.Expect(time.Duration(c.LockTimeout)).To(Equal(tc.task*10), "PVE waits 10 s for a config lock")
 			} else {
 				g.Expect(c.LockTimeout).To(BeZero())
 			}
