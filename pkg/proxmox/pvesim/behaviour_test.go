@@ -480,3 +480,25 @@ func TestPower(t *testing.T) {
 	s.mu.Unlock()
 	g.Expect(start("102")).To(Equal(`can't activate LV '/dev/pve/vm-102-disk-0':   Failed to find logical volume "pve/vm-102-disk-0"`))
 }
+
+// TestHARecoveryFromFailedNode: an HA-managed VM on a node that stays down
+// past the fence delay is recovered to another node and started there; a
+// non-HA VM stays on the dead node.
+func TestHARecoveryFromFailedNode(t *testing.T) {
+	g := NewWithT(t)
+	// Fence delay 120 Proxmox s = 240 ms, CRM delay 20 ms at TimeScale 0.002.
+	s := startSim(t, Config{Nodes: threeNodes(), TimeScale: 0.002})
+	for _, id := range []string{"100", "101"} {
+		g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu", form("vmid", id)))).To(Equal("OK"))
+		g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu/"+id+"/status/start", nil))).To(Equal("OK"))
+	}
+	g.Expect(root(t, s, "POST", "/cluster/ha/resources", form("sid", "100")).status).To(Equal(200))
+	s.SetNodeOnline("pve2", false)
+	waitFor(t, "VM 100 recovered and running on pve1", func() bool {
+		vm, _ := s.VM(100)
+		return vm.Node == "pve1" && vm.Status == "running"
+	})
+	vm, _ := s.VM(101)
+	g.Expect(vm.Node).To(Equal("pve2"), "a VM without HA stays with its node")
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).status).To(Equal(200))
+}

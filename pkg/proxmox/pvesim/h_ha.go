@@ -443,3 +443,56 @@ func (s *Server) waitTask(upid string) string {
 		}
 	}
 }
+
+// haFenceDelay is how long the HA stack waits before it considers a node
+// that dropped out of the quorum fenced (its watchdog has reset it) and
+// recovers its services elsewhere: about two minutes on Proxmox VE.
+const haFenceDelay = 120 * time.Second
+
+// haFenceLater recovers the node's HA-managed VMs if it is still down after
+// the fence delay: their QEMU processes died with the node, their configs
+// move to the first online node, and the CRM starts those whose requested
+// state is "started" there (which fails if their disks were local to the
+// fenced node, as on Proxmox VE). Callers hold s.mu.
+func (s *Server) haFenceLater(node string, since time.Time) {
+	s.tasksWG.Add(1)
+	go func() {
+		defer s.tasksWG.Done()
+		s.sleep(s.cfg.scale(haFenceDelay))
+		select {
+		case <-s.closing:
+			return
+		default:
+		}
+		s.mu.Lock()
+		n := s.nodes[node]
+		if n.online || !n.downSince.Equal(since) {
+			s.mu.Unlock()
+			return
+		}
+		target := ""
+		for _, name := range s.nodeOrder {
+			if name != node && s.nodes[name].online {
+				target = name
+				break
+			}
+		}
+		var moved []*vmState
+		if target != "" {
+			for _, id := range sortedHAIDs(s.ha) {
+				if vm := s.vms[id]; vm != nil && vm.node == node && s.haManaged(id) != nil {
+					moved = append(moved, vm)
+				}
+			}
+		}
+		s.mu.Unlock()
+		for _, vm := range moved {
+			_ = s.markStopped(vm)
+			s.mu.Lock()
+			vm.node = target
+			delete(vm.conf, "lock")
+			s.haKick(vm.vmid)
+			s.mu.Unlock()
+		}
+	}()
+}

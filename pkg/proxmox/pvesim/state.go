@@ -124,6 +124,8 @@ type nodeState struct {
 	online bool
 	// proxyDown: the node is up but pveproxy does not accept connections.
 	proxyDown bool
+	// downSince is when the node went offline (HA fencing).
+	downSince time.Time
 }
 
 func sortedKeys[V any](m map[string]V) []string {
