@@ -502,3 +502,23 @@ func TestHARecoveryFromFailedNode(t *testing.T) {
 	g.Expect(vm.Node).To(Equal("pve2"), "a VM without HA stays with its node")
 	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).status).To(Equal(200))
 }
+
+// TestNodeTaskListOwnTasksOnly: without Sys.Audit on the node a caller lists
+// only its own tasks (node_tasks' $check_task_user).
+func TestNodeTaskListOwnTasksOnly(t *testing.T) {
+	g := NewWithT(t)
+	alice := "alice@pve!t=s"
+	s := startSim(t, Config{Tokens: []TokenConfig{
+		{ID: DefaultTokenID, Secret: DefaultTokenSecret, ACLs: []ACLConfig{{Path: "/", Role: "Administrator"}}},
+		{ID: "alice@pve!t", Secret: "s", ACLs: []ACLConfig{{Path: "/vms", Role: "PVEVMAdmin"}}},
+	}})
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")))).To(Equal("OK"))
+	r := call(t, s, alice, "POST", "/nodes/pve1/qemu/100/status/start", nil)
+	g.Expect(r.status).To(Equal(200), r.reason)
+	g.Expect(s.WaitTasks(5 * time.Second)).To(Succeed())
+	mine := call(t, s, alice, "GET", "/nodes/pve1/tasks", nil).body["data"].([]any)
+	g.Expect(mine).To(HaveLen(1))
+	g.Expect(mine[0]).To(HaveKeyWithValue("type", "qmstart"))
+	g.Expect(mine[0]).To(HaveKeyWithValue("user", "alice@pve"))
+	g.Expect(root(t, s, "GET", "/nodes/pve1/tasks", nil).body["data"]).To(HaveLen(2), "an auditor sees all")
+}
