@@ -19,6 +19,9 @@ type haResource struct {
 	// maxRestart, maxRelocate and failback are stored as given.
 	maxRestart, maxRelocate string
 	failback                string
+	// stop is how the LRM stops the VM for the last stop request
+	// ("ha-manager crm-command stop vm:<id> <timeout>": 0 is a hard stop).
+	stop stopOpts
 }
 
 func (h *haResource) sid() string { return fmt.Sprintf("vm:%d", h.vmid) }
@@ -140,7 +143,7 @@ func hHACreate(c *reqCtx) (any, *apiError) {
 	if _, dup := s.ha[id]; dup {
 		return nil, errServer("resource ID 'vm:%d' already defined", id)
 	}
-	h := &haResource{vmid: id, state: c.params["state"], comment: c.params["comment"], group: c.params["group"],
+	h := &haResource{vmid: id, stop: haStop, state: c.params["state"], comment: c.params["comment"], group: c.params["group"],
 		maxRestart: c.params["max_restart"], maxRelocate: c.params["max_relocate"], failback: c.params["failback"]}
 	if h.state == "" || h.state == "enabled" {
 		h.state = "started"
@@ -184,6 +187,7 @@ func (s *Server) haKick(vmid int) {
 			return
 		}
 		want := h.state == "started"
+		stop := h.stop
 		running := vm.running
 		node := vm.node
 		s.mu.Unlock()
@@ -196,19 +200,20 @@ func (s *Server) haKick(vmid int) {
 		case !want && running:
 			s.startTask(taskSpec{node: node, typ: "qmshutdown", id: strconv.Itoa(vmid), user: "root@pam",
 				locks: []string{vmLock(vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/shutdown",
-				run: func(t *task) error { return s.powerOff(t, vm, haStop) }})
+				run: func(t *task) error { return s.powerOff(t, vm, stop) }})
 		}
 	}()
 }
 
-// haStop is how the LRM stops a service: a shutdown with forceStop after
-// the (default 60 s) timeout.
+// haStop is how the LRM stops a service by default (requested state
+// "stopped", qm shutdown of an HA VM): a shutdown with forceStop after the
+// timeout (default 60 s).
 var haStop = stopOpts{shutdown: true, force: true}
 
 // haRequest is the worker qemu-server forks for an HA-managed VM instead of
 // acting itself (hastart/hastop: "ha-manager set vm:<id> --state ..."). The
 // task ends OK before the VM changes state; the CRM acts later.
-func (c *reqCtx) haRequest(typ, state, what string, vmid int) (any, *apiError) {
+func (c *reqCtx) haRequest(typ, state, what string, vmid int, stop stopOpts) (any, *apiError) {
 	s := c.s
 	return s.startTask(taskSpec{node: c.node(), typ: typ, id: strconv.Itoa(vmid), user: c.token,
 		run: func(t *task) error {
@@ -220,6 +225,7 @@ func (c *reqCtx) haRequest(typ, state, what string, vmid int) (any, *apiError) {
 				return fmt.Errorf("service 'vm:%d' is not configured", vmid)
 			}
 			h.state = state
+			h.stop = stop
 			s.haKick(vmid)
 			return nil
 		}}), nil

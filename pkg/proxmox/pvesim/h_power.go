@@ -61,9 +61,17 @@ func hPower(typ string) handlerFunc {
 		if ha {
 			switch typ {
 			case "qmstart":
-				return c.haRequest("hastart", "started", "start", vm.vmid)
-			case "qmstop", "qmshutdown":
-				return c.haRequest("hastop", "stopped", "stop", vm.vmid)
+				return c.haRequest("hastart", "started", "start", vm.vmid, haStop)
+			case "qmstop":
+				// "ha-manager crm-command stop vm:<id> 0": a hard stop.
+				return c.haRequest("hastop", "stopped", "stop", vm.vmid, stopOpts{})
+			case "qmshutdown":
+				// "ha-manager crm-command stop vm:<id> <timeout // 60>".
+				stop := haStop
+				if _, ok := c.params["timeout"]; ok {
+					stop.timeout = time.Duration(c.intParam("timeout")) * time.Second
+				}
+				return c.haRequest("hastop", "stopped", "stop", vm.vmid, stop)
 			}
 		}
 		opts := stopOpts{force: c.boolParam("forceStop"), skiplock: c.boolParam("skiplock")}
