@@ -589,7 +589,7 @@ func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
 		t.Run(v.schema, func(t *testing.T) {
 			g := NewWithT(t)
 			file := filepath.Join(dir, "pve-"+v.schema+"-apidata.json")
-			s := startSim(t, Config{Version: v.sim})
+			s := startSim(t, Config{Version: v.sim, Nodes: []NodeConfig{{Name: "pve1"}, {Name: "pve2"}}})
 			var recs []ResponseRecord
 			s.OnResponse(func(r ResponseRecord) { recs = append(recs, r) })
 			iso, err := s.AddVolume("local", "pve1", "iso", "a.iso", []byte("iso"))
@@ -624,7 +624,13 @@ func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
 			}
 			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
 			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/status/stop", nil))).To(Equal("OK"))
-			g.Expect(waitTask(t, s, "pve1", ok200("DELETE", "/nodes/pve1/qemu/100", nil))).To(Equal("OK"))
+			ok200("GET", "/nodes/pve1/tasks", form("source", "all"))
+			ok200("POST", "/cluster/ha/resources", form("sid", "vm:100", "state", "stopped"))
+			ok200("GET", "/cluster/ha/resources", nil)
+			ok200("GET", "/cluster/ha/resources/vm:100", nil)
+			ok200("DELETE", "/cluster/ha/resources/vm:100", nil)
+			g.Expect(waitTask(t, s, "pve1", ok200("POST", "/nodes/pve1/qemu/100/migrate", form("target", "pve2")))).To(Equal("OK"))
+			g.Expect(waitTask(t, s, "pve2", ok200("DELETE", "/nodes/pve2/qemu/100", nil))).To(Equal("OK"))
 			g.Expect(waitTask(t, s, "pve1", ok200("DELETE", "/nodes/pve1/storage/local/content/"+iso, nil))).To(Equal("OK"))
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("x")) }))
 			defer srv.Close()

@@ -64,7 +64,7 @@ func TestFaultInjection(t *testing.T) {
 func TestCountersAndConcurrency(t *testing.T) {
 	g := NewWithT(t)
 	s := startSim(t, Config{})
-	s.AddFault(Fault{Path: "/nodes/{node}/status", Latency: 50 * time.Millisecond})
+	s.AddFault(Fault{Path: "/nodes/{node}/status", Latency: 400 * time.Millisecond}) // long enough to overlap on a loaded machine
 	var wg sync.WaitGroup
 	for i := 0; i < 4; i++ {
 		wg.Add(1)
