@@ -280,8 +280,11 @@ func Reserve(ctx context.Context, c client.Client, owner Owner, infraCluster str
 	return nil
 }
 
-func checkHolder(held *ipamv1.IPAddress, owner Owner, claimName string, pool infrav1.IPPool, addr netip.Addr) error {
-	if held.Spec.ClaimRef.Name == claimName && held.Labels[OwnerUIDLabel] == string(owner.Object.GetUID()) && held.DeletionTimestamp.IsZero() {
+// checkHolder accepts the address when claimName holds it. The claim name is enough: the
+// IPAddress is named after the cluster and the claim names are unique in the namespace,
+// and unlike the owner UID label they survive `clusterctl move`.
+func checkHolder(held *ipamv1.IPAddress, _ Owner, claimName string, pool infrav1.IPPool, addr netip.Addr) error {
+	if held.Spec.ClaimRef.Name == claimName && held.DeletionTimestamp.IsZero() {
 		return nil
 	}
 	return fmt.Errorf("%w: %s of pool %s is held by IPAddressClaim %s", ErrAddressInUse, addr, pool.Name, held.Spec.ClaimRef.Name)
