@@ -1,11 +1,14 @@
 package webhooks
 
 import (
+	"context"
 	"testing"
 
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 
@@ -83,4 +86,31 @@ func TestProxmoxAPIHost(t *testing.T) {
 	g.Expect(proxmoxAPIHost("https://PVE.example.com:8006/")).To(Equal("pve.example.com:8006"))
 	g.Expect(proxmoxAPIHost("https://pve.example.com")).To(Equal("pve.example.com:443"))
 	g.Expect(proxmoxAPIHost("not a url")).To(BeEmpty())
+}
+
+// TestClusterWebhookComparesWithListedClusters: the webhook reads the other clusters on
+// create, and on update only when addresses change.
+func TestClusterWebhookComparesWithListedClusters(t *testing.T) {
+	g := NewWithT(t)
+	s := runtime.NewScheme()
+	g.Expect(infrav1.AddToScheme(s)).To(Succeed())
+	const pve = "https://pve.example.com:8006"
+	existing := sharedCluster("team-a", "a", pve, "127.10.3.1", "127.10.1.0/28")
+	w := &Cluster{Reader: fake.NewClientBuilder().WithScheme(s).WithObjects(&existing).Build()}
+	ctx := context.Background()
+
+	overlapping := sharedCluster("team-b", "b", pve, "127.10.3.2", "127.10.1.8/29")
+	overlapping.Spec.Talos.Version = "v1.13.9"
+	_, err := w.ValidateCreate(ctx, &overlapping)
+	g.Expect(err).To(MatchError(ContainSubstring(`overlaps pool "nodes" of ProxmoxTalosCluster team-a/a`)))
+
+	// An update that leaves the addresses alone is not compared (the cluster predates the rule).
+	changed := overlapping.DeepCopy()
+	changed.Spec.Talos.Version = "v1.13.10"
+	_, err = w.ValidateUpdate(ctx, &overlapping, changed)
+	g.Expect(err).NotTo(HaveOccurred())
+	// One that moves the VIP is.
+	changed.Spec.ControlPlaneEndpoint.Host = "127.10.3.1"
+	_, err = w.ValidateUpdate(ctx, &overlapping, changed)
+	g.Expect(err).To(MatchError(ContainSubstring("is already the control-plane endpoint of ProxmoxTalosCluster team-a/a")))
 }
