@@ -71,8 +71,7 @@ func TestCloudControllerManagerProviderID(t *testing.T) {
 	}
 
 	// The kubelet registers with --cloud-provider=external: tainted, no providerID.
-	createNode(t, wc, "ccm-cp-0", "")
-	taintUninitialized(t, wc, "ccm-cp-0")
+	createTaintedNode(t, wc, "ccm-cp-0")
 	eventually(t, 30*time.Second, func() error {
 		c := conditions.Get(f.ptm("ccm-cp-0"), infrav1.NodeReadyCondition)
 		if c == nil || c.Reason != infrav1.WaitingForCloudControllerManagerReason {
@@ -110,7 +109,7 @@ func TestCloudControllerManagerProviderID(t *testing.T) {
 	}
 
 	// A Node named like the worker but initialized for another VM is not the worker's.
-	createNode(t, wc, "ccm-w-0", "")
+	createTaintedNode(t, wc, "ccm-w-0")
 	otherID := fmt.Sprintf("proxmox://lab-region/%d", *w.Spec.VMID+1000)
 	ccmInitialize(t, wc, "ccm-w-0", otherID)
 	eventually(t, 30*time.Second, func() error {
@@ -135,14 +134,22 @@ func TestCloudControllerManagerProviderID(t *testing.T) {
 	f.waitAllGone()
 }
 
-func taintUninitialized(t *testing.T, wc client.Client, name string) {
+// createTaintedNode registers a Node the way a kubelet with --cloud-provider=external
+// does: with the uninitialized taint from the start (never a moment without it, or the
+// controller would rightly set its own providerID).
+func createTaintedNode(t *testing.T, wc client.Client, name string) {
 	t.Helper()
-	var n corev1.Node
-	if err := wc.Get(context.Background(), client.ObjectKey{Name: name}, &n); err != nil {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.NodeSpec{Taints: []corev1.Taint{{
+			Key: "node.cloudprovider.kubernetes.io/uninitialized", Value: "true", Effect: corev1.TaintEffectNoSchedule,
+		}}},
+	}
+	if err := wc.Create(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
-	n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "node.cloudprovider.kubernetes.io/uninitialized", Value: "true", Effect: corev1.TaintEffectNoSchedule})
-	if err := wc.Update(context.Background(), &n); err != nil {
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionFalse, Reason: "KubeletNotReady", LastTransitionTime: metav1.Now()}}
+	if err := wc.Status().Update(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
 }
