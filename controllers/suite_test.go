@@ -237,7 +237,8 @@ func (f *fixture) createCluster(mutate func(*infrav1.ProxmoxTalosClusterSpec)) {
 		IPPools: []infrav1.IPPool{{
 			Name: "nodes", Addresses: []string{"127.10.0.10-127.10.0.40"}, Prefix: 16, Gateway: "127.10.0.1", DNSServers: []string{"127.10.0.2"},
 		}},
-		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: factory.URL()},
+		// factorysim serves plain http on loopback: the API's explicit opt-in.
+		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: factory.URL(), InsecureAllowHTTP: true},
 		ImageStorage: "images",
 		ISOStorage:   "local",
 	}

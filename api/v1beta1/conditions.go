@@ -62,6 +62,14 @@ const (
 	StorageContentMissingReason     = "StorageContentMissing"
 	ProxmoxVersionTooOldReason      = "ProxmoxVersionTooOld"
 	PoolExhaustedReason             = "PoolExhausted"
+	// CABundleInvalidReason: the credentials Secret's caBundle holds something that is
+	// not a PEM certificate.
+	CABundleInvalidReason = "CABundleInvalid"
+	// InsecureURLReason: an http:// URL without the matching insecureAllowHTTP opt-in.
+	InsecureURLReason = "InsecureURL"
+	// EndpointAddressInUseReason: the fixed control-plane endpoint lies in a node pool and
+	// a machine already holds that address.
+	EndpointAddressInUseReason = "EndpointAddressInUse"
 
 	// Machine reasons.
 	WaitingForClusterInfrastructureReason = "WaitingForClusterInfrastructure"
@@ -73,5 +81,10 @@ const (
 	VMNotFoundReason                      = "VMNotFound"
 	PoweredOffReason                      = "PoweredOff"
 	WaitingForNodeReason                  = "WaitingForNode"
-	BootISODeletedReason                  = "Deleted"
+	// WaitingForCloudControllerManagerReason: the Node carries the uninitialized taint
+	// of an external cloud provider; its CCM sets the providerID.
+	WaitingForCloudControllerManagerReason = "WaitingForCloudControllerManager"
+	// ProviderIDMismatchReason: the Node's providerID names another VM.
+	ProviderIDMismatchReason = "ProviderIDMismatch"
+	BootISODeletedReason     = "Deleted"
 )

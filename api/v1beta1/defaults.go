@@ -122,7 +122,9 @@ func EffectiveTalos(cluster TalosImageSpec, machine *TalosImageSpec) TalosImageS
 		return out
 	}
 	if machine.FactoryURL != "" {
+		// The opt-in for http belongs to the URL it was given with.
 		out.FactoryURL = machine.FactoryURL
+		out.InsecureAllowHTTP = machine.InsecureAllowHTTP
 	}
 	if machine.Version != "" {
 		out.Version = machine.Version

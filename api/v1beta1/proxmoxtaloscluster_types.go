@@ -4,6 +4,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 )
 
 const (
@@ -49,6 +50,12 @@ type ProxmoxAPI struct {
 	// Off by default; prefer caBundle in the credentials Secret.
 	// +optional
 	InsecureSkipTLSVerify bool `json:"insecureSkipTLSVerify,omitempty"`
+
+	// insecureAllowHTTP permits an http:// url. The API token then travels unencrypted:
+	// use it only for simulators and test setups on loopback, never for a real Proxmox VE
+	// (which serves its API over HTTPS only). Off by default: url must be https.
+	// +optional
+	InsecureAllowHTTP bool `json:"insecureAllowHTTP,omitempty"`
 }
 
 // SecretReference names a Secret in the same namespace.
@@ -99,11 +106,19 @@ type ProxmoxTalosClusterSpec struct {
 	ControlPlaneEndpoint clusterv1.APIEndpoint `json:"controlPlaneEndpoint,omitempty,omitzero"`
 
 	// controlPlaneEndpointPool names the ipPools entry the endpoint host is allocated from
-	// when controlPlaneEndpoint.host is empty.
+	// when controlPlaneEndpoint.host is empty. A fixed host that lies inside one of
+	// ipPools is reserved in that pool, so no machine is ever given the VIP.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	ControlPlaneEndpointPool string `json:"controlPlaneEndpointPool,omitempty"`
+
+	// controlPlaneEndpointIPAMPoolRef references a Cluster API IPAM pool (for example an
+	// InClusterIPPool) the endpoint host is allocated from when controlPlaneEndpoint.host
+	// is empty: the provider creates an IPAddressClaim and uses the address the IPAM
+	// provider allocates. Mutually exclusive with controlPlaneEndpointPool.
+	// +optional
+	ControlPlaneEndpointIPAMPoolRef *ipamv1.IPPoolReference `json:"controlPlaneEndpointIPAMPoolRef,omitempty"`
 
 	// failureDomains are the Proxmox nodes (or groups of nodes) machines may be placed on.
 	// When empty, every online node of the Proxmox cluster is a candidate and the cluster

@@ -12,7 +12,8 @@ const (
 	MachineFinalizer = "proxmoxtalosmachine.infrastructure.cluster.x-k8s.io"
 
 	// ProviderIDPrefix starts every providerID this provider sets: proxmox://<SMBIOS uuid>,
-	// the form the Proxmox cloud controller manager understands too.
+	// the form sergelogvinov's Proxmox cloud-controller-manager writes with
+	// `features.provider: capmox`; its default form proxmox://<region>/<vmid> is adopted.
 	ProviderIDPrefix = "proxmox://"
 )
 
@@ -108,12 +109,15 @@ type ExtraDisk struct {
 // ProxmoxTalosMachineSpec is the desired state of one Talos VM. The fields marked
 // "set by the controller" record the VM's identity so that it survives `clusterctl move`;
 // once set they are immutable.
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.providerID) && self.providerID == oldSelf.providerID)",message="providerID is immutable once set"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.providerID) && (self.providerID == oldSelf.providerID || (oldSelf.providerID.matches('^proxmox://[0-9a-fA-F-]{36}$') && (self.providerID.matches('^proxmox://[^/]*/[0-9]+$') || self.providerID.lowerAscii() == oldSelf.providerID.lowerAscii()))))",message="providerID is immutable once set (except that the controller adopts a Proxmox cloud-controller-manager's proxmox://<region>/<vmid>, or its spelling of the uuid, for its proxmox://<uuid>)"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || !has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once the VM is provisioned (providerID set)"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || size(oldSelf.node) == 0 || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || size(oldSelf.smbiosUUID) == 0 || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
 type ProxmoxTalosMachineSpec struct {
 	// providerID is `proxmox://<SMBIOS uuid>`, set by the controller once the VM exists.
+	// When a Proxmox cloud-controller-manager gave the workload Node its own providerID
+	// for this VM (`proxmox://<region>/<vmid>`), the controller adopts that value so Cluster
+	// API matches Machine and Node (see docs/ccm.md).
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=512

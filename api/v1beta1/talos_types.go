@@ -58,6 +58,14 @@ type TalosImageSpec struct {
 	// +kubebuilder:validation:MaxLength=512
 	FactoryURL string `json:"factoryURL,omitempty"`
 
+	// insecureAllowHTTP permits an http:// factoryURL on this object. Images and
+	// schematics are then fetched without TLS, so nothing proves they come from the
+	// factory: use it only for a factory simulator or a mirror on a trusted network. Off
+	// by default: factoryURL must be https. It qualifies the factoryURL set next to it, so
+	// a machine that overrides factoryURL sets its own.
+	// +optional
+	InsecureAllowHTTP bool `json:"insecureAllowHTTP,omitempty"`
+
 	// version is the Talos version of the image, as `vMAJOR.MINOR.PATCH` (for example
 	// v1.13.9). Required on the cluster; it should match the TalosConfig talosVersion.
 	// +optional

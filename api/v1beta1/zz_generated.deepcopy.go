@@ -313,6 +313,11 @@ func (in *ProxmoxTalosClusterSpec) DeepCopyInto(out *ProxmoxTalosClusterSpec) {
 	*out = *in
 	out.Proxmox = in.Proxmox
 	out.ControlPlaneEndpoint = in.ControlPlaneEndpoint
+	if in.ControlPlaneEndpointIPAMPoolRef != nil {
+		in, out := &in.ControlPlaneEndpointIPAMPoolRef, &out.ControlPlaneEndpointIPAMPoolRef
+		*out = new(v1beta2.IPPoolReference)
+		**out = **in
+	}
 	if in.FailureDomains != nil {
 		in, out := &in.FailureDomains, &out.FailureDomains
 		*out = make([]FailureDomain, len(*in))

@@ -5,9 +5,13 @@
 package clients
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -22,6 +26,64 @@ import (
 // ErrCredentialsInvalid means the credentials Secret lacks a required key. The message
 // names the key, never its value.
 var ErrCredentialsInvalid = errors.New("credentials Secret is invalid")
+
+// ErrCABundleInvalid means the credentials Secret's caBundle is not a list of PEM
+// certificates. The message says which block is wrong, never what it holds.
+var ErrCABundleInvalid = errors.New("caBundle is invalid")
+
+// ErrInsecureURL means an http:// URL without the insecureAllowHTTP opt-in next to it.
+var ErrInsecureURL = errors.New("URL is not https")
+
+// CheckURLScheme refuses a URL that is not https unless allowHTTP is set. The webhooks
+// refuse such objects already; the controllers check again before sending a token or
+// fetching an image, since an object may predate the rule or bypass admission.
+func CheckURLScheme(raw string, allowHTTP bool, field string) error {
+	u, err := url.Parse(strings.TrimSpace(raw))
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %s %q does not parse", ErrInsecureURL, field, raw)
+	case u.Scheme == "https", u.Scheme == "http" && allowHTTP:
+		return nil
+	case u.Scheme == "http":
+		return fmt.Errorf("%w: %s %q uses http; use https, or set insecureAllowHTTP next to it for a simulator or test setup", ErrInsecureURL, field, raw)
+	default:
+		return fmt.Errorf("%w: %s %q must start with https://", ErrInsecureURL, field, raw)
+	}
+}
+
+// ParseCABundle parses a PEM bundle strictly: every block must be a CERTIFICATE that
+// parses, there must be at least one, and nothing but whitespace may lie outside the
+// blocks. crypto/x509's AppendCertsFromPEM skips what it cannot read, which would turn a
+// truncated paste into a TLS error against the wrong certificate much later.
+func ParseCABundle(bundle []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	rest := bundle
+	for n := 1; ; n++ {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%w: PEM block %d is a %q block, want CERTIFICATE", ErrCABundleInvalid, n, block.Type)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: PEM block %d is not a valid X.509 certificate", ErrCABundleInvalid, n)
+		}
+		certs = append(certs, c)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		if len(certs) == 0 {
+			return nil, fmt.Errorf("%w: it holds no PEM block (want one or more -----BEGIN CERTIFICATE----- blocks)", ErrCABundleInvalid)
+		}
+		return nil, fmt.Errorf("%w: data after PEM block %d is not a PEM block (truncated or pasted incompletely?)", ErrCABundleInvalid, len(certs))
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%w: it is empty apart from whitespace; remove the key or put PEM certificates in it", ErrCABundleInvalid)
+	}
+	return certs, nil
+}
 
 // ProxmoxFactory returns the Proxmox client for a cluster, given its credentials Secret.
 type ProxmoxFactory interface {
@@ -58,6 +120,7 @@ type proxmoxKey struct {
 	secretVersion   string
 	url             string
 	insecureSkipTLS bool
+	allowHTTP       bool
 }
 
 // CachingProxmoxFactory keeps one client per (cluster UID, Secret resourceVersion, URL):
@@ -87,6 +150,7 @@ func (f *CachingProxmoxFactory) ClientFor(cluster *infrav1.ProxmoxTalosCluster, 
 		secretVersion:   secret.ResourceVersion,
 		url:             cluster.Spec.Proxmox.URL,
 		insecureSkipTLS: cluster.Spec.Proxmox.InsecureSkipTLSVerify,
+		allowHTTP:       cluster.Spec.Proxmox.InsecureAllowHTTP,
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -102,7 +166,9 @@ func (f *CachingProxmoxFactory) ClientFor(cluster *infrav1.ProxmoxTalosCluster, 
 	cfg.Retry = f.opts.Retry
 	cfg.Metrics = f.opts.Metrics
 	cfg.Logger = f.opts.Logger
-	cfg.AllowInsecureHTTP = f.opts.AllowInsecureHTTP
+	// ConfigFromSecret refused http unless the cluster opted in; the manager-wide option
+	// stays for simulators wired up in code.
+	cfg.AllowInsecureHTTP = f.opts.AllowInsecureHTTP || cluster.Spec.Proxmox.InsecureAllowHTTP
 	cfg.UserAgent = "cluster-api-provider-proxmox-talos"
 	if f.opts.Tune != nil {
 		f.opts.Tune(&cfg)
@@ -137,14 +203,23 @@ func ConfigFromSecret(cluster *infrav1.ProxmoxTalosCluster, secret *corev1.Secre
 	if len(missing) > 0 {
 		return proxmox.Config{}, fmt.Errorf("%w: Secret %s/%s has no %s", ErrCredentialsInvalid, secret.Namespace, secret.Name, strings.Join(missing, " or "))
 	}
+	caBundle := secret.Data[infrav1.CredentialsCABundleKey]
+	if _, present := secret.Data[infrav1.CredentialsCABundleKey]; present {
+		if _, err := ParseCABundle(caBundle); err != nil {
+			return proxmox.Config{}, fmt.Errorf("Secret %s/%s key %s: %w", secret.Namespace, secret.Name, infrav1.CredentialsCABundleKey, err)
+		}
+	}
+	if err := CheckURLScheme(cluster.Spec.Proxmox.URL, cluster.Spec.Proxmox.InsecureAllowHTTP, "spec.proxmox.url"); err != nil {
+		return proxmox.Config{}, err
+	}
 	// The API object holds the URL without /api2/json (users copy it from the browser);
 	// the client appends the path itself, so strip it if someone added it anyway.
-	url := strings.TrimSuffix(strings.TrimSuffix(cluster.Spec.Proxmox.URL, "/"), "/api2/json")
+	apiURL := strings.TrimSuffix(strings.TrimSuffix(cluster.Spec.Proxmox.URL, "/"), "/api2/json")
 	return proxmox.Config{
-		URL:                url,
+		URL:                apiURL,
 		TokenID:            tokenID,
 		TokenSecret:        tokenSecret,
-		CABundle:           secret.Data[infrav1.CredentialsCABundleKey],
+		CABundle:           caBundle,
 		InsecureSkipVerify: cluster.Spec.Proxmox.InsecureSkipTLSVerify,
 	}, nil
 }

@@ -11,6 +11,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"sigs.k8s.io/cluster-api/util/conditions"
+
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
 )
@@ -36,10 +38,19 @@ func (r *Reconciler) reconcileCredentials(ctx context.Context, s *Scope) (bool, 
 	pve, err := r.Proxmox.ClientFor(s.InfraCluster, secret)
 	if err != nil {
 		reason := infrav1.InvalidConfigurationReason
-		if errors.Is(err, clients.ErrCredentialsInvalid) {
+		switch {
+		case errors.Is(err, clients.ErrCredentialsInvalid):
 			reason = infrav1.CredentialsInvalidReason
+		case errors.Is(err, clients.ErrCABundleInvalid):
+			reason = infrav1.CABundleInvalidReason
+		case errors.Is(err, clients.ErrInsecureURL):
+			reason = infrav1.InsecureURLReason
 		}
-		// Both errors name keys and fields only, never the token.
+		// The errors name keys, fields and PEM block numbers only, never the token or
+		// the bundle's content.
+		if c := conditions.Get(s.InfraCluster, infrav1.CredentialsReadyCondition); c == nil || c.Message != err.Error() {
+			r.event(s, corev1.EventTypeWarning, reason, "%s", err.Error())
+		}
 		r.setCondition(s, infrav1.CredentialsReadyCondition, false, reason, err.Error())
 		return false, r.requeue(s, infrav1.CredentialsReadyCondition), nil
 	}

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
 
@@ -45,6 +46,10 @@ func (r *Reconciler) reconcilePreflight(ctx context.Context, s *Scope) (bool, ct
 
 // preflight returns an empty reason when every check passed.
 func (r *Reconciler) preflight(ctx context.Context, s *Scope) (reason, msg string) {
+	// Machines fetch images from the factory; refuse plain http before any of them does.
+	if err := clients.CheckURLScheme(s.Spec.Talos.FactoryURL, s.Spec.Talos.InsecureAllowHTTP, "spec.talos.factoryURL"); err != nil {
+		return infrav1.InsecureURLReason, err.Error()
+	}
 	v, err := s.pve.Version(ctx)
 	if err != nil {
 		return ClassifyError(err)

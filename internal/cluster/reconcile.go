@@ -111,3 +111,12 @@ func (r *Reconciler) event(s *Scope, eventType, reason, note string, args ...any
 		r.Recorder.Eventf(s.InfraCluster, nil, eventType, reason, reason, note, args...)
 	}
 }
+
+func hasMessage(cs []metav1.Condition, t, msg string) bool {
+	for _, c := range cs {
+		if c.Type == t {
+			return c.Message == msg
+		}
+	}
+	return false
+}

@@ -227,3 +227,65 @@ func Release(ctx context.Context, c client.Client, owner client.Object) (bool, e
 	}
 	return len(addrs.Items) == 0 && len(claims.Items) == 0, nil
 }
+
+// ErrAddressInUse means a specific address of a cluster pool is held by another claim.
+var ErrAddressInUse = errors.New("address is already in use")
+
+// Reserve makes claimName hold addr in a cluster pool, so that ClaimFromPool never hands
+// it to a machine: the IPAddress object named after the pool and the address is the lock,
+// exactly as for a machine's claim. It is used for a control-plane endpoint (the VIP)
+// that lies inside a node pool. It returns ErrAddressInUse, naming the holder, when
+// another claim got there first.
+func Reserve(ctx context.Context, c client.Client, owner Owner, infraCluster string, pool infrav1.IPPool, addr netip.Addr, claimName string) error {
+	ns := owner.Object.GetNamespace()
+	key := client.ObjectKey{Namespace: ns, Name: AddressObjectName(owner.Cluster, pool.Name, addr)}
+	var held ipamv1.IPAddress
+	err := c.Get(ctx, key, &held)
+	if err == nil {
+		return checkHolder(&held, owner, claimName, pool, addr)
+	}
+	if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading IPAddress %s: %w", key.Name, err)
+	}
+	poolRef := ipamv1.IPPoolReference{APIGroup: infrav1.GroupVersion.Group, Kind: "ProxmoxTalosCluster", Name: infraCluster}
+	if err := ensureClaim(ctx, c, owner, claimName, pool.Name, poolRef); err != nil {
+		return err
+	}
+	obj := &ipamv1.IPAddress{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:       ns,
+			Name:            key.Name,
+			Labels:          owner.labels(pool.Name),
+			OwnerReferences: []metav1.OwnerReference{owner.ref()},
+		},
+		Spec: ipamv1.IPAddressSpec{
+			ClaimRef: ipamv1.IPAddressClaimReference{Name: claimName},
+			PoolRef:  poolRef,
+			Address:  addr.String(),
+			Prefix:   ptr.To(pool.Prefix),
+			Gateway:  pool.Gateway,
+		},
+	}
+	err = c.Create(ctx, obj)
+	if apierrors.IsAlreadyExists(err) {
+		if err := c.Get(ctx, key, &held); err != nil {
+			return fmt.Errorf("reading IPAddress %s: %w", key.Name, err)
+		}
+		return checkHolder(&held, owner, claimName, pool, addr)
+	}
+	if err != nil {
+		return fmt.Errorf("reserving %s in pool %s: %w", addr, pool.Name, err)
+	}
+	bindClaim(ctx, c, ns, claimName, obj.Name)
+	return nil
+}
+
+// checkHolder accepts the address when claimName holds it. The claim name is enough: the
+// IPAddress is named after the cluster and the claim names are unique in the namespace,
+// and unlike the owner UID label they survive `clusterctl move`.
+func checkHolder(held *ipamv1.IPAddress, _ Owner, claimName string, pool infrav1.IPPool, addr netip.Addr) error {
+	if held.Spec.ClaimRef.Name == claimName && held.DeletionTimestamp.IsZero() {
+		return nil
+	}
+	return fmt.Errorf("%w: %s of pool %s is held by IPAddressClaim %s", ErrAddressInUse, addr, pool.Name, held.Spec.ClaimRef.Name)
+}

@@ -24,7 +24,25 @@ var ErrPoolExhausted = errors.New("address pool exhausted")
 // Addresses yields every address of the pool in the order the entries list them:
 // single addresses, inclusive ranges (a-b) and CIDRs (every address of the block).
 func Addresses(pool infrav1.IPPool) (iter.Seq[netip.Addr], error) {
-	type span struct{ from, to netip.Addr }
+	spans, err := poolSpans(pool)
+	if err != nil {
+		return nil, err
+	}
+	return func(yield func(netip.Addr) bool) {
+		for _, s := range spans {
+			for a := s.from; a.IsValid() && !s.to.Less(a); a = a.Next() {
+				if !yield(a) {
+					return
+				}
+			}
+		}
+	}, nil
+}
+
+type span struct{ from, to netip.Addr }
+
+// poolSpans parses the pool's entries into inclusive ranges.
+func poolSpans(pool infrav1.IPPool) ([]span, error) {
 	spans := make([]span, 0, len(pool.Addresses))
 	for _, entry := range pool.Addresses {
 		entry = strings.TrimSpace(entry)
@@ -58,15 +76,7 @@ func Addresses(pool infrav1.IPPool) (iter.Seq[netip.Addr], error) {
 			spans = append(spans, span{a, a})
 		}
 	}
-	return func(yield func(netip.Addr) bool) {
-		for _, s := range spans {
-			for a := s.from; a.IsValid() && !s.to.Less(a); a = a.Next() {
-				if !yield(a) {
-					return
-				}
-			}
-		}
-	}, nil
+	return spans, nil
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
@@ -110,6 +120,23 @@ func FindPool(cluster *infrav1.ProxmoxTalosCluster, name string) (infrav1.IPPool
 	for _, p := range cluster.Spec.IPPools {
 		if p.Name == name {
 			return p, true
+		}
+	}
+	return infrav1.IPPool{}, false
+}
+
+// PoolContaining returns the cluster pool whose addresses include addr. It compares
+// ranges, so a large IPv6 CIDR costs nothing.
+func PoolContaining(pools []infrav1.IPPool, addr netip.Addr) (infrav1.IPPool, bool) {
+	for _, p := range pools {
+		spans, err := poolSpans(p)
+		if err != nil {
+			continue
+		}
+		for _, s := range spans {
+			if s.from.BitLen() == addr.BitLen() && !addr.Less(s.from) && !s.to.Less(addr) {
+				return p, true
+			}
 		}
 	}
 	return infrav1.IPPool{}, false

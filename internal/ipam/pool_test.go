@@ -147,3 +147,45 @@ func TestClaimFromPoolStableAndUnique(t *testing.T) {
 	g.Expect(c.List(ctx, &list, client.InNamespace("ns"))).To(Succeed())
 	g.Expect(list.Items).To(HaveLen(8))
 }
+
+// TestReserveKeepsTheVIPFromMachines: an endpoint reserved in a node pool is never handed
+// to a machine; reserving again is a no-op; an address a machine already holds cannot be
+// reserved, and the error names the holder.
+func TestReserveKeepsTheVIPFromMachines(t *testing.T) {
+	g := NewWithT(t)
+	c := fake.NewClientBuilder().WithScheme(scheme(t)).WithStatusSubresource(&ipamv1.IPAddressClaim{}).Build()
+	pool := infrav1.IPPool{Name: "nodes", Addresses: []string{"127.10.0.1-127.10.0.3"}, Prefix: 24}
+	ctx := context.Background()
+	cluster := Owner{Object: &infrav1.ProxmoxTalosCluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c", UID: "cluster-uid"}},
+		GVK: infrav1.GroupVersion.WithKind("ProxmoxTalosCluster"), Cluster: "c"}
+	vip := netip.MustParseAddr("127.10.0.1")
+
+	g.Expect(Reserve(ctx, c, cluster, "c", pool, vip, "c-control-plane-endpoint")).To(Succeed())
+	g.Expect(Reserve(ctx, c, cluster, "c", pool, vip, "c-control-plane-endpoint")).To(Succeed())
+
+	a, err := ClaimFromPool(ctx, c, owner("m0", "u0"), "c", pool, "m0-net0-ipv4")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(a.Address.Addr()).NotTo(Equal(vip))
+	b, err := ClaimFromPool(ctx, c, owner("m1", "u1"), "c", pool, "m1-net0-ipv4")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(b.Address.Addr()).NotTo(Equal(vip))
+	_, err = ClaimFromPool(ctx, c, owner("m2", "u2"), "c", pool, "m2-net0-ipv4")
+	g.Expect(errors.Is(err, ErrPoolExhausted)).To(BeTrue(), "the VIP must not be handed out as the pool's last address")
+
+	err = Reserve(ctx, c, cluster, "c", pool, a.Address.Addr(), "c-control-plane-endpoint")
+	g.Expect(errors.Is(err, ErrAddressInUse)).To(BeTrue())
+	g.Expect(err.Error()).To(ContainSubstring("127.10.0.2 of pool nodes is held by IPAddressClaim m0-net0-ipv4"))
+}
+
+func TestPoolContaining(t *testing.T) {
+	g := NewWithT(t)
+	pools := []infrav1.IPPool{
+		{Name: "v4", Addresses: []string{"127.10.0.1-127.10.0.3", "127.10.1.0/24"}, Prefix: 16},
+		{Name: "v6", Addresses: []string{"fd00::/64"}, Prefix: 64},
+	}
+	for addr, want := range map[string]string{"127.10.0.2": "v4", "127.10.1.255": "v4", "fd00::ffff:1": "v6", "127.10.0.4": "", "fd01::1": ""} {
+		p, ok := PoolContaining(pools, netip.MustParseAddr(addr))
+		g.Expect(ok).To(Equal(want != ""), addr)
+		g.Expect(p.Name).To(Equal(want), addr)
+	}
+}

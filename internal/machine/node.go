@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,7 +22,9 @@ import (
 // waitForNode finishes the machine in the workload cluster. Talos does not pass a
 // providerID to the kubelet, so the Node registers without one and Cluster API could never
 // link Machine and Node: this step sets Node.spec.providerID (allowed while it is empty).
-// Once the Node is Ready the boot ISO, which holds the cluster's PKI, is removed.
+// With a Proxmox cloud-controller-manager the CCM sets it instead; a value that names this
+// VM is adopted into the machine's spec.providerID (docs/ccm.md). Once the Node is Ready
+// the boot ISO, which holds the cluster's PKI, is removed.
 func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) {
 	if conditions.IsTrue(s.PTM, infrav1.NodeReadyCondition) && s.PTM.Status.BootISO == "" {
 		s.PTM.Status.Step = infrav1.StepRunning
@@ -45,9 +49,16 @@ func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) 
 		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for Node "+s.Machine.Name+" to register")
 		return r.waitOn(s, infrav1.NodeReadyCondition)
 	}
-	switch node.Spec.ProviderID {
-	case s.PTM.Spec.ProviderID:
-	case "":
+	switch {
+	case node.Spec.ProviderID == s.PTM.Spec.ProviderID:
+	case node.Spec.ProviderID == "" && awaitsCloudProvider(node):
+		// The kubelet runs with --cloud-provider=external: a cloud-controller-manager
+		// initializes the Node and sets its providerID. Setting ours first would make the
+		// CCM fail to parse it and leave the Node tainted, so wait and adopt its value.
+		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForCloudControllerManagerReason,
+			fmt.Sprintf("Node %s carries the taint %s: waiting for the cloud-controller-manager to set its providerID (see docs/ccm.md)", node.Name, cloudProviderUninitializedTaint))
+		return r.waitOn(s, infrav1.NodeReadyCondition)
+	case node.Spec.ProviderID == "":
 		base := node.DeepCopy()
 		node.Spec.ProviderID = s.PTM.Spec.ProviderID
 		if err := wc.Patch(ctx, node, client.MergeFrom(base)); err != nil {
@@ -55,9 +66,22 @@ func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) 
 		}
 		r.event(s, "Normal", "ProviderIDSet", "Set providerID of Node %s", node.Name)
 	default:
-		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.InvalidConfigurationReason,
-			fmt.Sprintf("Node %s has providerID %s, not %s", node.Name, node.Spec.ProviderID, s.PTM.Spec.ProviderID))
-		return stop(ctrlResultNone)
+		if err := IdentifiesVM(node.Spec.ProviderID, s.PTM); err != nil {
+			// Another VM's Node (a reused name or address): never adopt it. The condition
+			// says what was found; the requeue lets a corrected Node recover.
+			msg := fmt.Sprintf("Node %s has providerID %s, which is not this machine's VM: %v", node.Name, node.Spec.ProviderID, err)
+			if c := conditions.Get(s.PTM, infrav1.NodeReadyCondition); c == nil || c.Message != msg {
+				r.warn(s, infrav1.ProviderIDMismatchReason, "%s", msg)
+			}
+			r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.ProviderIDMismatchReason, msg)
+			return r.waitOn(s, infrav1.NodeReadyCondition)
+		}
+		// A cloud-controller-manager named this VM its own way (proxmox://<region>/<vmid>):
+		// Cluster API links Machine and Node by an exact providerID match, and the Node's
+		// value cannot change once set, so the machine takes the Node's.
+		old := s.PTM.Spec.ProviderID
+		s.PTM.Spec.ProviderID = node.Spec.ProviderID
+		r.event(s, "Normal", "ProviderIDAdopted", "Adopted providerID %s of Node %s (was %s)", node.Spec.ProviderID, node.Name, old)
 	}
 	if !nodeReady(node) {
 		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.NotReadyReason, "Node "+node.Name+" is not Ready yet")
@@ -134,6 +158,51 @@ func findNode(ctx context.Context, wc client.Client, s *Scope) (*corev1.Node, er
 		}
 	}
 	return nil, nil
+}
+
+// cloudProviderUninitializedTaint is the taint the kubelet puts on its Node when it runs
+// with --cloud-provider=external, until a cloud-controller-manager initializes the Node.
+const cloudProviderUninitializedTaint = "node.cloudprovider.kubernetes.io/uninitialized"
+
+func awaitsCloudProvider(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == cloudProviderUninitializedTaint {
+			return true
+		}
+	}
+	return false
+}
+
+// IdentifiesVM returns nil when providerID names the machine's VM in one of the forms a
+// Proxmox cloud-controller-manager writes: proxmox://<SMBIOS uuid> (this provider's own
+// form; sergelogvinov's CCM with `features.provider: capmox`) or
+// proxmox://<region>/<vmid> (that CCM's default; region is the name its configuration
+// gives the Proxmox cluster, which this provider does not know, so only the VMID is
+// compared). Otherwise the error says which VM the providerID names instead.
+func IdentifiesVM(providerID string, ptm *infrav1.ProxmoxTalosMachine) error {
+	rest, ok := strings.CutPrefix(providerID, infrav1.ProviderIDPrefix)
+	if !ok {
+		return fmt.Errorf("it is not a Proxmox providerID (%s...)", infrav1.ProviderIDPrefix)
+	}
+	region, id, regional := strings.Cut(rest, "/")
+	if !regional {
+		if ptm.Spec.SMBIOSUUID == "" || !strings.EqualFold(rest, ptm.Spec.SMBIOSUUID) {
+			return fmt.Errorf("it names SMBIOS uuid %s, this machine's VM has %s", rest, ptm.Spec.SMBIOSUUID)
+		}
+		return nil
+	}
+	vmid, err := strconv.Atoi(id)
+	if err != nil || strings.Contains(id, "/") {
+		return fmt.Errorf("it is neither proxmox://<uuid> nor proxmox://<region>/<vmid>")
+	}
+	if ptm.Spec.VMID == nil || int(*ptm.Spec.VMID) != vmid {
+		have := "none yet"
+		if ptm.Spec.VMID != nil {
+			have = strconv.Itoa(int(*ptm.Spec.VMID))
+		}
+		return fmt.Errorf("it names VMID %d in region %q, this machine's VM is VMID %s", vmid, region, have)
+	}
+	return nil
 }
 
 func nodeReady(n *corev1.Node) bool {

@@ -2,6 +2,11 @@ package webhooks
 
 import (
 	"context"
+	"fmt"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -12,10 +17,18 @@ import (
 
 // Cluster defaults and validates ProxmoxTalosClusters.
 // +kubebuilder:object:generate=false
-type Cluster struct{}
+type Cluster struct {
+	// Reader lists the other ProxmoxTalosClusters whose addresses a cluster must not
+	// share. Defaults to the manager's uncached reader, so a cluster created a moment ago
+	// is seen.
+	Reader client.Reader
+}
 
 // SetupWebhookWithManager registers the webhook.
 func (w *Cluster) SetupWebhookWithManager(mgr ctrl.Manager) error {
+	if w.Reader == nil {
+		w.Reader = mgr.GetAPIReader()
+	}
 	return ctrl.NewWebhookManagedBy(mgr, &infrav1.ProxmoxTalosCluster{}).
 		WithDefaulter(w).
 		WithValidator(w).
@@ -37,14 +50,41 @@ func (w *Cluster) Default(_ context.Context, c *infrav1.ProxmoxTalosCluster) err
 }
 
 // ValidateCreate validates a new cluster.
-func (w *Cluster) ValidateCreate(_ context.Context, c *infrav1.ProxmoxTalosCluster) (admission.Warnings, error) {
-	return clusterWarnings(&c.Spec), toInvalid("ProxmoxTalosCluster", c.Name, ValidateClusterSpec(&c.Spec, field.NewPath("spec")))
+func (w *Cluster) ValidateCreate(ctx context.Context, c *infrav1.ProxmoxTalosCluster) (admission.Warnings, error) {
+	errs := ValidateClusterSpec(&c.Spec, field.NewPath("spec"))
+	others, err := w.againstOthers(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return clusterWarnings(&c.Spec), toInvalid("ProxmoxTalosCluster", c.Name, append(errs, others...))
 }
 
 // ValidateUpdate validates a changed cluster. Most fields stay mutable because a
 // ClusterClass patches the cluster in place; the endpoint host is write-once (CRD rule).
-func (w *Cluster) ValidateUpdate(_ context.Context, _, c *infrav1.ProxmoxTalosCluster) (admission.Warnings, error) {
-	return clusterWarnings(&c.Spec), toInvalid("ProxmoxTalosCluster", c.Name, ValidateClusterSpec(&c.Spec, field.NewPath("spec")))
+// Addresses are compared with other clusters only when the update changes them.
+func (w *Cluster) ValidateUpdate(ctx context.Context, old, c *infrav1.ProxmoxTalosCluster) (admission.Warnings, error) {
+	errs := ValidateClusterSpec(&c.Spec, field.NewPath("spec"))
+	if addressesChanged(old, c) {
+		others, err := w.againstOthers(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		errs = append(errs, others...)
+	}
+	return clusterWarnings(&c.Spec), toInvalid("ProxmoxTalosCluster", c.Name, errs)
+}
+
+// againstOthers lists every ProxmoxTalosCluster (all namespaces: a network is not
+// bounded by a namespace) and compares addresses with them.
+func (w *Cluster) againstOthers(ctx context.Context, c *infrav1.ProxmoxTalosCluster) (field.ErrorList, error) {
+	if w.Reader == nil {
+		return nil, nil
+	}
+	var list infrav1.ProxmoxTalosClusterList
+	if err := w.Reader.List(ctx, &list); err != nil {
+		return nil, apierrors.NewInternalError(fmt.Errorf("listing ProxmoxTalosClusters to check for shared addresses: %w", err))
+	}
+	return ValidateAgainstOtherClusters(c, list.Items, field.NewPath("spec")), nil
 }
 
 // ValidateDelete allows every deletion.
@@ -54,6 +94,12 @@ func (w *Cluster) ValidateDelete(context.Context, *infrav1.ProxmoxTalosCluster) 
 
 func clusterWarnings(spec *infrav1.ProxmoxTalosClusterSpec) admission.Warnings {
 	var w admission.Warnings
+	if spec.Proxmox.InsecureAllowHTTP && strings.HasPrefix(spec.Proxmox.URL, "http://") {
+		w = append(w, "spec.proxmox.insecureAllowHTTP is set and url is http: the API token travels unencrypted")
+	}
+	if spec.Talos.InsecureAllowHTTP && strings.HasPrefix(spec.Talos.FactoryURL, "http://") {
+		w = append(w, "spec.talos.insecureAllowHTTP is set and factoryURL is http: images are fetched without TLS")
+	}
 	if spec.Proxmox.InsecureSkipTLSVerify {
 		w = append(w, "spec.proxmox.insecureSkipTLSVerify is set: the Proxmox API's certificate is not verified; prefer caBundle in the credentials Secret")
 	}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -34,7 +35,7 @@ func ValidateTokenID(id string) error {
 // address arithmetic, cross-field rules and formats. It returns every problem at once.
 func ValidateClusterSpec(spec *infrav1.ProxmoxTalosClusterSpec, path *field.Path) field.ErrorList {
 	var errs field.ErrorList
-	errs = append(errs, validateProxmoxURL(spec.Proxmox.URL, path.Child("proxmox", "url"))...)
+	errs = append(errs, validateProxmoxURL(spec.Proxmox.URL, spec.Proxmox.InsecureAllowHTTP, path.Child("proxmox", "url"))...)
 
 	pools, poolErrs := validatePools(spec.IPPools, path.Child("ipPools"))
 	errs = append(errs, poolErrs...)
@@ -44,14 +45,19 @@ func ValidateClusterSpec(spec *infrav1.ProxmoxTalosClusterSpec, path *field.Path
 	return errs
 }
 
-func validateProxmoxURL(raw string, path *field.Path) field.ErrorList {
+func validateProxmoxURL(raw string, allowHTTP bool, path *field.Path) field.ErrorList {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
 		return field.ErrorList{field.Invalid(path, raw, "must be an absolute URL such as https://pve.example.com:8006")}
 	}
 	var errs field.ErrorList
-	if u.Scheme != "https" {
-		errs = append(errs, field.Invalid(path, raw, "must use https: the Proxmox VE API is only served over TLS"))
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && allowHTTP:
+	case u.Scheme == "http":
+		errs = append(errs, field.Invalid(path, raw, "must use https: the Proxmox VE API is only served over TLS, and over http the API token would travel unencrypted (set spec.proxmox.insecureAllowHTTP: true only for a simulator on loopback)"))
+	default:
+		errs = append(errs, field.Invalid(path, raw, "must use https, for example https://pve.example.com:8006"))
 	}
 	trimmed := strings.TrimRight(u.Path, "/")
 	if strings.HasSuffix(trimmed, "/api2/json") {
@@ -67,6 +73,7 @@ func validateProxmoxURL(raw string, path *field.Path) field.ErrorList {
 
 // parsedPool is a pool after validation, kept for cross-pool and endpoint checks.
 type parsedPool struct {
+	index  int // in spec.ipPools
 	name   string
 	set    addressSet
 	is4    bool
@@ -78,7 +85,7 @@ func validatePools(pools []infrav1.IPPool, path *field.Path) ([]parsedPool, fiel
 	var parsed []parsedPool
 	for i, pool := range pools {
 		p := path.Index(i)
-		pp := parsedPool{name: pool.Name}
+		pp := parsedPool{index: i, name: pool.Name}
 		for j, entry := range pool.Addresses {
 			r, err := parseAddressEntry(entry)
 			if err != nil {
@@ -148,9 +155,24 @@ func validateEndpoint(spec *infrav1.ProxmoxTalosClusterSpec, pools []parsedPool,
 	if poolName != "" && !poolNamed(spec.IPPools, poolName) {
 		errs = append(errs, field.Invalid(path.Child("controlPlaneEndpointPool"), poolName, "names no entry of spec.ipPools"))
 	}
+	if ref := spec.ControlPlaneEndpointIPAMPoolRef; ref != nil {
+		refPath := path.Child("controlPlaneEndpointIPAMPoolRef")
+		if poolName != "" {
+			errs = append(errs, field.Invalid(refPath, ref.Name, "set either controlPlaneEndpointPool or controlPlaneEndpointIPAMPoolRef, not both"))
+		}
+		if ref.APIGroup == "" {
+			errs = append(errs, field.Required(refPath.Child("apiGroup"), "the IPAM pool's API group, for example ipam.cluster.x-k8s.io"))
+		}
+		if ref.Kind == "" {
+			errs = append(errs, field.Required(refPath.Child("kind"), "the IPAM pool's kind, for example InClusterIPPool"))
+		}
+		if ref.Name == "" {
+			errs = append(errs, field.Required(refPath.Child("name"), "the IPAM pool's name"))
+		}
+	}
 	if host == "" {
-		if poolName == "" {
-			errs = append(errs, field.Required(hostPath, "set the control-plane endpoint (the VIP) or controlPlaneEndpointPool to allocate it from a pool"))
+		if poolName == "" && spec.ControlPlaneEndpointIPAMPoolRef == nil {
+			errs = append(errs, field.Required(hostPath, "set the control-plane endpoint (the VIP), or controlPlaneEndpointPool or controlPlaneEndpointIPAMPoolRef to allocate it from a pool"))
 		}
 		return errs
 	}
@@ -161,16 +183,9 @@ func validateEndpoint(spec *infrav1.ProxmoxTalosClusterSpec, pools []parsedPool,
 		}
 		return errs
 	}
-	for _, pool := range pools {
-		if !pool.set.contains(addr) {
-			continue
-		}
-		if pool.name == poolName {
-			continue // allocated from its own pool: the allocator keeps it from machines
-		}
-		errs = append(errs, field.Invalid(hostPath, host,
-			fmt.Sprintf("lies inside node pool %q: a machine could be given the VIP; pick an address outside the pool or set controlPlaneEndpointPool: %s", pool.name, pool.name)))
-	}
+	// A fixed host inside one of the cluster's pools is allowed: the controller reserves
+	// it in that pool (an IPAddress held by the cluster) before any machine is created,
+	// so no machine is given the VIP.
 	if poolName != "" && len(errs) == 0 {
 		for _, pool := range pools {
 			if pool.name == poolName && !pool.set.contains(addr) {
@@ -217,9 +232,13 @@ func validateTalos(t *infrav1.TalosImageSpec, requireVersion bool, path *field.P
 	}
 	if t.FactoryURL != "" {
 		u, err := url.Parse(t.FactoryURL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			errs = append(errs, field.Invalid(path.Child("factoryURL"), t.FactoryURL, "must be an http(s) URL such as https://factory.talos.dev"))
-		} else if strings.Trim(u.Path, "/") != "" {
+		switch {
+		case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+			errs = append(errs, field.Invalid(path.Child("factoryURL"), t.FactoryURL, "must be an https URL such as https://factory.talos.dev"))
+		case u.Scheme == "http" && !t.InsecureAllowHTTP:
+			errs = append(errs, field.Invalid(path.Child("factoryURL"), t.FactoryURL,
+				"must use https: over http nothing proves the images and schematics come from the factory (set insecureAllowHTTP: true next to factoryURL only for a simulator or a mirror on a trusted network)"))
+		case strings.Trim(u.Path, "/") != "":
 			errs = append(errs, field.Invalid(path.Child("factoryURL"), t.FactoryURL, "must be the factory's base URL without a path"))
 		}
 	}
@@ -239,4 +258,90 @@ func validateTalos(t *infrav1.TalosImageSpec, requireVersion bool, path *field.P
 		}
 	}
 	return errs
+}
+
+// ValidateAgainstOtherClusters refuses addresses that another ProxmoxTalosCluster on the
+// same Proxmox API could hand out too: overlapping static pools, this cluster's endpoint
+// inside another cluster's pool, another cluster's endpoint inside one of this cluster's
+// pools, or the same endpoint twice.
+//
+// Why a check at admission rather than allocation across clusters: a pool's addresses are
+// claimed by IPAddress objects named after the cluster and pool, and those live in the
+// cluster's namespace, so no name can lock an address across namespaces; an allocator
+// that listed every cluster's addresses before claiming would still race. Overlap is a
+// configuration mistake best shown to the person making it, with both clusters named.
+//
+// Clusters are compared when they use the same Proxmox API host (and port): their VMs sit
+// on the same bridges. Clusters on other Proxmox installations may reuse private ranges
+// on separate networks, which is legitimate. The check is as good as the list it reads:
+// two clusters created in the same instant can both pass (docs/addresses.md).
+func ValidateAgainstOtherClusters(c *infrav1.ProxmoxTalosCluster, others []infrav1.ProxmoxTalosCluster, path *field.Path) field.ErrorList {
+	host := proxmoxAPIHost(c.Spec.Proxmox.URL)
+	if host == "" {
+		return nil
+	}
+	mine, _ := validatePools(c.Spec.IPPools, path.Child("ipPools"))
+	myVIP, _ := netip.ParseAddr(c.Spec.ControlPlaneEndpoint.Host)
+	hostPath := path.Child("controlPlaneEndpoint", "host")
+	var errs field.ErrorList
+	for i := range others {
+		o := &others[i]
+		if (o.Namespace == c.Namespace && o.Name == c.Name) || !o.DeletionTimestamp.IsZero() || proxmoxAPIHost(o.Spec.Proxmox.URL) != host {
+			continue
+		}
+		who := fmt.Sprintf("ProxmoxTalosCluster %s/%s", o.Namespace, o.Name)
+		theirs, _ := validatePools(o.Spec.IPPools, field.NewPath("spec", "ipPools"))
+		theirVIP, _ := netip.ParseAddr(o.Spec.ControlPlaneEndpoint.Host)
+		for _, p := range mine {
+			addrPath := path.Child("ipPools").Index(p.index).Child("addresses")
+			for _, q := range theirs {
+				if p.set.overlaps(q.set) {
+					errs = append(errs, field.Invalid(addrPath, c.Spec.IPPools[p.index].Addresses,
+						fmt.Sprintf("overlaps pool %q of %s, which uses the same Proxmox API (%s): both clusters could give one address to two machines; use disjoint ranges, or let both take addresses from one Cluster API IPAM pool (ipamPoolRef)", q.name, who, host)))
+				}
+			}
+			if theirVIP.IsValid() && p.set.contains(theirVIP) {
+				errs = append(errs, field.Invalid(addrPath, c.Spec.IPPools[p.index].Addresses,
+					fmt.Sprintf("contains %s, the control-plane endpoint of %s (same Proxmox API %s): a machine of this cluster could be given that VIP", theirVIP, who, host)))
+			}
+		}
+		if !myVIP.IsValid() {
+			continue
+		}
+		if theirVIP == myVIP {
+			errs = append(errs, field.Invalid(hostPath, c.Spec.ControlPlaneEndpoint.Host, fmt.Sprintf("is already the control-plane endpoint of %s", who)))
+		}
+		for _, q := range theirs {
+			if q.set.contains(myVIP) {
+				errs = append(errs, field.Invalid(hostPath, c.Spec.ControlPlaneEndpoint.Host,
+					fmt.Sprintf("lies inside pool %q of %s (same Proxmox API %s): a machine of that cluster could be given this VIP", q.name, who, host)))
+			}
+		}
+	}
+	return errs
+}
+
+// addressesChanged reports whether an update touches what ValidateAgainstOtherClusters
+// looks at, so unrelated updates of clusters that predate the check keep working.
+func addressesChanged(old, c *infrav1.ProxmoxTalosCluster) bool {
+	return !equality.Semantic.DeepEqual(old.Spec.IPPools, c.Spec.IPPools) ||
+		old.Spec.ControlPlaneEndpoint.Host != c.Spec.ControlPlaneEndpoint.Host ||
+		proxmoxAPIHost(old.Spec.Proxmox.URL) != proxmoxAPIHost(c.Spec.Proxmox.URL)
+}
+
+// proxmoxAPIHost is the host:port of a Proxmox API URL, lower-cased, with the default
+// port made explicit, so spellings of one endpoint compare equal.
+func proxmoxAPIHost(raw string) string {
+	u, err := url.Parse(strings.TrimSpace(raw))
+	if err != nil || u.Hostname() == "" {
+		return ""
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+	return strings.ToLower(u.Hostname()) + ":" + port
 }

@@ -26,12 +26,15 @@ func uniqueName(prefix string) string { return fmt.Sprintf("%s-%d", prefix, name
 
 // validCluster is the seed's cluster on loopback addresses: control planes and workers in
 // their own pools, the VIP outside both.
+// Each has its own Proxmox API host: clusters on one Proxmox API must not share addresses
+// (TestClustersOnOneProxmoxAPIDoNotShareAddresses), and these all use the same ones.
 func validCluster() *infrav1.ProxmoxTalosCluster {
+	name := uniqueName("cluster")
 	return &infrav1.ProxmoxTalosCluster{
-		ObjectMeta: metav1.ObjectMeta{Name: uniqueName("cluster"), Namespace: namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: infrav1.ProxmoxTalosClusterSpec{
 			Proxmox: infrav1.ProxmoxAPI{
-				URL:            "https://pve.example.com:8006",
+				URL:            "https://" + name + ".pve.example.com:8006",
 				CredentialsRef: infrav1.SecretReference{Name: "pve-credentials"},
 			},
 			ControlPlaneEndpoint: clusterv1.APIEndpoint{Host: "127.10.3.1", Port: 6443},
@@ -119,6 +122,28 @@ func TestValidObjectsOfAllKindsAreAcceptedAndDefaulted(t *testing.T) {
 	fromPool.Spec.IPPools = append(fromPool.Spec.IPPools, infrav1.IPPool{Name: "vip", Addresses: []string{"127.10.3.1"}, Prefix: 16})
 	g.Expect(k8sClient.Create(ctx, fromPool)).To(Succeed())
 	g.Expect(fromPool.Spec.ControlPlaneEndpoint.Port).To(Equal(int32(6443)))
+
+	// Or from a Cluster API IPAM pool.
+	fromIPAM := validCluster()
+	fromIPAM.Spec.ControlPlaneEndpoint.Host = ""
+	fromIPAM.Spec.ControlPlaneEndpointIPAMPoolRef = &ipamv1.IPPoolReference{APIGroup: "ipam.cluster.x-k8s.io", Kind: "InClusterIPPool", Name: "vips"}
+	g.Expect(k8sClient.Create(ctx, fromIPAM)).To(Succeed())
+
+	// A fixed VIP inside a node pool is accepted: the controller reserves it in the pool.
+	vipInPool := validCluster()
+	vipInPool.Spec.ControlPlaneEndpoint.Host = "127.10.1.2"
+	g.Expect(k8sClient.Create(ctx, vipInPool)).To(Succeed())
+
+	// http only with the explicit opt-in next to the URL, and with a warning.
+	insecure := validCluster()
+	insecure.Spec.Proxmox.URL = "http://127.0.0.1:8006"
+	insecure.Spec.Proxmox.InsecureAllowHTTP = true
+	insecure.Spec.Talos.FactoryURL = "http://127.0.0.1:8080"
+	insecure.Spec.Talos.InsecureAllowHTTP = true
+	g.Expect(k8sClient.Create(ctx, insecure)).To(Succeed())
+	m := validMachine()
+	m.Spec.Talos = &infrav1.TalosImageSpec{FactoryURL: "http://127.0.0.1:8080", InsecureAllowHTTP: true}
+	g.Expect(k8sClient.Create(ctx, m)).To(Succeed())
 }
 
 // rejected asserts that the API server refuses obj and that the message carries want.
@@ -138,7 +163,16 @@ func TestClusterValidationRules(t *testing.T) {
 	}{
 		{"URL already ending in /api2/json", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "https://pve.example.com:8006/api2/json" }, "must not end in /api2/json"},
 		{"URL with another path", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "https://pve.example.com:8006/pve" }, "must not have a path"},
-		{"plain http URL", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "http://pve.example.com:8006" }, "must use https"},
+		{"plain http URL", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "http://pve.example.com:8006" }, "must use https: the Proxmox VE API is only served over TLS, and over http the API token would travel unencrypted (set spec.proxmox.insecureAllowHTTP: true"},
+		{"http URL with the factory's opt-in only", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.Proxmox.URL = "http://pve.example.com:8006"
+			s.Talos.InsecureAllowHTTP = true
+		}, "spec.proxmox.url: Invalid value"},
+		{"http factory URL without the opt-in", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.FactoryURL = "http://factory.example.com" }, "spec.talos.factoryURL: Invalid value: \"http://factory.example.com\": must use https: over http nothing proves the images and schematics come from the factory"},
+		{"http factory URL with the Proxmox opt-in only", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.Talos.FactoryURL = "http://factory.example.com"
+			s.Proxmox.InsecureAllowHTTP = true
+		}, "spec.talos.factoryURL: Invalid value"},
 		{"URL that is not absolute", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "pve.example.com" }, "must be an absolute URL"},
 		{"credentials in the URL", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Proxmox.URL = "https://root:pw@pve.example.com:8006" }, "must not carry a query or user information"},
 		{"bad CIDR", func(s *infrav1.ProxmoxTalosClusterSpec) { s.IPPools[1].Addresses = []string{"127.10.2.0/33"} }, "is not a valid CIDR"},
@@ -157,7 +191,15 @@ func TestClusterValidationRules(t *testing.T) {
 		{"gateway of the wrong family", func(s *infrav1.ProxmoxTalosClusterSpec) { s.IPPools[0].Gateway = "fd00::1" }, "is not of the pool's address family"},
 		{"DNS server not an address", func(s *infrav1.ProxmoxTalosClusterSpec) { s.IPPools[0].DNSServers = []string{"dns.example.com"} }, "is not an IP address"},
 		{"overlapping pools", func(s *infrav1.ProxmoxTalosClusterSpec) { s.IPPools[1].Addresses = []string{"127.10.1.3-127.10.1.9"} }, `overlaps pool "control-plane"`},
-		{"VIP inside a node pool", func(s *infrav1.ProxmoxTalosClusterSpec) { s.ControlPlaneEndpoint.Host = "127.10.1.2" }, `lies inside node pool "control-plane"`},
+		{"endpoint from a cluster pool and an IPAM pool", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.ControlPlaneEndpoint.Host = ""
+			s.ControlPlaneEndpointPool = "control-plane"
+			s.ControlPlaneEndpointIPAMPoolRef = &ipamv1.IPPoolReference{APIGroup: "ipam.cluster.x-k8s.io", Kind: "InClusterIPPool", Name: "vips"}
+		}, "set either controlPlaneEndpointPool or controlPlaneEndpointIPAMPoolRef, not both"},
+		{"endpoint IPAM pool without API group", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.ControlPlaneEndpoint.Host = ""
+			s.ControlPlaneEndpointIPAMPoolRef = &ipamv1.IPPoolReference{Kind: "InClusterIPPool", Name: "vips"}
+		}, "spec.controlPlaneEndpointIPAMPoolRef.apiGroup"},
 		{"no endpoint and no endpoint pool", func(s *infrav1.ProxmoxTalosClusterSpec) { s.ControlPlaneEndpoint.Host = "" }, "set the control-plane endpoint"},
 		{"endpoint pool that does not exist", func(s *infrav1.ProxmoxTalosClusterSpec) {
 			s.ControlPlaneEndpoint.Host = ""
@@ -176,7 +218,7 @@ func TestClusterValidationRules(t *testing.T) {
 		{"unknown architecture", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.Architecture = "riscv64" }, `spec.talos.architecture: Unsupported value: "riscv64"`},
 		{"unknown transfer mode", func(s *infrav1.ProxmoxTalosClusterSpec) { s.ImageTransfer = "Carrier" }, `spec.imageTransfer: Unsupported value: "Carrier"`},
 		{"factory URL with a path", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.FactoryURL = "https://factory.talos.dev/image" }, "must be the factory's base URL without a path"},
-		{"factory URL that is not http(s)", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.FactoryURL = "ftp://factory" }, "must be an http(s) URL"},
+		{"factory URL that is not http(s)", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.FactoryURL = "ftp://factory" }, "must be an https URL"},
 		{"bad extension name", func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.Extensions = []string{"qemu guest agent"} }, "must be an official extension name"},
 		{"duplicate extension", func(s *infrav1.ProxmoxTalosClusterSpec) {
 			s.Talos.Extensions = []string{"siderolabs/tailscale", "siderolabs/tailscale"}
@@ -193,6 +235,66 @@ func TestClusterValidationRules(t *testing.T) {
 			rejected(t, k8sClient.Create(context.Background(), c), tc.want)
 		})
 	}
+}
+
+// TestClustersOnOneProxmoxAPIDoNotShareAddresses: a second cluster on the same Proxmox API
+// may not hand out an address the first one can (overlapping pools, a VIP in the other's
+// pool, the same VIP); the message names the other cluster. Updates that do not touch
+// addresses are not compared, so clusters that predate the rule stay editable.
+func TestClustersOnOneProxmoxAPIDoNotShareAddresses(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	first := validCluster()
+	first.Namespace = "kube-public" // other namespaces count: a namespace bounds no network
+	g.Expect(k8sClient.Create(ctx, first)).To(Succeed())
+	url := first.Spec.Proxmox.URL
+	who := "ProxmoxTalosCluster kube-public/" + first.Name
+
+	cases := []struct {
+		name   string
+		mutate func(*infrav1.ProxmoxTalosClusterSpec)
+		want   string
+	}{
+		{"overlapping pool", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.IPPools = s.IPPools[:1]
+			s.IPPools[0].Addresses = []string{"127.10.1.3-127.10.1.9"}
+			s.ControlPlaneEndpoint.Host = "127.10.3.9"
+		}, `spec.ipPools[0].addresses: Invalid value: ["127.10.1.3-127.10.1.9"]: overlaps pool "control-plane" of ` + who + `, which uses the same Proxmox API`},
+		{"VIP inside the other cluster's pool", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.IPPools = []infrav1.IPPool{{Name: "nodes", Addresses: []string{"127.10.5.1-127.10.5.9"}, Prefix: 16}}
+			s.ControlPlaneEndpoint.Host = "127.10.2.1"
+		}, `spec.controlPlaneEndpoint.host: Invalid value: "127.10.2.1": lies inside pool "workers" of ` + who},
+		{"pool containing the other cluster's VIP", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.IPPools = []infrav1.IPPool{{Name: "nodes", Addresses: []string{"127.10.3.0/30"}, Prefix: 16}}
+			s.ControlPlaneEndpoint.Host = "127.10.3.9"
+		}, "contains 127.10.3.1, the control-plane endpoint of " + who},
+		{"same VIP", func(s *infrav1.ProxmoxTalosClusterSpec) {
+			s.IPPools = []infrav1.IPPool{{Name: "nodes", Addresses: []string{"127.10.5.1-127.10.5.9"}, Prefix: 16}}
+		}, `spec.controlPlaneEndpoint.host: Invalid value: "127.10.3.1": is already the control-plane endpoint of ` + who},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validCluster()
+			c.Spec.Proxmox.URL = url
+			tc.mutate(&c.Spec)
+			rejected(t, k8sClient.Create(ctx, c), tc.want)
+		})
+	}
+
+	// Disjoint addresses on the same Proxmox API are fine.
+	second := validCluster()
+	second.Spec.Proxmox.URL = url
+	second.Spec.IPPools = []infrav1.IPPool{{Name: "nodes", Addresses: []string{"127.10.5.1-127.10.5.9"}, Prefix: 16}}
+	second.Spec.ControlPlaneEndpoint.Host = "127.10.3.9"
+	g.Expect(k8sClient.Create(ctx, second)).To(Succeed())
+
+	// Growing a pool into the other cluster's is refused on update too...
+	second.Spec.IPPools[0].Addresses = []string{"127.10.1.1-127.10.1.1"}
+	rejected(t, k8sClient.Update(ctx, second), `overlaps pool "control-plane" of `+who)
+	// ...while other changes are not compared.
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(second), second)).To(Succeed())
+	second.Spec.Talos.Version = "v1.13.10"
+	g.Expect(k8sClient.Update(ctx, second)).To(Succeed())
 }
 
 func TestClusterEndpointIsWriteOnce(t *testing.T) {
@@ -266,6 +368,9 @@ func TestMachineValidationRules(t *testing.T) {
 		{"tag Proxmox refuses", false, func(s *infrav1.ProxmoxTalosMachineSpec) { s.Tags = []string{"has space"} }, "spec.tags[0]"},
 		{"unknown firmware", false, func(s *infrav1.ProxmoxTalosMachineSpec) { s.Firmware = "CoreBoot" }, `Unsupported value: "CoreBoot"`},
 		{"unknown machine type", false, func(s *infrav1.ProxmoxTalosMachineSpec) { s.MachineType = "virt" }, `Unsupported value: "virt"`},
+		{"http factory URL without the opt-in", false, func(s *infrav1.ProxmoxTalosMachineSpec) {
+			s.Talos = &infrav1.TalosImageSpec{FactoryURL: "http://factory.example.com"}
+		}, "spec.talos.factoryURL: Invalid value: \"http://factory.example.com\": must use https"},
 		{"malformed SMBIOS uuid", false, func(s *infrav1.ProxmoxTalosMachineSpec) { s.SMBIOSUUID = "not-a-uuid" }, "spec.smbiosUUID"},
 		{"malformed recorded address", false, func(s *infrav1.ProxmoxTalosMachineSpec) {
 			s.IPAddresses = []infrav1.AllocatedAddress{{Device: "net0", Address: "127.10.1.1"}}

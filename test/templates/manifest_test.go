@@ -645,8 +645,11 @@ var valueAt = map[string]func(m *manifest) []string{
 	"NODE_BRIDGE": func(m *manifest) []string {
 		return machineField(m, "", func(s infrav1.ProxmoxTalosMachineSpec) string { return s.NetworkDevices[0].Bridge })
 	},
-	"TALOS_VERSION":          func(m *manifest) []string { return []string{m.infraCluster.Spec.Talos.Version} },
-	"TALOS_FACTORY_URL":      func(m *manifest) []string { return []string{m.infraCluster.Spec.Talos.FactoryURL} },
+	"TALOS_VERSION":     func(m *manifest) []string { return []string{m.infraCluster.Spec.Talos.Version} },
+	"TALOS_FACTORY_URL": func(m *manifest) []string { return []string{m.infraCluster.Spec.Talos.FactoryURL} },
+	"TALOS_FACTORY_INSECURE_ALLOW_HTTP": func(m *manifest) []string {
+		return []string{fmt.Sprint(m.infraCluster.Spec.Talos.InsecureAllowHTTP)}
+	},
 	"PROXMOX_IMAGE_STORAGE":  func(m *manifest) []string { return []string{m.infraCluster.Spec.ImageStorage} },
 	"PROXMOX_ISO_STORAGE":    func(m *manifest) []string { return []string{m.infraCluster.Spec.ISOStorage} },
 	"PROXMOX_IMAGE_TRANSFER": func(m *manifest) []string { return []string{string(m.infraCluster.Spec.ImageTransfer)} },

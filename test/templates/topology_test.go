@@ -223,6 +223,9 @@ var topologyValueAt = map[string]func(*topologyManifest) []string{
 	"NODE_SUBNET":                      func(m *topologyManifest) []string { return stringOrList(m.vars["nodeSubnet"]) },
 	"TALOS_VERSION":                    func(m *topologyManifest) []string { return stringOrList(m.vars["talosVersion"]) },
 	"TALOS_FACTORY_URL":                func(m *topologyManifest) []string { return stringOrList(m.vars["talosFactoryURL"]) },
+	"TALOS_FACTORY_INSECURE_ALLOW_HTTP": func(m *topologyManifest) []string {
+		return stringOrList(m.vars["talosFactoryInsecureAllowHTTP"])
+	},
 }
 
 // checkValues proves every variable's value reached its field, and that the test covers every
