@@ -1,0 +1,309 @@
+package machine
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+)
+
+// simEnv runs the step machine's Proxmox side against pvesim, with a fake management
+// API (the steps under test use it only for address release).
+type simEnv struct {
+	t   *testing.T
+	sim *pvesim.Server
+	pve *proxmox.PVEClient
+	r   *Reconciler
+	rec *events.FakeRecorder
+}
+
+func newSimEnv(t *testing.T, taskDuration time.Duration) *simEnv {
+	t.Helper()
+	sim, err := pvesim.New(pvesim.Config{
+		Version: "9.1.2",
+		Nodes:   []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}},
+		Storages: []pvesim.StorageConfig{
+			{Name: "local", Type: "dir", Content: "iso,import"},
+			{Name: "local-lvm", Type: "lvmthin", Content: "images"},
+		},
+		TaskDuration: pvesim.Duration(taskDuration),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.StartTLS(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	pve, err := proxmox.New(proxmox.Config{
+		URL: strings.TrimSuffix(sim.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
+		CABundle: sim.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
+		Retry: proxmox.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := events.NewFakeRecorder(100)
+	r := &Reconciler{
+		Client:   fake.NewClientBuilder().WithScheme(scheme).Build(),
+		Recorder: rec,
+		Timing:   Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second},
+	}
+	return &simEnv{t: t, sim: sim, pve: pve, r: r, rec: rec}
+}
+
+const testUUID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+
+// scope is one machine "w-0" of cluster "lab", recorded on node/vmid with testUUID.
+func (e *simEnv) scope(node string, vmid int) *Scope {
+	ptm := &infrav1.ProxmoxTalosMachine{
+		ObjectMeta: metav1.ObjectMeta{Name: "w-0", Namespace: "ns", UID: "8b5e2f7a-0c1d-4e2f-9a3b-4c5d6e7f8a9b",
+			Finalizers: []string{infrav1.MachineFinalizer}},
+		Spec: infrav1.ProxmoxTalosMachineSpec{Node: node, VMID: ptr.To(int32(vmid)), SMBIOSUUID: testUUID, MemoryMiB: 1024},
+	}
+	infra := &infrav1.ProxmoxTalosCluster{Spec: infrav1.ProxmoxTalosClusterSpec{
+		Talos: infrav1.TalosImageSpec{Version: "v1.13.9"}, ImageStorage: "local", ISOStorage: "local",
+	}}
+	m := &clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Name: "w-0", Namespace: "ns"}}
+	return NewScope(&clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "lab"}}, infra, m, ptm, e.pve)
+}
+
+// createVM puts a VM on Proxmox directly; ours=true gives it the identity of scope's machine.
+func (e *simEnv) createVM(node string, vmid int, name string, ours, running bool) {
+	e.t.Helper()
+	spec := proxmox.VMSpec{Node: node, VMID: vmid, Name: name, MemoryMiB: 1024, BootDisk: proxmox.Disk{Storage: "local-lvm", SizeGiB: 1}}
+	if ours {
+		spec.Tags = []string{TagManaged, ClusterTag("lab"), MachineTag("w-0")}
+		spec.SMBIOSUUID = testUUID
+	}
+	ctx := context.Background()
+	if _, err := e.pve.CreateVM(ctx, spec); err != nil {
+		e.t.Fatal(err)
+	}
+	if running {
+		if err := e.pve.StartVM(ctx, node, vmid); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func (e *simEnv) vm(vmid int) (pvesim.VMInfo, bool) { return e.sim.VM(vmid) }
+
+// deleteUntil runs deletion passes until the finalizer is gone or stop says so, each
+// pass bounded; it returns the number of passes.
+func (e *simEnv) deleteUntil(s *Scope, maxPasses int, stop func() bool) int {
+	e.t.Helper()
+	for i := 1; i <= maxPasses; i++ {
+		start := time.Now()
+		res, err := e.r.ReconcileDelete(context.Background(), s)
+		if err != nil {
+			e.t.Fatalf("pass %d: %v", i, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			e.t.Fatalf("pass %d took %s: a pass must not wait for Proxmox tasks", i, d)
+		}
+		if !controllerutil.ContainsFinalizer(s.PTM, infrav1.MachineFinalizer) || (stop != nil && stop()) {
+			return i
+		}
+		time.Sleep(min(res.RequeueAfter, 20*time.Millisecond) + time.Millisecond)
+	}
+	e.t.Fatalf("deletion not finished after %d passes: %+v", maxPasses, s.PTM.Status.Conditions)
+	return 0
+}
+
+func (e *simEnv) events() []string {
+	var out []string
+	for {
+		select {
+		case ev := <-e.rec.Events:
+			out = append(out, ev)
+		default:
+			return out
+		}
+	}
+}
+
+// TestDeleteLeavesForeignVM: the recorded VMID holds a VM that does not show the
+// machine's identity. Deletion leaves it untouched, says what it found (event and
+// condition), and still deletes the machine's own VM, found elsewhere by identity.
+func TestDeleteLeavesForeignVM(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond)
+	e.createVM("pve1", 4321, "someone-elses", false, true)
+	e.createVM("pve2", 4400, "w-0", true, true)
+
+	s := e.scope("pve1", 4321)
+	var sawForeignCondition bool
+	e.deleteUntil(s, 200, func() bool {
+		if c := conditionOf(s, infrav1.VMProvisionedCondition); c != nil && c.Reason == infrav1.ForeignVMReason {
+			sawForeignCondition = true
+		}
+		return false
+	})
+
+	vm, ok := e.vm(4321)
+	g.Expect(ok).To(BeTrue(), "the foreign VM was deleted")
+	g.Expect(vm.Status).To(Equal("running"), "the foreign VM was stopped")
+	_, ok = e.vm(4400)
+	g.Expect(ok).To(BeFalse(), "the machine's own VM at another VMID was left behind")
+	g.Expect(sawForeignCondition).To(BeTrue())
+	g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.ForeignVMReason), ContainSubstring("VM 4321 on node pve1"), ContainSubstring("someone-elses"))))
+}
+
+// TestDeleteFollowsMovedVM: the VM moved to another node after it was recorded.
+// Deletion finds it by identity, records the new node, and shuts it down and destroys
+// it there, one Proxmox task per pass (recorded in status.task), never waiting.
+func TestDeleteFollowsMovedVM(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 200*time.Millisecond)
+	e.createVM("pve2", 4500, "w-0", true, true)
+	s := e.scope("pve1", 4500)
+
+	var tasks []string
+	passes := e.deleteUntil(s, 500, func() bool {
+		if t := s.PTM.Status.Task; t != nil && (len(tasks) == 0 || tasks[len(tasks)-1] != t.Type) {
+			tasks = append(tasks, t.Type)
+		}
+		return false
+	})
+	_, ok := e.vm(4500)
+	g.Expect(ok).To(BeFalse(), "VM left on its new node")
+	g.Expect(s.PTM.Spec.Node).To(Equal("pve2"))
+	g.Expect(tasks).To(Equal([]string{taskShutdown, taskDestroy}))
+	g.Expect(passes).To(BeNumerically(">", 2), "tasks of 200ms were waited for inside a pass")
+	g.Expect(e.events()).To(ContainElement(ContainSubstring("moved from node pve1 to pve2")))
+}
+
+// TestDeleteRemediatedMachineStopsHard: a machine deleted after a failed health check is
+// stopped, not shut down gracefully.
+func TestDeleteRemediatedMachineStopsHard(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond)
+	e.createVM("pve1", 4550, "w-0", true, true)
+	s := e.scope("pve1", 4550)
+	s.Machine.Status.Conditions = []metav1.Condition{{Type: clusterv1.MachineHealthCheckSucceededCondition, Status: metav1.ConditionFalse, Reason: "UnhealthyNode"}}
+	var tasks []string
+	e.deleteUntil(s, 200, func() bool {
+		if t := s.PTM.Status.Task; t != nil && (len(tasks) == 0 || tasks[len(tasks)-1] != t.Type) {
+			tasks = append(tasks, t.Type)
+		}
+		return false
+	})
+	g.Expect(tasks).To(Equal([]string{taskStop, taskDestroy}))
+}
+
+// TestDeleteNodeOffline: the VM's node does not answer. Deletion says so (condition and
+// Warning event naming the annotation) and retries; when the node is back the deletion
+// completes, and on a node gone for good the abandon annotation ends it, leaving the VM.
+func TestDeleteNodeOffline(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		resolve func(e *simEnv, s *Scope)
+		vmLeft  bool
+	}{
+		{"back online", func(e *simEnv, _ *Scope) { e.sim.SetNodeOnline("pve1", true) }, false},
+		{"abandoned", func(_ *simEnv, s *Scope) {
+			s.PTM.Annotations = map[string]string{infrav1.AbandonVMAnnotation: "true"}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			e := newSimEnv(t, 5*time.Millisecond)
+			e.createVM("pve1", 4600, "w-0", true, true)
+			s := e.scope("pve1", 4600)
+			e.sim.SetNodeOnline("pve1", false)
+
+			for i := 0; i < 3; i++ {
+				_, err := e.r.ReconcileDelete(context.Background(), s)
+				g.Expect(err).NotTo(HaveOccurred())
+			}
+			g.Expect(controllerutil.ContainsFinalizer(s.PTM, infrav1.MachineFinalizer)).To(BeTrue())
+			c := conditionOf(s, infrav1.VMProvisionedCondition)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(infrav1.NodeOfflineReason))
+			g.Expect(c.Message).To(ContainSubstring(infrav1.AbandonVMAnnotation))
+			g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.NodeOfflineReason), ContainSubstring("pve1"))))
+
+			tc.resolve(e, s)
+			e.deleteUntil(s, 200, nil)
+			_, ok := e.vm(4600)
+			g.Expect(ok).To(Equal(tc.vmLeft))
+			if tc.vmLeft {
+				g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.VMAbandonedReason), ContainSubstring("VM 4600"))))
+			}
+		})
+	}
+}
+
+// TestCreateSurvivesLostTaskRecord: the pass that started the create lost its record
+// (the controller stopped before the status write). Later passes recognise the VM (or
+// the create still running) as the machine's own: exactly one VM, no second create.
+func TestCreateSurvivesLostTaskRecord(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 300*time.Millisecond)
+	ctx := context.Background()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+	s := e.scope("pve1", 4700)
+	iso, err := BootISOName(s)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+	g.Expect(err).NotTo(HaveOccurred())
+	s.imageVolID = img
+
+	out, err := e.r.createVM(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse(), "the create pass waited for the task")
+	g.Expect(s.PTM.Status.Task).NotTo(BeNil())
+	g.Expect(s.PTM.Status.Task.Type).To(Equal(taskCreate))
+	s.PTM.Status.Task = nil // the status write was lost
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !out.done {
+		g.Expect(time.Now().Before(deadline)).To(BeTrue(), "not provisioned: %+v", s.PTM.Status.Conditions)
+		time.Sleep(20 * time.Millisecond)
+		out, err = e.r.createVM(ctx, s)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(ptr.Deref(s.PTM.Spec.VMID, 0)).To(Equal(int32(4700)), "the machine gave up its own VMID")
+	}
+	n := 0
+	for _, vm := range e.sim.Inventory().VMs {
+		if strings.Contains(vm.Config["smbios1"], testUUID) {
+			n++
+		}
+	}
+	g.Expect(n).To(Equal(1))
+	g.Expect(conditionOf(s, infrav1.VMProvisionedCondition).Status).To(Equal(metav1.ConditionTrue))
+}
+
+func conditionOf(s *Scope, t string) *metav1.Condition {
+	for i := range s.PTM.Status.Conditions {
+		if s.PTM.Status.Conditions[i].Type == t {
+			return &s.PTM.Status.Conditions[i]
+		}
+	}
+	return nil
+}
