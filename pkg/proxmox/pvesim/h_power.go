@@ -15,9 +15,12 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if e != nil {
 		return nil, e
 	}
-	out := map[string]any{"vmid": v.vmid, "name": v.name(), "status": statusText(v), "qmpstatus": statusText(v),
+	out := map[string]any{"vmid": v.vmid, "name": v.displayName(), "status": statusText(v), "qmpstatus": statusText(v),
 		"cpus": vmCPUs(v), "maxmem": v.memBytes(), "maxdisk": s.vmMaxDisk(v), "mem": 0, "cpu": 0, "disk": 0,
 		"uptime": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0, "ha": map[string]any{"managed": 0}}
+	if h := s.ha[v.vmid]; h != nil {
+		out["ha"] = map[string]any{"managed": 1, "state": h.state}
+	}
 	if v.agentEnabled() {
 		out["agent"] = 1
 	}
@@ -30,7 +33,7 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if v.running {
 		out["pid"] = v.pid
 		out["uptime"] = int64(time.Since(v.startedAt).Seconds())
-		out["mem"] = v.memBytes() / 2
+		out["mem"] = s.vmRSS(v, time.Now())
 		out["running-machine"] = "pc-q35-9.2+pve1"
 		out["running-qemu"] = "9.2.0"
 	}
@@ -50,6 +53,19 @@ func hPower(typ string) handlerFunc {
 		}
 		action := strings.TrimPrefix(typ, "qm")
 		node := c.node()
+		// qemu-server hands start/stop/shutdown of an HA-managed VM to the
+		// HA stack (PVE::HA::Config::vm_is_ha_managed).
+		s.mu.Lock()
+		ha := s.haManaged(vm.vmid) != nil
+		s.mu.Unlock()
+		if ha {
+			switch typ {
+			case "qmstart":
+				return c.haRequest("hastart", "started", "start", vm.vmid)
+			case "qmstop", "qmshutdown":
+				return c.haRequest("hastop", "stopped", "stop", vm.vmid)
+			}
+		}
 		return s.startTask(taskSpec{node: node, typ: typ, id: strconv.Itoa(vm.vmid), user: c.token,
 			locks: []string{vmLock(vm.vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/" + action,
 			run: func(t *task) error {
@@ -91,9 +107,11 @@ func (s *Server) powerOn(t *task, vm *vmState) error {
 		s.mu.Unlock()
 		return fmt.Errorf("VM %d already running", vm.vmid)
 	}
+	// KVM overcommits: guest RAM is allocated lazily, so a VM starts even
+	// when configured memory exceeds what is free. Only an allocation larger
+	// than the host's RAM fails (the kernel's overcommit heuristic).
 	n := s.nodes[vm.node]
-	need := vm.memBytes()
-	if s.nodeMemUsed(vm.node)+need > n.cfg.Memory {
+	if vm.memBytes() > n.cfg.Memory {
 		t.log = append(t.log, fmt.Sprintf("kvm: cannot set up guest memory 'pc.ram': Cannot allocate memory"))
 		s.mu.Unlock()
 		return fmt.Errorf("start failed: QEMU exited with code 1")

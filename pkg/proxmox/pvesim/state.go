@@ -27,6 +27,16 @@ type vmState struct {
 
 func (v *vmState) name() string { return v.conf["name"] }
 
+// displayName is qemu-server vmstatus' name: the configured one or
+// "VM <vmid>" (e.g. during the create window, when the config holds only
+// the lock).
+func (v *vmState) displayName() string {
+	if n := v.conf["name"]; n != "" {
+		return n
+	}
+	return fmt.Sprintf("VM %d", v.vmid)
+}
+
 func (v *vmState) digest() string {
 	keys := sortedKeys(v.conf)
 	h := sha1.New()
@@ -109,6 +119,8 @@ func (s *storageState) volNode(node string) string {
 type nodeState struct {
 	cfg    NodeConfig
 	online bool
+	// proxyDown: the node is up but pveproxy does not accept connections.
+	proxyDown bool
 }
 
 func sortedKeys[V any](m map[string]V) []string {
