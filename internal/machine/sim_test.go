@@ -297,6 +297,9 @@ func TestCreateSurvivesLostTaskRecord(t *testing.T) {
 	}
 	g.Expect(n).To(Equal(1))
 	g.Expect(conditionOf(s, infrav1.VMProvisionedCondition).Status).To(Equal(metav1.ConditionTrue))
+	// Proxmox showed only "lock: create" meanwhile: the create was recognised from the
+	// node's task list, not from the config.
+	g.Expect(e.events()).To(ContainElement(ContainSubstring("VMCreateResumed")))
 }
 
 func conditionOf(s *Scope, t string) *metav1.Condition {

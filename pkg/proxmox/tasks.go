@@ -116,8 +116,11 @@ func (c *PVEClient) ListTasks(ctx context.Context, node string, f TaskFilter) ([
 		if user == "me" {
 			user = c.tokenID
 		}
-		if user != "" {
-			q.Set("userfilter", user)
+		// PVE lists a token's tasks with user "user@realm" and tokenid "name", and
+		// matches userfilter (as a substring) against the user only.
+		wantUser, wantToken, _ := strings.Cut(user, "!")
+		if wantUser != "" {
+			q.Set("userfilter", wantUser)
 		}
 		if f.Source != "" {
 			q.Set("source", f.Source)
@@ -133,17 +136,25 @@ func (c *PVEClient) ListTasks(ctx context.Context, node string, f TaskFilter) ([
 		for _, w := range ws {
 			// The list has no "running" status: a task without an end time and a
 			// status still runs.
+			// A running task has no end time and the status "RUNNING".
+			running := w.EndTime == 0 && (w.Status == "" || strings.EqualFold(w.Status, "running"))
 			t := TaskState{
 				UPID: w.UPID, Node: w.Node, Type: w.Type, ID: w.ID, User: w.User,
-				Running:    w.EndTime == 0 && (w.Status == "" || w.Status == "running"),
-				ExitStatus: w.Status, StartTime: unixTime(int64(w.StartTime)), EndTime: unixTime(int64(w.EndTime)),
+				Running: running, StartTime: unixTime(int64(w.StartTime)), EndTime: unixTime(int64(w.EndTime)),
+			}
+			if !running {
+				t.ExitStatus = w.Status
+			}
+			if w.TokenID != "" {
+				t.User += "!" + w.TokenID
 			}
 			if t.Node == "" {
 				t.Node = node
 			}
-			// PVE matches userfilter as a substring; keep exact matches only, so
-			// "capi" never matches "capi2".
-			if user != "" && !strings.EqualFold(t.User, user) {
+			// userfilter is a substring match on the user: keep exact matches of
+			// user and token only, so "capi" never matches "capi2".
+			tu, tt, _ := strings.Cut(t.User, "!")
+			if wantUser != "" && (!strings.EqualFold(tu, wantUser) || tt != wantToken) {
 				continue
 			}
 			out = append(out, t)
@@ -226,6 +237,7 @@ type wireTaskListEntry struct {
 	Type      string  `json:"type"`
 	ID        string  `json:"id"`
 	User      string  `json:"user"`
+	TokenID   string  `json:"tokenid"`
 	Status    string  `json:"status"`
 	StartTime flexInt `json:"starttime"`
 	EndTime   flexInt `json:"endtime"`
