@@ -2,6 +2,12 @@ package machine
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -309,4 +315,92 @@ func conditionOf(s *Scope, t string) *metav1.Condition {
 		}
 	}
 	return nil
+}
+
+// post sends a form POST to the simulator as the provider's token (for operations the
+// provider never makes: migration, HA configuration).
+func (e *simEnv) post(path string, form url.Values) {
+	e.t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(e.sim.CAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, err := http.NewRequest(http.MethodPost, e.sim.URL()+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "PVEAPIToken="+pvesim.DefaultTokenID+"="+pvesim.DefaultTokenSecret)
+	res, err := hc.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		e.t.Fatalf("POST %s: %s %s", path, res.Status, body)
+	}
+}
+
+func (e *simEnv) waitVM(vmid int, cond func(pvesim.VMInfo) bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if vm, ok := e.vm(vmid); ok && cond(vm) {
+			return
+		}
+		if time.Now().After(deadline) {
+			vm, _ := e.vm(vmid)
+			e.t.Fatalf("VM %d: condition not reached: %+v", vmid, vm)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRunningVMFollowedWhenMoved: a provisioned machine's VM is live-migrated, or
+// relocated by HA, while running. The machine stays Ready (VMRunning), records the new
+// node, and deletion removes the VM on its new node.
+func TestRunningVMFollowedWhenMoved(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		move func(e *simEnv, vmid int)
+	}{
+		{"live migration", func(e *simEnv, vmid int) {
+			e.post(fmt.Sprintf("/nodes/pve1/qemu/%d/migrate", vmid), url.Values{"target": {"pve2"}, "online": {"1"}, "with-local-disks": {"1"}})
+		}},
+		{"HA relocation", func(e *simEnv, vmid int) {
+			e.post("/cluster/ha/resources", url.Values{"sid": {fmt.Sprintf("vm:%d", vmid)}, "state": {"started"}})
+			if err := e.sim.RelocateHA(vmid, "pve2"); err != nil {
+				e.t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			e := newSimEnv(t, 5*time.Millisecond)
+			const vmid = 4800
+			e.createVM("pve1", vmid, "w-0", true, true)
+			s := e.scope("pve1", vmid)
+			s.PTM.Status.Initialization.Provisioned = ptr.To(true)
+			ctx := context.Background()
+			out, err := e.r.startVM(ctx, s)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(out.done).To(BeTrue())
+
+			tc.move(e, vmid)
+			e.waitVM(vmid, func(vm pvesim.VMInfo) bool { return vm.Node == "pve2" && vm.Status == "running" && vm.Lock == "" })
+
+			out, err = e.r.startVM(ctx, s)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(out.done).To(BeTrue())
+			g.Expect(s.PTM.Spec.Node).To(Equal("pve2"))
+			c := conditionOf(s, infrav1.VMRunningCondition)
+			g.Expect(c.Status).To(Equal(metav1.ConditionTrue), "%+v", c)
+			g.Expect(conditionOf(s, infrav1.VMProvisionedCondition)).To(BeNil(), "VMProvisioned changed (VM not found?)")
+			g.Expect(e.events()).To(ContainElement(ContainSubstring("moved from node pve1 to pve2")))
+
+			e.deleteUntil(s, 1000, nil)
+			_, ok := e.vm(vmid)
+			g.Expect(ok).To(BeFalse(), "VM left on its new node")
+		})
+	}
 }
