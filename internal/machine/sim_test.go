@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
@@ -403,4 +405,133 @@ func TestRunningVMFollowedWhenMoved(t *testing.T) {
 			g.Expect(ok).To(BeFalse(), "VM left on its new node")
 		})
 	}
+}
+
+// TestCreateInterruptedAtRandomPoints: a slow create (import) of three machines is cut
+// off 20 times at random points, as a manager restart would: a fresh Reconciler and a
+// fresh Proxmox client (no in-process memory) each time, and with probability 1/2 the
+// status of the last pass is lost (the patch never landed). Each machine ends with
+// exactly one VM, and nothing else is left on Proxmox: no VMID, disk or config that is
+// not one of the machines' VMs.
+func TestCreateInterruptedAtRandomPoints(t *testing.T) {
+	g := NewWithT(t)
+	// Every task takes 1s: the create (with its import) spans many restarts.
+	e := newSimEnv(t, time.Second)
+	ctx := context.Background()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+	rng := rand.New(rand.NewPCG(11, 7))
+
+	type machineState struct {
+		ptm  *infrav1.ProxmoxTalosMachine
+		done bool
+	}
+	var machines []*machineState
+	for i := range 3 {
+		s := e.scope("pve1", 0)
+		s.PTM.Name = fmt.Sprintf("w-%d", i)
+		s.PTM.UID = types.UID(fmt.Sprintf("uid-%d", i))
+		s.PTM.Spec.VMID = nil
+		s.PTM.Spec.SMBIOSUUID = fmt.Sprintf("6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5%d", i)
+		iso, err := BootISOName(s)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+		g.Expect(err).NotTo(HaveOccurred())
+		machines = append(machines, &machineState{ptm: s.PTM})
+	}
+
+	restarts := 0
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		allDone := true
+		for _, m := range machines {
+			allDone = allDone && m.done
+		}
+		if allDone {
+			break
+		}
+		g.Expect(time.Now().Before(deadline)).To(BeTrue(), "not all machines provisioned after %d restarts", restarts)
+		// A fresh process: new client, new reconciler.
+		time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond) // the restart itself
+		fresh := newSimEnvFor(t, e.sim)
+		passes := rng.IntN(3)
+		if restarts >= 20 {
+			passes = 1000 // after 20 interruptions, let it finish
+		}
+		for p := 0; p < passes; p++ {
+			progressed := false
+			for _, m := range machines {
+				if m.done {
+					continue
+				}
+				s := NewScope(&clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "lab"}}, e.scope("pve1", 0).InfraCluster,
+					&clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Name: m.ptm.Name}}, m.ptm.DeepCopy(), fresh.pve)
+				s.imageVolID = img
+				out, err := fresh.r.createVM(ctx, s)
+				g.Expect(err).NotTo(HaveOccurred())
+				startedTask := s.PTM.Status.Task != nil && m.ptm.Status.Task == nil
+				if restarts < 20 && (startedTask || p == passes-1) && rng.IntN(2) == 0 {
+					// Crash before the patch: spec and status changes of this pass are
+					// lost (half of the passes that started a task, and half of the last).
+					continue
+				}
+				m.ptm = s.PTM
+				m.done = out.done
+				progressed = true
+			}
+			if !progressed && p > 0 {
+				break
+			}
+			time.Sleep(time.Duration(rng.IntN(60)) * time.Millisecond)
+		}
+		restarts++
+		// Invariant at every restart: never two VMs for one machine.
+		for _, m := range machines {
+			g.Expect(vmsWithUUID(e.sim, m.ptm.Spec.SMBIOSUUID)).To(BeNumerically("<=", 1), "%s has a twin after restart %d", m.ptm.Name, restarts)
+		}
+	}
+	g.Expect(restarts).To(BeNumerically(">=", 20))
+
+	want := map[int]bool{}
+	for _, m := range machines {
+		g.Expect(vmsWithUUID(e.sim, m.ptm.Spec.SMBIOSUUID)).To(Equal(1), m.ptm.Name)
+		want[int(*m.ptm.Spec.VMID)] = true
+	}
+	g.Expect(e.sim.WaitTasks(10 * time.Second)).To(Succeed())
+	inv := e.sim.Inventory()
+	g.Expect(inv.VMs).To(HaveLen(len(machines)), "a VMID is held by something that is no machine's VM")
+	for _, vm := range inv.VMs {
+		g.Expect(want).To(HaveKey(vm.VMID))
+	}
+	for _, v := range inv.Volumes {
+		if v.Content == "images" {
+			g.Expect(want).To(HaveKey(v.VMID), "disk %s of no machine's VM", v.VolID)
+		}
+	}
+}
+
+func vmsWithUUID(sim *pvesim.Server, uuid string) int {
+	n := 0
+	for _, vm := range sim.Inventory().VMs {
+		if strings.Contains(vm.Config["smbios1"], uuid) {
+			n++
+		}
+	}
+	return n
+}
+
+// newSimEnvFor is a fresh client and reconciler (a restarted manager) on an existing simulator.
+func newSimEnvFor(t *testing.T, sim *pvesim.Server) *simEnv {
+	t.Helper()
+	pve, err := proxmox.New(proxmox.Config{
+		URL: strings.TrimSuffix(sim.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
+		CABundle: sim.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
+		Retry: proxmox.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := events.NewFakeRecorder(1000)
+	return &simEnv{t: t, sim: sim, pve: pve, rec: rec, r: &Reconciler{Recorder: rec,
+		Timing: Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second}}}
 }
