@@ -535,3 +535,58 @@ func newSimEnvFor(t *testing.T, sim *pvesim.Server) *simEnv {
 	return &simEnv{t: t, sim: sim, pve: pve, rec: rec, r: &Reconciler{Recorder: rec,
 		Timing: Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second}}}
 }
+
+// TestIdentitySurvivesMove: `clusterctl move` recreates every object with a new UID.
+// The machine's MAC addresses and boot ISO name do not change, and deletion of the moved
+// machine still removes its VM, its boot ISO and its address claims.
+func TestIdentitySurvivesMove(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond)
+	ctx := context.Background()
+	s := e.scope("pve1", 4900)
+	s.InfraCluster.Name = "lab"
+	s.InfraCluster.Namespace = "ns"
+	s.InfraCluster.Spec.IPPools = []infrav1.IPPool{{Name: "nodes", Addresses: []string{"127.10.0.10-127.10.0.20"}, Prefix: 24, Gateway: "127.10.0.1"}}
+	s.PTM.Spec.NetworkDevices = []infrav1.NetworkDevice{{Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"}}}
+	s.refreshSpec()
+	g.Expect(e.r.Client.Create(ctx, s.PTM.DeepCopy())).To(Succeed())
+
+	out, err := e.r.claimAddresses(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse(), "addresses are persisted first")
+	g.Expect(s.PTM.Spec.IPAddresses).To(HaveLen(1))
+	var claims ipamv1.IPAddressClaimList
+	g.Expect(e.r.Client.List(ctx, &claims)).To(Succeed())
+	g.Expect(claims.Items).To(HaveLen(1))
+
+	// The boot ISO is recorded before it is uploaded; the VM is the machine's.
+	iso, err := BootISOName(s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(recordVolume(s, "pve1", "local:iso/"+iso)).To(BeTrue())
+	_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+	g.Expect(err).NotTo(HaveOccurred())
+	e.createVM("pve1", 4900, "w-0", true, true)
+	mac := MACAddress(s.PTM, "net0")
+
+	// The move: same spec, new UID, no status.
+	moved := s.PTM.DeepCopy()
+	moved.UID = "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a"
+	moved.Status = infrav1.ProxmoxTalosMachineStatus{}
+	ms := NewScope(s.Cluster, s.InfraCluster, s.Machine, moved, e.pve)
+	g.Expect(MACAddress(moved, "net0")).To(Equal(mac))
+	movedISO, err := BootISOName(ms)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(movedISO).To(Equal(iso))
+
+	e.deleteUntil(ms, 500, nil)
+	_, ok := e.vm(4900)
+	g.Expect(ok).To(BeFalse(), "VM left")
+	for _, v := range e.sim.Inventory().Volumes {
+		g.Expect(v.VolID).NotTo(ContainSubstring(iso), "boot ISO left")
+	}
+	g.Expect(e.r.Client.List(ctx, &claims)).To(Succeed())
+	g.Expect(claims.Items).To(BeEmpty(), "address claims left")
+	var addrs ipamv1.IPAddressList
+	g.Expect(e.r.Client.List(ctx, &addrs)).To(Succeed())
+	g.Expect(addrs.Items).To(BeEmpty(), "addresses left")
+}
