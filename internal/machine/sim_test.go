@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -42,9 +44,9 @@ type simEnv struct {
 	rec *events.FakeRecorder
 }
 
-func newSimEnv(t *testing.T, taskDuration time.Duration) *simEnv {
+func newSimEnv(t *testing.T, taskDuration time.Duration, tune ...func(*pvesim.Config)) *simEnv {
 	t.Helper()
-	sim, err := pvesim.New(pvesim.Config{
+	cfg := pvesim.Config{
 		Version: "9.1.2",
 		Nodes:   []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}},
 		Storages: []pvesim.StorageConfig{
@@ -52,7 +54,11 @@ func newSimEnv(t *testing.T, taskDuration time.Duration) *simEnv {
 			{Name: "local-lvm", Type: "lvmthin", Content: "images"},
 		},
 		TaskDuration: pvesim.Duration(taskDuration),
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	sim, err := pvesim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,4 +595,77 @@ func TestIdentitySurvivesMove(t *testing.T) {
 	var addrs ipamv1.IPAddressList
 	g.Expect(e.r.Client.List(ctx, &addrs)).To(Succeed())
 	g.Expect(addrs.Items).To(BeEmpty(), "addresses left")
+}
+
+// qcow2Header is a qcow2 image header announcing virtualSize bytes (what Proxmox's
+// import converts, and so what the create's duration grows with).
+func qcow2Header(virtualSize uint64) []byte {
+	b := make([]byte, 512)
+	copy(b, "QFI\xfb")
+	binary.BigEndian.PutUint32(b[4:], 3)
+	binary.BigEndian.PutUint64(b[24:], virtualSize)
+	return b
+}
+
+// TestSlowImportDoesNotDelayOtherCluster: one worker serves two clusters' machines. A's
+// create imports a large image (seconds); B's a small one. B is provisioned in its own
+// time, within one requeue of A's polling passes: no pass waits for A's import.
+func TestSlowImportDoesNotDelayOtherCluster(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond, func(c *pvesim.Config) {
+		c.ImportThroughput = 1 << 20
+		// B's disks on their own storage: this is about the controller, not about
+		// Proxmox's storage locks.
+		c.Storages = append(c.Storages, pvesim.StorageConfig{Name: "lvm-b", Type: "lvmthin", Content: "images"})
+	})
+	ctx := context.Background()
+	big, err := e.sim.AddVolume("local", "pve1", "import", "talos-big.qcow2", qcow2Header(3<<30)) // 3 s of import
+	g.Expect(err).NotTo(HaveOccurred())
+	small, err := e.sim.AddVolume("local", "pve2", "import", "talos-small.qcow2", qcow2Header(20<<20))
+	g.Expect(err).NotTo(HaveOccurred())
+
+	type job struct {
+		s    *Scope
+		due  time.Time
+		done time.Duration
+	}
+	mk := func(cluster, node string, vmid int, img, storage string) *job {
+		s := e.scope(node, vmid)
+		s.Cluster.Name = cluster
+		s.PTM.Name = cluster + "-w-0"
+		s.PTM.Spec.SMBIOSUUID = uuid.NewString()
+		s.PTM.Spec.BootDisk.Storage = storage
+		s.refreshSpec()
+		iso, err := BootISOName(s)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = e.sim.AddVolume("local", node, "iso", iso, []byte("iso"))
+		g.Expect(err).NotTo(HaveOccurred())
+		s.imageVolID = img
+		return &job{s: s}
+	}
+	a, b := mk("a", "pve1", 5000, big, "local-lvm"), mk("b", "pve2", 5001, small, "lvm-b")
+	start := time.Now()
+	var longest time.Duration
+	for (a.done == 0 || b.done == 0) && time.Since(start) < 20*time.Second {
+		// One worker: take the job that is due first.
+		j := a
+		if a.done != 0 || (b.done == 0 && b.due.Before(a.due)) {
+			j = b
+		}
+		time.Sleep(time.Until(j.due))
+		passStart := time.Now()
+		out, err := e.r.createVM(ctx, j.s)
+		g.Expect(err).NotTo(HaveOccurred())
+		longest = max(longest, time.Since(passStart))
+		if out.done {
+			j.done = time.Since(start)
+			continue
+		}
+		j.due = time.Now().Add(out.res.RequeueAfter)
+	}
+	g.Expect(a.done).NotTo(BeZero(), "A not provisioned: %+v %q", a.s.PTM.Status.Conditions, e.events())
+	g.Expect(b.done).NotTo(BeZero(), "B not provisioned")
+	t.Logf("B provisioned after %s, A after %s; longest pass %s", b.done, a.done, longest)
+	g.Expect(longest).To(BeNumerically("<", 500*time.Millisecond), "a pass waited for Proxmox")
+	g.Expect(b.done).To(BeNumerically("<", a.done-time.Second), "B waited for A's import")
 }
