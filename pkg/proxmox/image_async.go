@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 )
 
@@ -39,20 +40,25 @@ func (c *PVEClient) StartImage(ctx context.Context, req ImageRequest) (ImageResu
 		if err := req.validate(); err != nil {
 			return err
 		}
+		// A shared storage holds one file for every node: its flight is keyed
+		// without the node, so machines on different nodes share one transfer.
 		key := req.Node + "/" + req.Storage + "/" + req.Filename
+		sharedKey := "*/" + req.Storage + "/" + req.Filename
 		c.flights.mu.Lock()
 		if c.flights.m == nil {
 			c.flights.m = map[string]*imageFlight{}
 		}
-		if f, ok := c.flights.m[key]; ok {
-			if !f.done {
+		for _, k := range []string{key, sharedKey} {
+			if f, ok := c.flights.m[k]; ok {
+				if !f.done {
+					c.flights.mu.Unlock()
+					return fmt.Errorf("transfer of %s to %s on %s: %w", req.Filename, req.Storage, req.Node, ErrInProgress)
+				}
+				delete(c.flights.m, k)
 				c.flights.mu.Unlock()
-				return fmt.Errorf("transfer of %s to %s on %s: %w", req.Filename, req.Storage, req.Node, ErrInProgress)
+				res = f.res
+				return f.err
 			}
-			delete(c.flights.m, key)
-			c.flights.mu.Unlock()
-			res = f.res
-			return f.err
 		}
 		c.flights.mu.Unlock()
 
@@ -79,6 +85,9 @@ func (c *PVEClient) StartImage(ctx context.Context, req ImageRequest) (ImageResu
 			}
 		}
 
+		if st, err := c.findStorage(ctx, req.Node, req.Storage); err == nil && st.Shared {
+			key = sharedKey
+		}
 		c.flights.mu.Lock()
 		if _, ok := c.flights.m[key]; ok { // started meanwhile
 			c.flights.mu.Unlock()
@@ -104,7 +113,7 @@ func (c *PVEClient) ownsAFlightOn(node string) bool {
 	c.flights.mu.Lock()
 	defer c.flights.mu.Unlock()
 	for k, f := range c.flights.m {
-		if !f.done && len(k) > len(node) && k[:len(node)+1] == node+"/" {
+		if !f.done && (strings.HasPrefix(k, node+"/") || strings.HasPrefix(k, "*/")) {
 			return true
 		}
 	}
