@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,6 +44,12 @@ func TestCreateWindow(t *testing.T) {
 	// vmstatus: absent before the first tick, "VM 100" after it.
 	g.Expect(res[0]).To(Or(Not(HaveKey("name")), HaveKeyWithValue("name", "VM 100")))
 	g.Expect(res[0]).NotTo(HaveKey("tags"))
+
+	// The worker holds the config lock and the VMID is taken: a retried
+	// create, an update or a destroy during the window all fail.
+	g.Expect(root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")).reason).To(Equal("VM 100 already exists on node 'pve1'"))
+	g.Expect(root(t, s, "PUT", "/nodes/pve1/qemu/100/config", form("name", "b")).reason).To(Equal("can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout"))
+	g.Expect(root(t, s, "DELETE", "/nodes/pve1/qemu/100", nil).reason).To(Equal("VM is locked (create)"))
 
 	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("OK"))
 	g.Expect(time.Since(began)).To(BeNumerically(">=", 100*time.Millisecond), "the import takes its time")
@@ -264,7 +271,12 @@ func TestHA(t *testing.T) {
 func TestNodeReachability(t *testing.T) {
 	g := NewWithT(t)
 	s := startSim(t, Config{Nodes: threeNodes(), OfflineDelay: Duration(150 * time.Millisecond)})
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu", form("vmid", "100")))).To(Equal("OK"))
+	waitTick(t, s)
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "stopped"))
 	s.SetNodeOnline("pve2", false)
+	waitTick(t, s)
+	g.Expect(vmResourceOf(t, s, 100)).To(HaveKeyWithValue("status", "unknown"), "no status from a node that is down")
 	began := time.Now()
 	r := root(t, s, "GET", "/nodes/pve2/qemu", nil)
 	g.Expect(r.status).To(Equal(595))
@@ -362,4 +374,151 @@ func TestStatusSnapshot(t *testing.T) {
 	g.Expect(nodeLive()).To(BeNumerically(">", early), "resident memory grows after start")
 	waitTick(t, s)
 	g.Expect(nodeMem()).To(BeNumerically("~", 3*gib+8*gib*9/10, 8*mib))
+}
+
+// TestPower: qemu-server's vm_stop/_do_vm_stop and vm_start: shutdown via
+// the agent when it answers, else ACPI; the timeout and forceStop; a stopped
+// VM stops OK; a locked VM is refused; a guest powers itself off; start fails
+// in the task when a volume is missing.
+func TestPower(t *testing.T) {
+	// Guest shutdown takes 5 Proxmox s = 50 ms, the default timeout 60 s = 600 ms.
+	s := startSim(t, Config{TimeScale: 0.01, TaskDuration: Duration(time.Millisecond)})
+	g := NewWithT(t)
+	iso, err := s.AddVolume("local", "pve1", "iso", "boot.iso", []byte("iso"))
+	g.Expect(err).NotTo(HaveOccurred())
+	var offs []int
+	s.OnPowerOff(func(ev PowerEvent) { offs = append(offs, ev.VMID) })
+	create := func(id string, kv ...string) {
+		t.Helper()
+		g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form(append([]string{"vmid", id}, kv...)...)))).To(Equal("OK"))
+	}
+	start := func(id string) string {
+		return waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu/"+id+"/status/start", nil))
+	}
+	power := func(id, action string, kv ...string) string {
+		return waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu/"+id+"/status/"+action, form(kv...)))
+	}
+	status := func(id int) string { vm, _ := s.VM(id); return vm.Status }
+	lastLog := func() []string { ts := s.Tasks(); return ts[len(ts)-1].Log }
+
+	create("100")
+	create("101", "agent", "enabled=1")
+	create("102", "scsi0", "local-lvm:1", "ide2", iso+",media=cdrom")
+
+	tests := []struct {
+		name   string
+		run    func() string
+		want   string
+		status string
+		log    string
+	}{
+		{"shutdown of a stopped VM ends OK", func() string { return power("100", "shutdown") }, "OK", "stopped", ""},
+		{"ACPI shutdown", func() string { start("100"); return power("100", "shutdown") }, "OK", "stopped", ""},
+		{"agent shutdown", func() string { start("101"); return power("101", "shutdown") }, "OK", "stopped", ""},
+		{"agent not answering falls back to ACPI with a warning", func() string {
+			start("101")
+			g.Expect(s.SetGuestAgentRunning(101, false)).To(Succeed())
+			return power("101", "shutdown")
+		}, "WARNINGS: 1", "stopped", "WARN: QEMU Guest Agent is not running - VM 101 qga command 'guest-ping' failed - got timeout"},
+		{"guest ignoring ACPI times out", func() string {
+			start("100")
+			g.Expect(s.SetGuestACPI(100, false)).To(Succeed())
+			return power("100", "shutdown", "timeout", "10")
+		}, "VM quit/powerdown failed - got timeout", "running", ""},
+		{"forceStop terminates after the timeout", func() string { return power("100", "shutdown", "timeout", "10", "forceStop", "1") },
+			"WARNINGS: 1", "stopped", "WARN: VM still running - terminating now with SIGTERM"},
+		{"locked running VM refuses stop", func() string {
+			g.Expect(s.SetGuestACPI(100, true)).To(Succeed())
+			start("100")
+			s.mu.Lock()
+			s.vms[100].conf["lock"] = "backup"
+			s.mu.Unlock()
+			return power("100", "stop")
+		}, "VM is locked (backup)", "running", ""},
+		{"locked running VM refuses shutdown", func() string { return power("100", "shutdown") }, "VM is locked (backup)", "running", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			g.Expect(tc.run()).To(Equal(tc.want))
+			id := 100
+			if strings.Contains(tc.name, "agent") {
+				id = 101
+			}
+			g.Expect(status(id)).To(Equal(tc.status))
+			if tc.log != "" {
+				g.Expect(lastLog()).To(ContainElement(tc.log))
+			}
+		})
+	}
+
+	// A guest powering itself off.
+	s.mu.Lock()
+	delete(s.vms[100].conf, "lock")
+	s.mu.Unlock()
+	g.Expect(s.GuestPowerOff(100)).To(Succeed())
+	g.Expect(status(100)).To(Equal("stopped"))
+	g.Expect(offs).To(ContainElement(100))
+	// A stopped but locked VM: stop ends OK before the lock check.
+	s.mu.Lock()
+	s.vms[100].conf["lock"] = "backup"
+	s.mu.Unlock()
+	g.Expect(power("100", "stop")).To(Equal("OK"))
+
+	// Start fails in the task when the ISO or the disk is gone.
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "DELETE", "/nodes/pve1/storage/local/content/"+iso, nil))).To(Equal("OK"))
+	r := root(t, s, "POST", "/nodes/pve1/qemu/102/status/start", nil)
+	g.Expect(r.status).To(Equal(200))
+	g.Expect(waitTask(t, s, "pve1", r)).To(Equal("volume '" + iso + "' does not exist"))
+	g.Expect(root(t, s, "PUT", "/nodes/pve1/qemu/102/config", form("ide2", "none,media=cdrom")).status).To(Equal(200))
+	s.mu.Lock()
+	for _, scope := range s.vols["local-lvm"] {
+		for _, v := range scope {
+			s.removeVolume(v)
+		}
+	}
+	s.mu.Unlock()
+	g.Expect(start("102")).To(Equal(`can't activate LV '/dev/pve/vm-102-disk-0':   Failed to find logical volume "pve/vm-102-disk-0"`))
+}
+
+// TestHARecoveryFromFailedNode: an HA-managed VM on a node that stays down
+// past the fence delay is recovered to another node and started there; a
+// non-HA VM stays on the dead node.
+func TestHARecoveryFromFailedNode(t *testing.T) {
+	g := NewWithT(t)
+	// Fence delay 120 Proxmox s = 240 ms, CRM delay 20 ms at TimeScale 0.002.
+	s := startSim(t, Config{Nodes: threeNodes(), TimeScale: 0.002})
+	for _, id := range []string{"100", "101"} {
+		g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu", form("vmid", id)))).To(Equal("OK"))
+		g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu/"+id+"/status/start", nil))).To(Equal("OK"))
+	}
+	g.Expect(root(t, s, "POST", "/cluster/ha/resources", form("sid", "100")).status).To(Equal(200))
+	s.SetNodeOnline("pve2", false)
+	waitFor(t, "VM 100 recovered and running on pve1", func() bool {
+		vm, _ := s.VM(100)
+		return vm.Node == "pve1" && vm.Status == "running"
+	})
+	vm, _ := s.VM(101)
+	g.Expect(vm.Node).To(Equal("pve2"), "a VM without HA stays with its node")
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).status).To(Equal(200))
+}
+
+// TestNodeTaskListOwnTasksOnly: without Sys.Audit on the node a caller lists
+// only its own tasks (node_tasks' $check_task_user).
+func TestNodeTaskListOwnTasksOnly(t *testing.T) {
+	g := NewWithT(t)
+	alice := "alice@pve!t=s"
+	s := startSim(t, Config{Tokens: []TokenConfig{
+		{ID: DefaultTokenID, Secret: DefaultTokenSecret, ACLs: []ACLConfig{{Path: "/", Role: "Administrator"}}},
+		{ID: "alice@pve!t", Secret: "s", ACLs: []ACLConfig{{Path: "/vms", Role: "PVEVMAdmin"}}},
+	}})
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100")))).To(Equal("OK"))
+	r := call(t, s, alice, "POST", "/nodes/pve1/qemu/100/status/start", nil)
+	g.Expect(r.status).To(Equal(200), r.reason)
+	g.Expect(s.WaitTasks(5 * time.Second)).To(Succeed())
+	mine := call(t, s, alice, "GET", "/nodes/pve1/tasks", nil).body["data"].([]any)
+	g.Expect(mine).To(HaveLen(1))
+	g.Expect(mine[0]).To(HaveKeyWithValue("type", "qmstart"))
+	g.Expect(mine[0]).To(HaveKeyWithValue("user", "alice@pve"))
+	g.Expect(root(t, s, "GET", "/nodes/pve1/tasks", nil).body["data"]).To(HaveLen(2), "an auditor sees all")
 }

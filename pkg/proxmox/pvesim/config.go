@@ -53,8 +53,9 @@ type Config struct {
 	// Default 3 s × TimeScale.
 	OfflineDelay Duration `json:"offlineDelay,omitempty"`
 	// LockTimeout is how long an operation waits for a busy VM or storage lock
-	// before failing with PVE's "got timeout" text. Default 0: fail at once —
-	// PVE waits 10s (VM) / 60s (storage), the simulator compresses time.
+	// before failing with PVE's "got timeout" text. Default in "fast" 0: fail
+	// at once; in "realistic" 10 s × TimeScale (PVE waits 10 s for a VM
+	// config lock).
 	LockTimeout Duration `json:"lockTimeout,omitempty"`
 	// Seed seeds the fault-injection RNG (default 1) so runs are reproducible.
 	Seed int64 `json:"seed,omitempty"`
@@ -237,6 +238,9 @@ func (c *Config) withDefaults() (Config, error) {
 		}
 		if out.TaskDuration == 0 {
 			out.TaskDuration = Duration(out.scale(time.Second))
+		}
+		if out.LockTimeout == 0 {
+			out.LockTimeout = Duration(out.scale(10 * time.Second))
 		}
 	default:
 		return out, fmt.Errorf("pvesim: unknown profile %q (want %q or %q)", out.Profile, ProfileFast, ProfileRealistic)

@@ -57,12 +57,22 @@ func (s *Server) ClearFaults() {
 // 595 "No route to host" after Config.OfflineDelay, its guests' status
 // becomes "unknown" in /cluster/resources at the next status tick, and
 // migrations to it fail.
+//
+// A node that stays down longer than the HA fence delay is fenced: its
+// HA-managed VMs are recovered to another online node (see haRecover).
 func (s *Server) SetNodeOnline(node string, online bool) {
 	s.mu.Lock()
-	if n, ok := s.nodes[node]; ok {
-		n.online = online
+	defer s.mu.Unlock()
+	n, ok := s.nodes[node]
+	if !ok {
+		return
 	}
-	s.mu.Unlock()
+	wasOnline := n.online
+	n.online = online
+	if wasOnline && !online {
+		n.downSince = time.Now()
+		s.haFenceLater(node, n.downSince)
+	}
 }
 
 // SetPveproxyRunning stops or starts pveproxy on a node that stays up:

@@ -19,6 +19,9 @@ type haResource struct {
 	// maxRestart, maxRelocate and failback are stored as given.
 	maxRestart, maxRelocate string
 	failback                string
+	// stop is how the LRM stops the VM for the last stop request
+	// ("ha-manager crm-command stop vm:<id> <timeout>": 0 is a hard stop).
+	stop stopOpts
 }
 
 func (h *haResource) sid() string { return fmt.Sprintf("vm:%d", h.vmid) }
@@ -140,7 +143,7 @@ func hHACreate(c *reqCtx) (any, *apiError) {
 	if _, dup := s.ha[id]; dup {
 		return nil, errServer("resource ID 'vm:%d' already defined", id)
 	}
-	h := &haResource{vmid: id, state: c.params["state"], comment: c.params["comment"], group: c.params["group"],
+	h := &haResource{vmid: id, stop: haStop, state: c.params["state"], comment: c.params["comment"], group: c.params["group"],
 		maxRestart: c.params["max_restart"], maxRelocate: c.params["max_relocate"], failback: c.params["failback"]}
 	if h.state == "" || h.state == "enabled" {
 		h.state = "started"
@@ -184,6 +187,7 @@ func (s *Server) haKick(vmid int) {
 			return
 		}
 		want := h.state == "started"
+		stop := h.stop
 		running := vm.running
 		node := vm.node
 		s.mu.Unlock()
@@ -196,15 +200,20 @@ func (s *Server) haKick(vmid int) {
 		case !want && running:
 			s.startTask(taskSpec{node: node, typ: "qmshutdown", id: strconv.Itoa(vmid), user: "root@pam",
 				locks: []string{vmLock(vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/shutdown",
-				run: func(t *task) error { return s.powerOff(t, vm, false) }})
+				run: func(t *task) error { return s.powerOff(t, vm, stop) }})
 		}
 	}()
 }
 
+// haStop is how the LRM stops a service by default (requested state
+// "stopped", qm shutdown of an HA VM): a shutdown with forceStop after the
+// timeout (default 60 s).
+var haStop = stopOpts{shutdown: true, force: true}
+
 // haRequest is the worker qemu-server forks for an HA-managed VM instead of
 // acting itself (hastart/hastop: "ha-manager set vm:<id> --state ..."). The
 // task ends OK before the VM changes state; the CRM acts later.
-func (c *reqCtx) haRequest(typ, state, what string, vmid int) (any, *apiError) {
+func (c *reqCtx) haRequest(typ, state, what string, vmid int, stop stopOpts) (any, *apiError) {
 	s := c.s
 	return s.startTask(taskSpec{node: c.node(), typ: typ, id: strconv.Itoa(vmid), user: c.token,
 		run: func(t *task) error {
@@ -216,6 +225,7 @@ func (c *reqCtx) haRequest(typ, state, what string, vmid int) (any, *apiError) {
 				return fmt.Errorf("service 'vm:%d' is not configured", vmid)
 			}
 			h.state = state
+			h.stop = stop
 			s.haKick(vmid)
 			return nil
 		}}), nil
@@ -405,8 +415,8 @@ func (s *Server) RelocateHA(vmid int, target string) error {
 		s.mu.Unlock()
 		if running {
 			upid := s.startTask(taskSpec{node: source, typ: "qmshutdown", id: strconv.Itoa(vmid), user: "root@pam",
-				locks: []string{vmLock(vmid)}, run: func(t *task) error { return s.powerOff(t, vm, false) }})
-			if s.waitTask(upid) != "OK" {
+				locks: []string{vmLock(vmid)}, run: func(t *task) error { return s.powerOff(t, vm, haStop) }})
+			if st := s.waitTask(upid); st != "OK" && !strings.HasPrefix(st, "WARNINGS") {
 				return
 			}
 		}
@@ -438,4 +448,57 @@ func (s *Server) waitTask(upid string) string {
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// haFenceDelay is how long the HA stack waits before it considers a node
+// that dropped out of the quorum fenced (its watchdog has reset it) and
+// recovers its services elsewhere: about two minutes on Proxmox VE.
+const haFenceDelay = 120 * time.Second
+
+// haFenceLater recovers the node's HA-managed VMs if it is still down after
+// the fence delay: their QEMU processes died with the node, their configs
+// move to the first online node, and the CRM starts those whose requested
+// state is "started" there (which fails if their disks were local to the
+// fenced node, as on Proxmox VE). Callers hold s.mu.
+func (s *Server) haFenceLater(node string, since time.Time) {
+	s.tasksWG.Add(1)
+	go func() {
+		defer s.tasksWG.Done()
+		s.sleep(s.cfg.scale(haFenceDelay))
+		select {
+		case <-s.closing:
+			return
+		default:
+		}
+		s.mu.Lock()
+		n := s.nodes[node]
+		if n.online || !n.downSince.Equal(since) {
+			s.mu.Unlock()
+			return
+		}
+		target := ""
+		for _, name := range s.nodeOrder {
+			if name != node && s.nodes[name].online {
+				target = name
+				break
+			}
+		}
+		var moved []*vmState
+		if target != "" {
+			for _, id := range sortedHAIDs(s.ha) {
+				if vm := s.vms[id]; vm != nil && vm.node == node && s.haManaged(id) != nil {
+					moved = append(moved, vm)
+				}
+			}
+		}
+		s.mu.Unlock()
+		for _, vm := range moved {
+			_ = s.markStopped(vm)
+			s.mu.Lock()
+			vm.node = target
+			delete(vm.conf, "lock")
+			s.haKick(vm.vmid)
+			s.mu.Unlock()
+		}
+	}()
 }

@@ -20,6 +20,9 @@ type vmState struct {
 	pid       int
 	// agentDown simulates a guest whose agent is not (yet) answering.
 	agentDown bool
+	// ignoresACPI simulates a guest that does not react to the power
+	// button.
+	ignoresACPI bool
 	// guestIfaces overrides the agent's network-get-interfaces answer.
 	guestIfaces []GuestInterface
 	pool        string
@@ -121,6 +124,8 @@ type nodeState struct {
 	online bool
 	// proxyDown: the node is up but pveproxy does not accept connections.
 	proxyDown bool
+	// downSince is when the node went offline (HA fencing).
+	downSince time.Time
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -21,6 +21,9 @@ type task struct {
 	exitstatus string
 	log        []string
 	stopReq    bool
+	// warnings counts warn() lines; a task that succeeds with warnings
+	// ends "WARNINGS: <n>" (PVE::RESTEnvironment fork_worker).
+	warnings int
 }
 
 // taskSpec describes the work of a task: locks held while it runs (e.g.
@@ -74,6 +77,9 @@ func (s *Server) startTask(spec taskSpec) string {
 		if err != nil {
 			t.exitstatus = err.Error()
 			t.log = append(t.log, "TASK ERROR: "+err.Error())
+		} else if t.warnings > 0 {
+			t.exitstatus = fmt.Sprintf("WARNINGS: %d", t.warnings)
+			t.log = append(t.log, "TASK "+t.exitstatus)
 		} else {
 			t.exitstatus = "OK"
 			t.log = append(t.log, "TASK OK")
