@@ -243,32 +243,38 @@ func TestDeleteNodeOffline(t *testing.T) {
 			s.PTM.Annotations = map[string]string{infrav1.AbandonVMAnnotation: "true"}
 		}, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			g := NewWithT(t)
-			e := newSimEnv(t, 5*time.Millisecond)
-			e.createVM("pve1", 4600, "w-0", true, true)
-			s := e.scope("pve1", 4600)
-			e.sim.SetNodeOnline("pve1", false)
+		for _, profile := range []string{"fast", "realistic"} {
+			t.Run(tc.name+"/"+profile, func(t *testing.T) {
+				g := NewWithT(t)
+				var tune []func(*pvesim.Config)
+				if profile == "realistic" {
+					tune = append(tune, realistic)
+				}
+				e := newSimEnv(t, 5*time.Millisecond, tune...)
+				e.createVM("pve1", 4600, "w-0", true, true)
+				s := e.scope("pve1", 4600)
+				e.sim.SetNodeOnline("pve1", false)
 
-			for i := 0; i < 3; i++ {
-				_, err := e.r.ReconcileDelete(context.Background(), s)
-				g.Expect(err).NotTo(HaveOccurred())
-			}
-			g.Expect(controllerutil.ContainsFinalizer(s.PTM, infrav1.MachineFinalizer)).To(BeTrue())
-			c := conditionOf(s, infrav1.VMProvisionedCondition)
-			g.Expect(c).NotTo(BeNil())
-			g.Expect(c.Reason).To(Equal(infrav1.NodeOfflineReason))
-			g.Expect(c.Message).To(ContainSubstring(infrav1.AbandonVMAnnotation))
-			g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.NodeOfflineReason), ContainSubstring("pve1"))))
+				for i := 0; i < 3; i++ {
+					_, err := e.r.ReconcileDelete(context.Background(), s)
+					g.Expect(err).NotTo(HaveOccurred())
+				}
+				g.Expect(controllerutil.ContainsFinalizer(s.PTM, infrav1.MachineFinalizer)).To(BeTrue())
+				c := conditionOf(s, infrav1.VMProvisionedCondition)
+				g.Expect(c).NotTo(BeNil())
+				g.Expect(c.Reason).To(Equal(infrav1.NodeOfflineReason))
+				g.Expect(c.Message).To(ContainSubstring(infrav1.AbandonVMAnnotation))
+				g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.NodeOfflineReason), ContainSubstring("pve1"))))
 
-			tc.resolve(e, s)
-			e.deleteUntil(s, 200, nil)
-			_, ok := e.vm(4600)
-			g.Expect(ok).To(Equal(tc.vmLeft))
-			if tc.vmLeft {
-				g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.VMAbandonedReason), ContainSubstring("VM 4600"))))
-			}
-		})
+				tc.resolve(e, s)
+				e.deleteUntil(s, 5000, nil)
+				_, ok := e.vm(4600)
+				g.Expect(ok).To(Equal(tc.vmLeft))
+				if tc.vmLeft {
+					g.Expect(e.events()).To(ContainElement(And(ContainSubstring(infrav1.VMAbandonedReason), ContainSubstring("VM 4600"))))
+				}
+			})
+		}
 	}
 }
 
@@ -382,34 +388,40 @@ func TestRunningVMFollowedWhenMoved(t *testing.T) {
 			}
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			g := NewWithT(t)
-			e := newSimEnv(t, 5*time.Millisecond)
-			const vmid = 4800
-			e.createVM("pve1", vmid, "w-0", true, true)
-			s := e.scope("pve1", vmid)
-			s.PTM.Status.Initialization.Provisioned = ptr.To(true)
-			ctx := context.Background()
-			out, err := e.r.startVM(ctx, s)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(out.done).To(BeTrue())
+		for _, profile := range []string{"fast", "realistic"} {
+			t.Run(tc.name+"/"+profile, func(t *testing.T) {
+				g := NewWithT(t)
+				var tune []func(*pvesim.Config)
+				if profile == "realistic" {
+					tune = append(tune, realistic)
+				}
+				e := newSimEnv(t, 5*time.Millisecond, tune...)
+				const vmid = 4800
+				e.createVM("pve1", vmid, "w-0", true, true)
+				s := e.scope("pve1", vmid)
+				s.PTM.Status.Initialization.Provisioned = ptr.To(true)
+				ctx := context.Background()
+				out, err := e.r.startVM(ctx, s)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(out.done).To(BeTrue())
 
-			tc.move(e, vmid)
-			e.waitVM(vmid, func(vm pvesim.VMInfo) bool { return vm.Node == "pve2" && vm.Status == "running" && vm.Lock == "" })
+				tc.move(e, vmid)
+				e.waitVM(vmid, func(vm pvesim.VMInfo) bool { return vm.Node == "pve2" && vm.Status == "running" && vm.Lock == "" })
 
-			out, err = e.r.startVM(ctx, s)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(out.done).To(BeTrue())
-			g.Expect(s.PTM.Spec.Node).To(Equal("pve2"))
-			c := conditionOf(s, infrav1.VMRunningCondition)
-			g.Expect(c.Status).To(Equal(metav1.ConditionTrue), "%+v", c)
-			g.Expect(conditionOf(s, infrav1.VMProvisionedCondition)).To(BeNil(), "VMProvisioned changed (VM not found?)")
-			g.Expect(e.events()).To(ContainElement(ContainSubstring("moved from node pve1 to pve2")))
+				out, err = e.r.startVM(ctx, s)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(out.done).To(BeTrue())
+				g.Expect(s.PTM.Spec.Node).To(Equal("pve2"))
+				c := conditionOf(s, infrav1.VMRunningCondition)
+				g.Expect(c.Status).To(Equal(metav1.ConditionTrue), "%+v", c)
+				g.Expect(conditionOf(s, infrav1.VMProvisionedCondition)).To(BeNil(), "VMProvisioned changed (VM not found?)")
+				g.Expect(e.events()).To(ContainElement(ContainSubstring("moved from node pve1 to pve2")))
 
-			e.deleteUntil(s, 1000, nil)
-			_, ok := e.vm(vmid)
-			g.Expect(ok).To(BeFalse(), "VM left on its new node")
-		})
+				e.deleteUntil(s, 5000, nil)
+				_, ok := e.vm(vmid)
+				g.Expect(ok).To(BeFalse(), "VM left on its new node")
+			})
+		}
 	}
 }
 
@@ -421,8 +433,9 @@ func TestRunningVMFollowedWhenMoved(t *testing.T) {
 // not one of the machines' VMs.
 func TestCreateInterruptedAtRandomPoints(t *testing.T) {
 	g := NewWithT(t)
-	// Every task takes 1s: the create (with its import) spans many restarts.
-	e := newSimEnv(t, time.Second)
+	// Realistic profile; every task takes 1s: the create (with its import) spans many
+	// restarts.
+	e := newSimEnv(t, time.Second, realistic)
 	ctx := context.Background()
 	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
 	g.Expect(err).NotTo(HaveOccurred())
@@ -595,6 +608,13 @@ func TestIdentitySurvivesMove(t *testing.T) {
 	var addrs ipamv1.IPAddressList
 	g.Expect(e.r.Client.List(ctx, &addrs)).To(Succeed())
 	g.Expect(addrs.Items).To(BeEmpty(), "addresses left")
+}
+
+// realistic runs the simulator in its realistic profile (every Proxmox window, in order),
+// with Proxmox time compressed 50 times (pvestatd's 10 s tick is 200 ms).
+func realistic(c *pvesim.Config) {
+	c.Profile = "realistic"
+	c.TimeScale = 0.02
 }
 
 // qcow2Header is a qcow2 image header announcing virtualSize bytes (what Proxmox's
