@@ -107,6 +107,10 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool)
 
 	// 1. A task started on an earlier pass.
 	escalate := false
+	var followed string
+	if t := s.PTM.Status.Task; t != nil {
+		followed = t.Type
+	}
 	out, age, err := followTask(ctx, s, taskCreate, taskShutdown, taskStop, taskDestroy)
 	switch out {
 	case taskRunning:
@@ -118,6 +122,12 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool)
 		reason, msg := cluster.ClassifyError(err)
 		r.warn(s, infrav1.TaskFailedReason, "Deleting VM %d: %s", vmid, msg)
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, reason, "Deleting the VM: "+msg)
+		if followed != taskShutdown {
+			// A stop or destroy that failed (lock timeout, storage error) is retried
+			// with backoff; the condition says why meanwhile.
+			out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+			return out.res, false
+		}
 		// A shutdown that failed (guest not answering, timeout) is followed by a hard stop.
 		escalate = true
 	case taskSucceeded:
