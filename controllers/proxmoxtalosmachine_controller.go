@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -110,20 +113,34 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
+	ownerGone := false
 	if owner == nil {
-		if !ptm.DeletionTimestamp.IsZero() && ptm.Spec.VMID == nil {
-			// Never got an owner, so never created anything.
+		if !ptm.DeletionTimestamp.IsZero() && ptm.Spec.VMID == nil && len(ptm.Spec.OwnedVolumes) == 0 {
+			// Never got far enough to create anything on Proxmox.
 			return ctrl.Result{}, r.dropFinalizer(ctx, ptm)
 		}
-		log.V(4).Info("Waiting for Cluster API to set the owner Machine")
-		return ctrl.Result{}, nil
+		if ptm.DeletionTimestamp.IsZero() {
+			log.V(4).Info("Waiting for Cluster API to set the owner Machine")
+			return ctrl.Result{}, nil
+		}
+		// Being deleted and the owner Machine is gone (someone removed its finalizer, or
+		// it was never set after a move): the VM is still deleted, through the cluster
+		// named in the machine's labels, and a condition says so.
+		ownerGone = true
 	}
-	cl, err := util.GetClusterFromMetadata(ctx, r.Client, owner.ObjectMeta)
+	clusterMeta := ptm.ObjectMeta
+	if owner != nil {
+		clusterMeta = owner.ObjectMeta
+	}
+	cl, err := util.GetClusterFromMetadata(ctx, r.Client, clusterMeta)
 	if err != nil {
 		log.V(4).Info("Waiting for the Machine's Cluster", "error", err.Error())
 		return ctrl.Result{}, nil
 	}
-	log = log.WithValues("Machine", owner.Name, "Cluster", cl.Name)
+	if owner != nil {
+		log = log.WithValues("Machine", owner.Name)
+	}
+	log = log.WithValues("Cluster", cl.Name)
 	ctx = ctrl.LoggerInto(ctx, log)
 
 	if ptm.DeletionTimestamp.IsZero() {
@@ -143,8 +160,20 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ptm.Namespace, Name: cl.Spec.InfrastructureRef.Name}, infra); err != nil {
 		if apierrors.IsNotFound(err) && !ptm.DeletionTimestamp.IsZero() {
 			// The cluster's Proxmox settings are gone (the cluster normally waits for its
-			// machines, so someone removed its finalizer): nothing can delete the VM.
-			log.Info("ProxmoxTalosCluster is gone; releasing the machine without deleting its VM")
+			// machines, so someone removed its finalizer): nothing can delete the VM. Say
+			// loudly what is left behind.
+			left := "no VM"
+			if ptm.Spec.VMID != nil {
+				left = fmt.Sprintf("VM %d (smbios uuid %s) on Proxmox node %s", *ptm.Spec.VMID, ptm.Spec.SMBIOSUUID, ptm.Spec.Node)
+			}
+			for _, v := range ptm.Spec.OwnedVolumes {
+				left += ", volume " + v.VolID + " on " + v.Node
+			}
+			if r.Recorder != nil {
+				r.Recorder.Eventf(ptm, nil, corev1.EventTypeWarning, "InfrastructureClusterGone", "InfrastructureClusterGone",
+					"ProxmoxTalosCluster %s is gone, so there are no Proxmox credentials to delete with: %s left behind; remove it by hand", cl.Spec.InfrastructureRef.Name, left)
+			}
+			log.Info("ProxmoxTalosCluster is gone; releasing the machine without deleting its VM", "leftBehind", left)
 			return ctrl.Result{}, r.dropFinalizer(ctx, ptm)
 		}
 		log.V(4).Info("Waiting for the ProxmoxTalosCluster", "error", err.Error())
@@ -160,7 +189,20 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	pve, credErr := r.proxmoxFor(ctx, infra)
 	scope := machine.NewScope(cl, infra, owner, ptm, pve)
 	if !ptm.DeletionTimestamp.IsZero() {
-		return r.steps.ReconcileDelete(ctx, scope)
+		res, err := r.steps.ReconcileDelete(ctx, scope)
+		if ownerGone {
+			// Say so on the condition that reports the deletion's progress.
+			const gone = "The owner Machine is gone; deleting the VM without it (stopped hard, as for a remediated machine)."
+			msg := gone
+			if c := conditions.Get(ptm, infrav1.VMProvisionedCondition); c != nil && !strings.HasPrefix(c.Message, gone) {
+				msg += " " + c.Message
+			} else if c != nil {
+				msg = c.Message
+			}
+			conditions.Set(ptm, metav1.Condition{Type: infrav1.VMProvisionedCondition, Status: metav1.ConditionFalse,
+				Reason: infrav1.OwnerMachineNotFoundReason, ObservedGeneration: ptm.Generation, Message: msg})
+		}
+		return res, err
 	}
 	if credErr != nil {
 		conditions.Set(ptm, metav1Condition(infrav1.VMProvisionedCondition, infrav1.CredentialsInvalidReason,

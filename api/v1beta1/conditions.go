@@ -87,4 +87,15 @@ const (
 	// ProviderIDMismatchReason: the Node's providerID names another VM.
 	ProviderIDMismatchReason = "ProviderIDMismatch"
 	BootISODeletedReason     = "Deleted"
+	// ForeignVMReason: the VM at the recorded node and VMID does not carry this machine's
+	// identity (SMBIOS uuid and ownership tags); the controller leaves it untouched.
+	ForeignVMReason = "ForeignVM"
+	// NodeOfflineReason: the Proxmox node the VM is recorded on does not answer.
+	NodeOfflineReason = "NodeOffline"
+	// VMAbandonedReason: deletion left the VM behind on request (AbandonVMAnnotation).
+	VMAbandonedReason = "VMAbandoned"
+	// OwnerMachineNotFoundReason: the owner Machine is gone while the machine is deleted.
+	OwnerMachineNotFoundReason = "OwnerMachineNotFound"
+	// TaskFailedReason: a Proxmox task the controller started failed.
+	TaskFailedReason = "TaskFailed"
 )

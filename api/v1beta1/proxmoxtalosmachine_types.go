@@ -15,6 +15,14 @@ const (
 	// the form sergelogvinov's Proxmox cloud-controller-manager writes with
 	// `features.provider: capmox`; its default form proxmox://<region>/<vmid> is adopted.
 	ProviderIDPrefix = "proxmox://"
+
+	// AbandonVMAnnotation, set to "true" on a ProxmoxTalosMachine that is being deleted,
+	// tells the controller to stop trying to delete the machine's VM and the volumes
+	// recorded on its node, and to finish the deletion without them. Use it only when the
+	// Proxmox node is gone for good (hardware lost, node removed from the cluster): the VM,
+	// its disks and its boot ISO (which holds the cluster's PKI) are left behind, and a
+	// Warning event names them. Addresses are released as usual.
+	AbandonVMAnnotation = "proxmoxtalosmachine.infrastructure.cluster.x-k8s.io/abandon-vm"
 )
 
 // Talos' documented minimum memory, enforced by the validating webhooks.
@@ -111,7 +119,12 @@ type ExtraDisk struct {
 // once set they are immutable.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.providerID) && (self.providerID == oldSelf.providerID || (oldSelf.providerID.matches('^proxmox://[0-9a-fA-F-]{36}$') && (self.providerID.matches('^proxmox://[^/]*/[0-9]+$') || self.providerID.lowerAscii() == oldSelf.providerID.lowerAscii()))))",message="providerID is immutable once set (except that the controller adopts a Proxmox cloud-controller-manager's proxmox://<region>/<vmid>, or its spelling of the uuid, for its proxmox://<uuid>)"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.vmID) || !has(oldSelf.providerID) || size(oldSelf.providerID) == 0 || (has(self.vmID) && self.vmID == oldSelf.vmID)",message="vmID is immutable once the VM is provisioned (providerID set)"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || size(oldSelf.node) == 0 || (has(self.node) && self.node == oldSelf.node)",message="node is immutable once set"
+// The node is where the VM is, not who it is: live migration, HA relocation and
+// maintenance moves change it, and the controller follows the VM by its identity (SMBIOS
+// uuid and tags) and records the new node. So node is write-once only until a VMID is
+// recorded (it is then a placement decision that the boot ISO and the VM follow); after
+// that the controller may update it.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.node) || size(oldSelf.node) == 0 || (has(oldSelf.vmID) && has(self.node)) || (has(self.node) && self.node == oldSelf.node)",message="node is immutable until a vmID is recorded"
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.smbiosUUID) || size(oldSelf.smbiosUUID) == 0 || (has(self.smbiosUUID) && self.smbiosUUID == oldSelf.smbiosUUID)",message="smbiosUUID is immutable once set"
 type ProxmoxTalosMachineSpec struct {
 	// providerID is `proxmox://<SMBIOS uuid>`, set by the controller once the VM exists.
@@ -123,8 +136,11 @@ type ProxmoxTalosMachineSpec struct {
 	// +kubebuilder:validation:MaxLength=512
 	ProviderID string `json:"providerID,omitempty"`
 
-	// node is the Proxmox node the VM runs on. Set by the controller when it places the
-	// VM; set it yourself to pin the VM to a node.
+	// node is the Proxmox node the VM is on. Set by the controller when it places the VM;
+	// set it yourself to pin the VM to a node. It records where the VM is, not its
+	// identity: when the VM moves (live migration, HA relocation, maintenance), the
+	// controller finds it cluster-wide by its SMBIOS uuid and tags and updates node. It
+	// cannot be changed before a vmID is recorded.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
@@ -242,6 +258,65 @@ type ProxmoxTalosMachineSpec struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
 	IPAddresses []AllocatedAddress `json:"ipAddresses,omitempty"`
+
+	// ownedVolumes are the Proxmox volumes the controller created for this machine outside
+	// its VM (the boot ISO; for the metal platform the machine's own disk image). Set by the
+	// controller before it creates each volume, so deletion removes exactly these, named
+	// from what was recorded rather than recomputed from a spec that may have changed, and
+	// so they survive `clusterctl move`.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	OwnedVolumes []OwnedVolume `json:"ownedVolumes,omitempty"`
+}
+
+// OwnedVolume is a Proxmox volume created for one machine.
+type OwnedVolume struct {
+	// node is the Proxmox node the volume was created through (its storage may be shared).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Node string `json:"node"`
+
+	// volID is the Proxmox volume id, for example local:iso/talos-cidata-....iso.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	VolID string `json:"volID"`
+}
+
+// ProxmoxTask is a Proxmox task the controller started and follows on later passes
+// instead of waiting for it (VM creation with its image import, graceful shutdown,
+// destruction). It is recorded before the pass that started the task ends, so a
+// restarted controller recognises the task as its own.
+type ProxmoxTask struct {
+	// upid is the task's Proxmox id (UPID:<node>:...).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	UPID string `json:"upid"`
+
+	// type is the Proxmox task type (qmcreate, qmshutdown, qmstop, qmdestroy, ...).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Type string `json:"type"`
+
+	// node runs the task.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	Node string `json:"node"`
+
+	// vmID is the VM the task works on.
+	// +optional
+	// +kubebuilder:validation:Minimum=100
+	// +kubebuilder:validation:Maximum=999999999
+	VMID *int32 `json:"vmID,omitempty"`
+
+	// startTime is when the controller started the task.
+	// +optional
+	StartTime metav1.Time `json:"startTime,omitempty,omitzero"`
 }
 
 // MachineStep is where a machine is in the provider's step machine.
@@ -314,6 +389,11 @@ type ProxmoxTalosMachineStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
 	BootISO string `json:"bootISO,omitempty"`
+
+	// task is the Proxmox task the controller started for this machine and follows until
+	// it ends (see ProxmoxTask). Empty when none is in flight.
+	// +optional
+	Task *ProxmoxTask `json:"task,omitempty"`
 
 	// observedGeneration is the generation the status reflects.
 	// +optional

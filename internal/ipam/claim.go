@@ -38,6 +38,18 @@ type Owner struct {
 	GVK schema.GroupVersionKind
 	// Cluster is the Cluster API cluster name.
 	Cluster string
+	// ID is the owner's identity for OwnerUIDLabel. Empty means the object's UID. A
+	// ProxmoxTalosMachine passes the identity recorded in its spec, which survives
+	// `clusterctl move` (the move gives every object a new UID, so a UID label would
+	// no longer find the addresses to release).
+	ID string
+}
+
+func (o Owner) id() string {
+	if o.ID != "" {
+		return o.ID
+	}
+	return string(o.Object.GetUID())
 }
 
 func (o Owner) ref() metav1.OwnerReference {
@@ -52,7 +64,7 @@ func (o Owner) ref() metav1.OwnerReference {
 func (o Owner) labels(pool string) map[string]string {
 	l := map[string]string{
 		clusterv1.ClusterNameLabel: o.Cluster,
-		OwnerUIDLabel:              string(o.Object.GetUID()),
+		OwnerUIDLabel:              o.id(),
 	}
 	if pool != "" {
 		l[PoolLabel] = pool
@@ -122,7 +134,7 @@ func ClaimFromPool(ctx context.Context, c client.Client, owner Owner, infraClust
 			// own earlier create): check before moving on, so a claim never holds two.
 			var held ipamv1.IPAddress
 			if getErr := c.Get(ctx, client.ObjectKeyFromObject(obj), &held); getErr == nil && held.Spec.ClaimRef.Name == claimName &&
-				held.Labels[OwnerUIDLabel] == string(owner.Object.GetUID()) {
+				held.Labels[OwnerUIDLabel] == owner.id() {
 				return allocation(pool, addr), nil
 			}
 			continue
@@ -205,15 +217,29 @@ func bindClaim(ctx context.Context, c client.Client, ns, claimName, addressName 
 // Release deletes every IPAddress and IPAddressClaim this provider created for owner.
 // It returns true once none is left.
 func Release(ctx context.Context, c client.Client, owner client.Object) (bool, error) {
-	sel := client.MatchingLabels{OwnerUIDLabel: string(owner.GetUID())}
-	ns := client.InNamespace(owner.GetNamespace())
+	return ReleaseIDs(ctx, c, owner.GetNamespace(), string(owner.GetUID()))
+}
+
+// ReleaseIDs deletes every IPAddress and IPAddressClaim in namespace ns whose
+// OwnerUIDLabel is one of ids (see Owner.ID). It returns true once none is left.
+func ReleaseIDs(ctx context.Context, c client.Client, ns string, ids ...string) (bool, error) {
 	var addrs ipamv1.IPAddressList
-	if err := c.List(ctx, &addrs, ns, sel); err != nil {
-		return false, err
-	}
 	var claims ipamv1.IPAddressClaimList
-	if err := c.List(ctx, &claims, ns, sel); err != nil {
-		return false, err
+	for _, id := range ids {
+		if id == "" {
+			continue
+		}
+		sel := client.MatchingLabels{OwnerUIDLabel: id}
+		var a ipamv1.IPAddressList
+		if err := c.List(ctx, &a, client.InNamespace(ns), sel); err != nil {
+			return false, err
+		}
+		addrs.Items = append(addrs.Items, a.Items...)
+		var cl ipamv1.IPAddressClaimList
+		if err := c.List(ctx, &cl, client.InNamespace(ns), sel); err != nil {
+			return false, err
+		}
+		claims.Items = append(claims.Items, cl.Items...)
 	}
 	for i := range addrs.Items {
 		if err := c.Delete(ctx, &addrs.Items[i]); err != nil && !apierrors.IsNotFound(err) {

@@ -49,7 +49,7 @@ func (r *Reconciler) claimAddresses(ctx context.Context, s *Scope) (result, erro
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepClaimingAddresses
-	owner := ipam.Owner{Object: s.PTM, GVK: infrav1.GroupVersion.WithKind("ProxmoxTalosMachine"), Cluster: s.Cluster.Name}
+	owner := ipamOwner(s)
 
 	var out []infrav1.AllocatedAddress
 	for _, n := range needs {
@@ -94,4 +94,17 @@ func (r *Reconciler) claimAddresses(ctx context.Context, s *Scope) (result, erro
 	r.setCondition(s, infrav1.AddressesClaimedCondition, true, infrav1.ReadyReason, "")
 	r.event(s, "Normal", "AddressesClaimed", "Claimed %d static address(es)", len(out))
 	return r.persistNow()
+}
+
+// ipamOwner is the owner of the machine's address claims. Their owner label is the
+// machine's identity recorded in the spec (its SMBIOS uuid, chosen at placement), so a
+// `clusterctl move`, which changes the object's UID, does not hide them from release.
+func ipamOwner(s *Scope) ipam.Owner {
+	return ipam.Owner{Object: s.PTM, GVK: infrav1.GroupVersion.WithKind("ProxmoxTalosMachine"), Cluster: s.Cluster.Name, ID: s.PTM.Spec.SMBIOSUUID}
+}
+
+// releaseAddresses deletes the machine's address claims and addresses: those labelled
+// with its recorded identity, and those labelled with its UID by earlier versions.
+func (r *Reconciler) releaseAddresses(ctx context.Context, s *Scope) (bool, error) {
+	return ipam.ReleaseIDs(ctx, r.Client, s.PTM.Namespace, s.PTM.Spec.SMBIOSUUID, string(s.PTM.UID))
 }

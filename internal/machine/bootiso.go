@@ -14,13 +14,19 @@ import (
 const BootISOSlot = "ide2"
 
 // BootISOName is the file name of the machine's boot ISO. It is derived from the
-// machine's identity only, so deletion finds it even if status was lost.
+// machine's identity recorded in the spec (namespace, name, SMBIOS uuid), not from the
+// object UID, which `clusterctl move` changes. It is recorded in spec.ownedVolumes before
+// the upload; deletion uses that record.
 func BootISOName(s *Scope) (string, error) {
 	kind := imagefactory.ISOKindCIData
 	if infrav1.EffectiveTalos(s.ClusterSpec.Talos, s.Spec.Talos).Platform == infrav1.TalosPlatformMetal {
 		kind = imagefactory.ISOKindMetalISO
 	}
-	return imagefactory.ISOName(kind, s.PTM.Namespace, s.PTM.Name, string(s.PTM.UID))
+	id := s.PTM.Spec.SMBIOSUUID
+	if id == "" {
+		id = string(s.PTM.UID) // not placed yet by this version
+	}
+	return imagefactory.ISOName(kind, s.PTM.Namespace, s.PTM.Name, id)
 }
 
 // BootISOVolID is the volume id of the boot ISO in isoStorage.
@@ -38,21 +44,24 @@ func BootISOVolID(s *Scope) (string, error) {
 // the machine config (the network is in the image's META).
 // The ISO holds the cluster's PKI; it is deleted once the Node is Ready.
 func (r *Reconciler) buildBootISO(ctx context.Context, s *Scope) (result, error) {
-	if vmCreated(s) {
+	if vmCreated(s) || createInFlight(s) {
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepBuildingBootISO
 
+	name, err := BootISOName(s)
+	if err != nil {
+		return result{}, err
+	}
+	if recordVolume(s, s.PTM.Spec.Node, s.ClusterSpec.ISOStorage+":iso/"+name) {
+		return r.persistNow()
+	}
 	iso, err := r.renderBootISO(ctx, s)
 	if err != nil {
 		// Errors from the renderers and readers never quote the secret bytes.
 		r.setCondition(s, infrav1.BootISOReadyCondition, false, infrav1.InvalidConfigurationReason, err.Error())
 		r.warn(s, infrav1.InvalidConfigurationReason, "Building boot ISO: %s", err.Error())
 		return r.waitOn(s, infrav1.BootISOReadyCondition)
-	}
-	name, err := BootISOName(s)
-	if err != nil {
-		return result{}, err
 	}
 	volid, err := s.PVE.UploadISO(ctx, s.PTM.Spec.Node, s.ClusterSpec.ISOStorage, name, iso)
 	if err != nil {
@@ -81,7 +90,11 @@ func (r *Reconciler) renderBootISO(ctx context.Context, s *Scope) ([]byte, error
 	if infrav1.EffectiveTalos(s.ClusterSpec.Talos, s.Spec.Talos).Platform == infrav1.TalosPlatformMetal {
 		return bootstrap.MetalISO(userData)
 	}
-	meta, err := bootstrap.NoCloudMetaData(bootstrap.MetaData{InstanceID: string(s.PTM.UID), Hostname: s.Machine.Name})
+	instanceID := s.PTM.Spec.SMBIOSUUID
+	if instanceID == "" {
+		instanceID = string(s.PTM.UID)
+	}
+	meta, err := bootstrap.NoCloudMetaData(bootstrap.MetaData{InstanceID: instanceID, Hostname: s.Machine.Name})
 	if err != nil {
 		return nil, err
 	}
@@ -96,4 +109,43 @@ func (r *Reconciler) renderBootISO(ctx context.Context, s *Scope) ([]byte, error
 		}
 	}
 	return bootstrap.CIDataISO(bootstrap.CIData{UserData: userData, MetaData: meta, NetworkConfig: netcfg})
+}
+
+// deleteBootISO ejects and deletes the boot ISO once the Node is Ready (it holds the
+// cluster's PKI). The ISO is the one recorded in spec.ownedVolumes; a machine created
+// before volumes were recorded uses the name recorded in status or derived as it was.
+// Ejecting and deleting are idempotent.
+func (r *Reconciler) deleteBootISO(ctx context.Context, s *Scope) error {
+	isos := ownedVolumes(s, "iso")
+	legacy := len(isos) == 0
+	if legacy && s.PTM.Spec.Node != "" {
+		volid := s.PTM.Status.BootISO
+		if volid == "" {
+			var err error
+			if volid, err = BootISOVolID(s); err != nil {
+				return err
+			}
+		}
+		isos = []infrav1.OwnedVolume{{Node: s.PTM.Spec.Node, VolID: volid}}
+	}
+	if s.PTM.Spec.VMID != nil && s.PTM.Spec.Node != "" {
+		if err := s.PVE.DetachISO(ctx, s.PTM.Spec.Node, int(*s.PTM.Spec.VMID), BootISOSlot); err != nil && !isNotFound(err) {
+			return err
+		}
+	}
+	for _, v := range isos {
+		if err := s.PVE.DeleteVolume(ctx, v.Node, v.VolID); err != nil {
+			return err
+		}
+		if !legacy {
+			forgetVolume(s, v)
+		}
+		if s.PTM.Status.BootISO != "" {
+			r.event(s, "Normal", "BootISODeleted", "Deleted boot ISO %s", v.VolID)
+		}
+	}
+	s.PTM.Status.BootISO = ""
+	r.setCondition(s, infrav1.BootISOReadyCondition, false, infrav1.BootISODeletedReason,
+		"The boot ISO holds the cluster's PKI and was deleted once the Node was Ready")
+	return nil
 }

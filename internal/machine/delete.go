@@ -4,14 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	"sigs.k8s.io/cluster-api/util/conditions"
+
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
-	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/ipam"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
@@ -19,47 +25,37 @@ import (
 var errNotFound = proxmox.ErrNotFound
 
 // ReconcileDelete removes everything the machine created, in the reverse order of
-// creation: the VM (graceful shutdown, then a hard stop, then destroy with purge and
-// unreferenced disks), the boot ISO, the addresses, and finally the finalizer. Anything
-// already gone counts as done, so deletion works from every state, including before the
-// VM existed. Failures (lock timeouts...) requeue with backoff.
+// creation: the VM (graceful shutdown, a hard stop when the guest does not answer or the
+// machine was remediated, then destroy with purge and unreferenced disks), the volumes
+// recorded in spec.ownedVolumes (boot ISO, metal image), the addresses, and finally the
+// finalizer. Every Proxmox task is started and followed on later passes, never waited
+// for. Nothing is destroyed that does not show this machine's identity: a VM of someone
+// else at the recorded VMID is left alone (Warning event, condition), and this machine's
+// VM is followed wherever it moved. A node that does not answer is reported and retried
+// with backoff until it is back or an operator abandons the VM (AbandonVMAnnotation).
 func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result, error) {
 	s.PTM.Status.Step = infrav1.StepDeleting
-	if s.PVE == nil {
+	abandon := s.PTM.Annotations[infrav1.AbandonVMAnnotation] == "true"
+	if s.PVE == nil && !abandon {
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason,
 			"Waiting for Proxmox credentials to delete the VM")
 		out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
 		return out.res, nil
 	}
 
-	if err := r.deleteVMs(ctx, s); err != nil {
-		reason, msg := cluster.ClassifyError(err)
-		r.setCondition(s, infrav1.VMProvisionedCondition, false, reason, "Deleting the VM: "+msg)
-		r.warn(s, reason, "Deleting VM: %s", msg)
-		out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
-		return out.res, nil
-	}
-	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason, "The VM is deleted")
-	s.PTM.Status.PowerState = ""
-
-	if s.PTM.Spec.Node != "" {
-		if err := r.deleteBootISO(ctx, s); err != nil {
-			reason, msg := cluster.ClassifyError(err)
-			r.setCondition(s, infrav1.BootISOReadyCondition, false, reason, "Deleting the boot ISO: "+msg)
-			out, _ := r.waitOn(s, infrav1.BootISOReadyCondition)
-			return out.res, nil
+	if abandon {
+		r.abandonVM(s)
+	} else {
+		if res, done := r.deleteVM(ctx, s); !done {
+			return res, nil
+		}
+		if res, done := r.deleteOwnedVolumes(ctx, s); !done {
+			return res, nil
 		}
 	}
 
-	if err := r.deleteMetalImage(ctx, s); err != nil {
-		reason, msg := cluster.ClassifyError(err)
-		r.setCondition(s, infrav1.ImageReadyCondition, false, reason, "Deleting the machine's metal image: "+msg)
-		out, _ := r.waitOn(s, infrav1.ImageReadyCondition)
-		return out.res, nil
-	}
-
-	// Addresses go last: the metal image's name above is derived from them.
-	released, err := ipam.Release(ctx, r.Client, s.PTM)
+	// Addresses go last: they are the machine's identity on the network until the VM is gone.
+	released, err := r.releaseAddresses(ctx, s)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -72,67 +68,258 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 	return ctrl.Result{}, nil
 }
 
-// deleteVMs deletes the recorded VM and any other VM carrying this machine's tags and
-// uuid (there should be none; it is cheap insurance against leaks).
-func (r *Reconciler) deleteVMs(ctx context.Context, s *Scope) error {
-	type target struct {
-		node string
-		vmid int
+// Proxmox task types the deletion starts.
+const (
+	taskShutdown = "qmshutdown"
+	taskStop     = "qmstop"
+	taskDestroy  = "qmdestroy"
+)
+
+// abandonVM finishes the deletion without the VM and the recorded volumes, on an
+// operator's request, and says what is left behind.
+func (r *Reconciler) abandonVM(s *Scope) {
+	what := "no VM"
+	if s.PTM.Spec.VMID != nil {
+		what = fmt.Sprintf("VM %d (smbios uuid %s) on node %s", *s.PTM.Spec.VMID, s.PTM.Spec.SMBIOSUUID, s.PTM.Spec.Node)
 	}
-	var targets []target
-	if s.PTM.Spec.VMID != nil && s.PTM.Spec.Node != "" {
-		targets = append(targets, target{s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)})
+	var vols []string
+	for _, v := range s.PTM.Spec.OwnedVolumes {
+		vols = append(vols, v.VolID+" on "+v.Node)
 	}
-	if s.PTM.Spec.SMBIOSUUID != "" {
-		found, err := s.PVE.FindVMs(ctx, proxmox.VMFilter{
-			Tags:       []string{ClusterTag(s.Cluster.Name), MachineTag(s.PTM.Name)},
-			SMBIOSUUID: s.PTM.Spec.SMBIOSUUID,
-		})
-		if err != nil {
-			return err
-		}
-		for _, vm := range found {
-			t := target{vm.Node, vm.VMID}
-			if len(targets) == 0 || targets[0] != t {
-				targets = append(targets, t)
-			}
-		}
+	if len(vols) > 0 {
+		what += " and volumes " + strings.Join(vols, ", ")
 	}
-	for _, t := range targets {
-		if err := r.deleteVM(ctx, s, t.node, t.vmid); err != nil {
-			return fmt.Errorf("VM %d on node %s: %w", t.vmid, t.node, err)
-		}
-	}
-	return nil
+	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.VMAbandonedReason,
+		"Abandoned on request ("+infrav1.AbandonVMAnnotation+"): "+what+" left behind")
+	r.warn(s, infrav1.VMAbandonedReason, "Deletion abandons %s as requested by annotation %s; remove them by hand if the node comes back", what, infrav1.AbandonVMAnnotation)
+	s.PTM.Status.Task = nil
+	s.PTM.Spec.OwnedVolumes = nil
 }
 
-func (r *Reconciler) deleteVM(ctx context.Context, s *Scope, node string, vmid int) error {
+// deleteVM drives the VM towards gone, one Proxmox task per pass. done is true once no VM
+// of this machine exists.
+func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool) {
+	if s.PTM.Spec.VMID == nil {
+		// The VMID is recorded before any create request, so no VM was ever created.
+		return ctrl.Result{}, true
+	}
+	vmid := int(*s.PTM.Spec.VMID)
+
+	// 1. A task started on an earlier pass.
+	escalate := false
+	var followed string
+	if t := s.PTM.Status.Task; t != nil {
+		followed = t.Type
+	}
+	out, age, err := followTask(ctx, s, taskCreate, taskShutdown, taskStop, taskDestroy)
+	switch out {
+	case taskRunning:
+		t := s.PTM.Status.Task
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason,
+			fmt.Sprintf("Waiting for Proxmox task %s of VM %d on node %s (running for %s)", t.Type, vmid, t.Node, age.Round(time.Second)))
+		return ctrl.Result{RequeueAfter: r.taskRequeue(s)}, false
+	case taskFailed:
+		reason, msg := cluster.ClassifyError(err)
+		r.warn(s, infrav1.TaskFailedReason, "Deleting VM %d: %s", vmid, msg)
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, reason, "Deleting the VM: "+msg)
+		if followed != taskShutdown {
+			// A stop or destroy that failed (lock timeout, storage error) is retried
+			// with backoff; the condition says why meanwhile.
+			out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+			return out.res, false
+		}
+		// A shutdown that failed (guest not answering, timeout) is followed by a hard stop.
+		escalate = true
+	case taskSucceeded:
+	default:
+		if err != nil {
+			return r.deleteError(s, err), false
+		}
+	}
+
+	// 2. Where is the VM, and is it ours?
+	loc, err := r.locateVM(ctx, s)
+	if err != nil {
+		return r.deleteError(s, err), false
+	}
+	switch loc.verdict {
+	case vmOurs:
+		if loc.node != s.PTM.Spec.Node {
+			r.event(s, corev1.EventTypeNormal, "VMMoved", "VM %d moved from node %s to %s", vmid, s.PTM.Spec.Node, loc.node)
+			s.PTM.Spec.Node = loc.node
+		}
+		return r.destroyVM(ctx, s, loc.node, vmid, escalate), false
+	case vmCreating:
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason,
+			fmt.Sprintf("VM %d on node %s is still being created (lock create); deleting it once the create has ended", vmid, loc.node))
+		out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+		return out.res, false
+	case vmForeign:
+		what := describeVM(loc.node, vmid, loc.cfg)
+		msg := fmt.Sprintf("%s does not show this machine's identity (smbios uuid %s, tags %s;%s); it was left untouched",
+			what, s.PTM.Spec.SMBIOSUUID, TagManaged, MachineTag(s.PTM.Name))
+		if c := conditions.Get(s.PTM, infrav1.VMProvisionedCondition); c == nil || c.Message != msg {
+			r.warn(s, infrav1.ForeignVMReason, "%s", msg)
+		}
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.ForeignVMReason, msg)
+	case vmAbsent:
+		if len(loc.offline) > 0 {
+			msg := fmt.Sprintf("VM %d is not on any node that answers; Proxmox node(s) %s do not answer and may hold it. Retrying; if the node is gone for good, annotate the ProxmoxTalosMachine with %s=true to abandon the VM",
+				vmid, strings.Join(loc.offline, ", "), infrav1.AbandonVMAnnotation)
+			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.NodeOfflineReason, msg)
+			r.warn(s, infrav1.NodeOfflineReason, "%s", msg)
+			out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+			return out.res, false
+		}
+	}
+
+	// 3. Not (or no longer) at the recorded VMID: a VM of this machine elsewhere, at any
+	// VMID, is still found by identity and deleted.
+	others, err := r.findOurVMs(ctx, s)
+	if err != nil {
+		return r.deleteError(s, err), false
+	}
+	for _, vm := range others {
+		if vm.VMID == vmid {
+			continue
+		}
+		r.event(s, corev1.EventTypeNormal, "VMFound", "VM %d on node %s shows this machine's identity; deleting it", vm.VMID, vm.Node)
+		s.PTM.Spec.VMID = ptr.To(int32(vm.VMID))
+		s.PTM.Spec.Node = vm.Node
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}, false
+	}
+	if loc.verdict != vmForeign {
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason, "The VM is deleted")
+	}
+	s.PTM.Status.PowerState = ""
+	return ctrl.Result{}, true
+}
+
+// destroyVM takes the next step towards destroying this machine's VM at node/vmid.
+func (r *Reconciler) destroyVM(ctx context.Context, s *Scope, node string, vmid int, escalate bool) ctrl.Result {
 	st, err := s.PVE.VMStatus(ctx, node, vmid)
 	if errors.Is(err, proxmox.ErrNotFound) {
-		return nil
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min} // moved or gone: look again
 	}
 	if err != nil {
-		return err
+		return r.deleteError(s, err)
 	}
-	if st.Running() {
-		timeout := r.Timing.ShutdownTimeout
-		if timeout <= 0 {
-			timeout = 60 * time.Second
+	s.PTM.Status.PowerState = st.Status
+	if st.Lock != "" {
+		// Migration, backup, snapshot...: Proxmox refuses stop and destroy meanwhile.
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason,
+			fmt.Sprintf("VM %d on node %s is locked (%s); deleting it once the lock is released", vmid, node, st.Lock))
+		out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+		return out.res
+	}
+	var (
+		upid, typ, what string
+	)
+	switch {
+	case st.Running() && (escalate || r.remediating(s)):
+		typ, what = taskStop, "Stopping"
+		upid, err = s.PVE.StartStopVM(ctx, node, vmid)
+	case st.Running():
+		// Give Talos the chance to leave etcd and drain cleanly; Proxmox stops the VM
+		// hard when the timeout passes (forceStop).
+		typ, what = taskShutdown, "Shutting down"
+		upid, err = s.PVE.StartShutdownVM(ctx, node, vmid, r.shutdownTimeout(), true)
+	default:
+		typ, what = taskDestroy, "Destroying"
+		upid, err = s.PVE.StartDeleteVM(ctx, node, vmid)
+	}
+	if errors.Is(err, proxmox.ErrNotFound) {
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}
+	}
+	if err != nil {
+		return r.deleteError(s, err)
+	}
+	recordTask(s, upid, typ, node, vmid)
+	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason, fmt.Sprintf("%s VM %d on node %s", what, vmid, node))
+	if typ == taskDestroy {
+		r.event(s, corev1.EventTypeNormal, "VMDeleting", "Destroying VM %d on node %s", vmid, node)
+	}
+	return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}
+}
+
+func (r *Reconciler) shutdownTimeout() time.Duration {
+	if r.Timing.ShutdownTimeout > 0 {
+		return r.Timing.ShutdownTimeout
+	}
+	return 60 * time.Second
+}
+
+// remediating reports a machine deleted because it is unhealthy (a MachineHealthCheck
+// failed, or the owner Machine is gone): a guest that is not answering would only make
+// the graceful shutdown wait its full timeout, so the VM is stopped hard.
+func (r *Reconciler) remediating(s *Scope) bool {
+	if s.Machine == nil {
+		return true
+	}
+	return conditions.IsFalse(s.Machine, clusterv1.MachineHealthCheckSucceededCondition) ||
+		conditions.Get(s.Machine, clusterv1.MachineOwnerRemediatedCondition) != nil ||
+		s.Machine.Annotations[clusterv1.RemediateMachineAnnotation] != ""
+}
+
+// deleteError reports a failed Proxmox call of the deletion and requeues with backoff.
+func (r *Reconciler) deleteError(s *Scope, err error) ctrl.Result {
+	reason, msg := cluster.ClassifyError(err)
+	if errors.Is(err, proxmox.ErrNodeOffline) {
+		reason = infrav1.NodeOfflineReason
+		msg += "; if the node is gone for good, annotate the ProxmoxTalosMachine with " + infrav1.AbandonVMAnnotation + "=true to abandon the VM"
+	}
+	r.setCondition(s, infrav1.VMProvisionedCondition, false, reason, "Deleting the VM: "+msg)
+	r.warn(s, reason, "Deleting VM: %s", msg)
+	out, _ := r.waitOn(s, infrav1.VMProvisionedCondition)
+	return out.res
+}
+
+// deleteOwnedVolumes deletes the recorded volumes (boot ISO, metal image). Machines
+// created before volumes were recorded fall back to the names they would have had.
+func (r *Reconciler) deleteOwnedVolumes(ctx context.Context, s *Scope) (ctrl.Result, bool) {
+	if len(s.PTM.Spec.OwnedVolumes) == 0 {
+		if err := r.deleteLegacyVolumes(ctx, s); err != nil {
+			reason, msg := cluster.ClassifyError(err)
+			r.setCondition(s, infrav1.BootISOReadyCondition, false, reason, "Deleting the machine's volumes: "+msg)
+			out, _ := r.waitOn(s, infrav1.BootISOReadyCondition)
+			return out.res, false
 		}
-		// Give Talos the chance to leave etcd and drain cleanly; stop hard if it does not.
-		if err := s.PVE.ShutdownVM(ctx, node, vmid, timeout); err != nil && !errors.Is(err, proxmox.ErrNotFound) {
-			if err := s.PVE.StopVM(ctx, node, vmid); err != nil && !errors.Is(err, proxmox.ErrNotFound) {
-				return err
+		return ctrl.Result{}, true
+	}
+	for _, v := range slices.Clone(s.PTM.Spec.OwnedVolumes) {
+		if err := s.PVE.DeleteVolume(ctx, v.Node, v.VolID); err != nil {
+			reason, msg := cluster.ClassifyError(err)
+			if errors.Is(err, proxmox.ErrNodeOffline) {
+				reason = infrav1.NodeOfflineReason
+				msg += "; if the node is gone for good, annotate the ProxmoxTalosMachine with " + infrav1.AbandonVMAnnotation + "=true"
 			}
+			r.setCondition(s, infrav1.BootISOReadyCondition, false, reason, "Deleting volume "+v.VolID+": "+msg)
+			out, _ := r.waitOn(s, infrav1.BootISOReadyCondition)
+			return out.res, false
 		}
+		r.event(s, corev1.EventTypeNormal, "VolumeDeleted", "Deleted volume %s", v.VolID)
+		forgetVolume(s, v)
 	}
-	// DeleteVM waits for any stop task, then destroys with purge=1 and
-	// destroy-unreferenced-disks=1; a missing VM is success.
-	if err := s.PVE.DeleteVM(ctx, node, vmid); err != nil {
-		return err
+	s.PTM.Status.BootISO = ""
+	return ctrl.Result{}, true
+}
+
+// deleteLegacyVolumes removes the boot ISO and metal image of a machine whose volumes
+// were not recorded (created by an earlier version), by the names that version used.
+func (r *Reconciler) deleteLegacyVolumes(ctx context.Context, s *Scope) error {
+	if s.PTM.Spec.Node == "" {
+		return nil
 	}
-	r.event(s, "Normal", "VMDeleted", "Deleted VM %d on node %s", vmid, node)
-	return nil
+	if s.PTM.Status.BootISO != "" {
+		if err := s.PVE.DeleteVolume(ctx, s.PTM.Spec.Node, s.PTM.Status.BootISO); err != nil {
+			return err
+		}
+		s.PTM.Status.BootISO = ""
+	}
+	if s.Machine == nil {
+		return nil
+	}
+	return r.deleteMetalImage(ctx, s)
 }
 
 // deleteMetalImage removes a metal-platform machine's own disk image: its schematic carries

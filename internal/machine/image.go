@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,7 +22,7 @@ import (
 // as EnsureImage is single-flight per file); for metal the image carries the machine's
 // static network in META key 10 and is therefore per machine.
 func (r *Reconciler) prepareImage(ctx context.Context, s *Scope) (result, error) {
-	if vmCreated(s) {
+	if vmCreated(s) || createInFlight(s) {
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepPreparingImage
@@ -67,7 +68,17 @@ func (r *Reconciler) prepareImage(ctx context.Context, s *Scope) (result, error)
 		req.Transfer = proxmox.TransferUpload
 		req.Source = r.imageSource(url)
 	}
-	res, err := s.PVE.EnsureImage(ctx, req)
+	if talos.Platform == infrav1.TalosPlatformMetal && recordVolume(s, req.Node, volumeID(req)) {
+		// The metal image is this machine's own: recorded before it exists, so deletion
+		// removes exactly it.
+		return r.persistNow()
+	}
+	// The transfer runs in the background (download-url is a Proxmox task, an upload
+	// streams through this process); the pass never waits for it.
+	res, err := s.PVE.StartImage(ctx, req)
+	if errors.Is(err, proxmox.ErrInProgress) {
+		return r.waitOn(s, infrav1.ImageReadyCondition)
+	}
 	if err != nil {
 		reason, msg := cluster.ClassifyError(err)
 		r.setCondition(s, infrav1.ImageReadyCondition, false, reason, msg)
@@ -130,6 +141,16 @@ func (r *Reconciler) imageSource(url string) proxmox.ImageSource {
 		}
 		return resp.Body, resp.ContentLength, nil
 	}
+}
+
+func volumeID(req proxmox.ImageRequest) string {
+	return req.Storage + ":" + req.Content + "/" + req.Filename
+}
+
+// createInFlight reports whether a VM create task is recorded: the image and the boot
+// ISO it uses are in place, and the passes that follow the task need not check them.
+func createInFlight(s *Scope) bool {
+	return s.PTM.Status.Task != nil && s.PTM.Status.Task.Type == taskCreate
 }
 
 // vmCreated reports whether the VM exists already, so the steps that prepare its

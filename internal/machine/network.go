@@ -12,11 +12,17 @@ import (
 )
 
 // MACAddress is the MAC of a machine's NIC: a locally administered unicast address hashed
-// from the machine's UID and the device name. The boot ISO's network config matches NICs
-// by MAC, so it must be known before the VM exists and stay the same if the VM is
-// re-created after a crash.
+// from the machine's identity recorded in spec.smbiosUUID and the device name. The boot
+// ISO's network config matches NICs by MAC, so it must be known before the VM exists,
+// stay the same if the VM is re-created after a crash, and survive `clusterctl move`
+// (which gives the object a new UID). Only a machine without a recorded uuid (created by
+// an older version before placement) falls back to its UID.
 func MACAddress(ptm *infrav1.ProxmoxTalosMachine, device string) string {
-	sum := sha256.Sum256([]byte(string(ptm.UID) + "/" + device))
+	id := ptm.Spec.SMBIOSUUID
+	if id == "" {
+		id = string(ptm.UID)
+	}
+	sum := sha256.Sum256([]byte(id + "/" + device))
 	b := sum[:6]
 	b[0] = (b[0] | 0x02) &^ 0x01 // locally administered, unicast
 	return fmt.Sprintf("%02X:%02X:%02X:%02X:%02X:%02X", b[0], b[1], b[2], b[3], b[4], b[5])

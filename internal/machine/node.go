@@ -98,34 +98,6 @@ func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) 
 	return next()
 }
 
-// deleteBootISO ejects and deletes the boot ISO. Both are idempotent.
-func (r *Reconciler) deleteBootISO(ctx context.Context, s *Scope) error {
-	volid := s.PTM.Status.BootISO
-	if volid == "" {
-		var err error
-		if volid, err = BootISOVolID(s); err != nil {
-			return err
-		}
-	}
-	if s.PTM.Spec.VMID != nil && s.PTM.Spec.Node != "" {
-		if err := s.PVE.DetachISO(ctx, s.PTM.Spec.Node, int(*s.PTM.Spec.VMID), BootISOSlot); err != nil && !isNotFound(err) {
-			return err
-		}
-	}
-	if s.PTM.Spec.Node != "" {
-		if err := s.PVE.DeleteVolume(ctx, s.PTM.Spec.Node, volid); err != nil {
-			return err
-		}
-	}
-	if s.PTM.Status.BootISO != "" {
-		r.event(s, "Normal", "BootISODeleted", "Deleted boot ISO %s", volid)
-	}
-	s.PTM.Status.BootISO = ""
-	r.setCondition(s, infrav1.BootISOReadyCondition, false, infrav1.BootISODeletedReason,
-		"The boot ISO holds the cluster's PKI and was deleted once the Node was Ready")
-	return nil
-}
-
 // findNode finds the machine's Node by name (the Talos hostname is the Machine name),
 // else by one of its InternalIPs.
 func findNode(ctx context.Context, wc client.Client, s *Scope) (*corev1.Node, error) {

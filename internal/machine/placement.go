@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/uuid"
+
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
@@ -26,6 +28,11 @@ func (r *Reconciler) place(ctx context.Context, s *Scope) (result, error) {
 	s.PTM.Status.FailureDomain = s.Machine.Spec.FailureDomain
 	if s.PTM.Spec.Node != "" {
 		r.setCondition(s, infrav1.PlacedCondition, true, infrav1.ReadyReason, "Placed on node "+s.PTM.Spec.Node)
+		if s.PTM.Spec.SMBIOSUUID == "" && !vmCreated(s) {
+			// Pinned by the user: the identity still has to be recorded first.
+			s.PTM.Spec.SMBIOSUUID = uuid.NewString()
+			return r.persistNow()
+		}
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepPlacingVM
@@ -53,6 +60,12 @@ func (r *Reconciler) place(ctx context.Context, s *Scope) (result, error) {
 		return stop(ctrlResultNone)
 	}
 	s.PTM.Spec.Node = node
+	// The machine's identity is chosen with its place: the boot ISO's name, the NICs'
+	// MAC addresses and the address claims' owner label derive from it, and it is
+	// recorded in the spec so it survives `clusterctl move` (object UIDs do not).
+	if s.PTM.Spec.SMBIOSUUID == "" {
+		s.PTM.Spec.SMBIOSUUID = uuid.NewString()
+	}
 	r.placements.Store(s.PTM.UID, node)
 	r.setCondition(s, infrav1.PlacedCondition, true, infrav1.ReadyReason, "Placed on node "+node)
 	r.event(s, "Normal", "Placed", "Placed on Proxmox node %s", node)

@@ -3,6 +3,10 @@ package machine
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/utils/ptr"
 
@@ -17,12 +21,37 @@ import (
 func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 	node, vmid := s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)
 	st, err := s.PVE.VMStatus(ctx, node, vmid)
-	if errors.Is(err, proxmox.ErrNotFound) {
-		s.PTM.Status.PowerState = ""
-		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.VMNotFoundReason,
-			"The VM was deleted outside Cluster API; delete the Machine to replace it")
-		r.warn(s, infrav1.VMNotFoundReason, "VM %d on node %s no longer exists", vmid, node)
-		return stop(ctrlResultNone)
+	if errors.Is(err, proxmox.ErrNotFound) || errors.Is(err, proxmox.ErrNodeOffline) {
+		// Not on the recorded node (or the node does not answer): the VM may have moved
+		// (live migration, HA relocation, maintenance). The node is where the VM is, not
+		// who it is: find it by identity and record where it is now.
+		loc, lerr := r.locateVM(ctx, s)
+		if lerr != nil {
+			reason, msg := cluster.ClassifyError(lerr)
+			r.setCondition(s, infrav1.VMRunningCondition, false, reason, msg)
+			return r.waitOn(s, infrav1.VMRunningCondition)
+		}
+		switch {
+		case loc.verdict == vmOurs:
+			if loc.node != node {
+				r.event(s, corev1.EventTypeNormal, "VMMoved", "VM %d moved from node %s to %s", vmid, node, loc.node)
+				s.PTM.Spec.Node, node = loc.node, loc.node
+			}
+			st, err = s.PVE.VMStatus(ctx, node, vmid)
+		case loc.verdict == vmAbsent && len(loc.offline) > 0:
+			r.setCondition(s, infrav1.VMRunningCondition, false, infrav1.NodeOfflineReason,
+				fmt.Sprintf("Proxmox node(s) %s do not answer; VM %d is not on any node that does", strings.Join(loc.offline, ", "), vmid))
+			return r.waitOn(s, infrav1.VMRunningCondition)
+		default:
+			s.PTM.Status.PowerState = ""
+			msg := "The VM was deleted outside Cluster API; delete the Machine to replace it"
+			if loc.verdict == vmForeign {
+				msg = fmt.Sprintf("VMID %d now holds %s, not this machine's VM; delete the Machine to replace it", vmid, describeVM(loc.node, vmid, loc.cfg))
+			}
+			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.VMNotFoundReason, msg)
+			r.warn(s, infrav1.VMNotFoundReason, "VM %d of this machine exists on no Proxmox node", vmid)
+			return stop(ctrlResultNone)
+		}
 	}
 	if err != nil {
 		reason, msg := cluster.ClassifyError(err)
@@ -46,8 +75,14 @@ func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 		r.warn(s, reason, "Starting VM %d: %s", vmid, msg)
 		return r.waitOn(s, infrav1.VMRunningCondition)
 	}
+	r.event(s, "Normal", "VMStarted", "Started VM %d on node %s", vmid, node)
+	if st.HAState != "" {
+		// HA-managed: the start task (hastart) only asks the HA manager, which starts
+		// the VM a moment later. Report it running once Proxmox shows it running.
+		r.setCondition(s, infrav1.VMRunningCondition, false, infrav1.InProgressReason, "The HA manager is starting the VM")
+		return r.waitOn(s, infrav1.VMRunningCondition)
+	}
 	s.PTM.Status.PowerState = "running"
 	r.setCondition(s, infrav1.VMRunningCondition, true, infrav1.ReadyReason, "")
-	r.event(s, "Normal", "VMStarted", "Started VM %d on node %s", vmid, node)
 	return next()
 }

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
@@ -27,9 +31,13 @@ func ClusterTag(cluster string) string { return "cluster-" + strings.ToLower(clu
 // MachineTag names the machine in a VM's tags.
 func MachineTag(machine string) string { return "machine-" + strings.ToLower(machine) }
 
-// createVM creates the VM, or adopts the one an earlier pass created. The SMBIOS uuid and
-// the VMID are chosen and persisted first (in their own pass), so whatever happens after,
-// the VM can be recognised and there is never a second one.
+// createVM creates the VM, or adopts the one an earlier pass created. The SMBIOS uuid
+// (chosen at placement) and the VMID are persisted before the create request; the
+// create's task id is recorded in status before the pass ends, and later passes follow
+// the task instead of waiting for it (an import can take minutes). What is at the VMID
+// decides everything else: this machine's VM is adopted, a create in progress is waited
+// for, and only a complete VM that is provably someone else's makes the machine take
+// another VMID. So an interrupted create never leads to a second VM.
 func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 	if vmCreated(s) {
 		return next()
@@ -60,62 +68,151 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 	}
 	node, vmid := s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)
 
-	// 2. Adopt a VM of this machine that exists already (crash after create).
-	found, err := s.PVE.FindVMs(ctx, proxmox.VMFilter{
-		Tags:       []string{ClusterTag(s.Cluster.Name), MachineTag(s.PTM.Name)},
-		SMBIOSUUID: s.PTM.Spec.SMBIOSUUID,
-	})
-	if err != nil {
-		return r.vmError(s, err)
-	}
-	adopted := false
-	for _, vm := range found {
-		if vm.VMID != vmid || vm.Node != node {
-			// Ours by tags and uuid but not where the spec says: never guess, tell.
-			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InvalidConfigurationReason,
-				fmt.Sprintf("VM %d on node %s carries this machine's tags and uuid but the spec records VM %d on %s", vm.VMID, vm.Node, vmid, node))
-			return stop(ctrlResultNone)
+	// 2. A create this controller started on an earlier pass.
+	created := false
+	switch out, age, err := followTask(ctx, s, taskCreate); out {
+	case taskRunning:
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+			fmt.Sprintf("Creating VM %d on node %s (Proxmox task running for %s)", vmid, node, age.Round(time.Second)))
+		return stop(ctrl.Result{RequeueAfter: r.Timing.After(time.Now().Add(-age), time.Now())})
+	case taskFailed:
+		// Proxmox removes the config of a failed create; the next pass looks again.
+		reason, msg := cluster.ClassifyError(err)
+		if reason == infrav1.ProxmoxAPIErrorReason {
+			reason = infrav1.TaskFailedReason
 		}
-		adopted = true
-	}
-
-	// 3. Create.
-	if !adopted {
-		spec, err := r.vmSpec(s)
-		if err != nil {
-			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InvalidConfigurationReason, err.Error())
-			return stop(ctrlResultNone)
-		}
-		res, err := s.PVE.CreateVM(ctx, spec)
-		if errors.Is(err, proxmox.ErrAlreadyExists) {
-			// The search above found no VM with this machine's tags and uuid, so the VM at
-			// this VMID belongs to someone else (another tool took the id between allocation
-			// and creation). Forget the id and allocate another on the next pass; nothing of
-			// ours exists yet, so nothing can be duplicated or leaked.
-			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
-				fmt.Sprintf("VMID %d is taken by a VM that is not this machine's; allocating another", vmid))
-			r.warn(s, "VMIDConflict", "VMID %d is taken by another VM; allocating another", vmid)
-			s.PTM.Spec.VMID = nil
-			return r.persistNow()
-		}
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, reason, fmt.Sprintf("Creating VM %d on node %s failed: %s", vmid, node, msg))
+		r.warn(s, reason, "Creating VM %d on node %s failed: %s", vmid, node, msg)
+		return r.waitOn(s, infrav1.VMProvisionedCondition)
+	case taskSucceeded:
+		created = true
+	default:
 		if err != nil {
 			return r.vmError(s, err)
 		}
-		adopted = res.AlreadyExisted
-		if !adopted {
-			r.event(s, "Normal", "VMCreated", "Created VM %d on node %s", vmid, node)
-		}
-	}
-	if adopted {
-		r.event(s, "Normal", "VMAdopted", "Adopted existing VM %d on node %s", vmid, node)
 	}
 
-	// 4. Grow the imported disk to the requested size (grow-only, so repeating is safe).
+	// 3. What is at the VMID now.
+	loc := location{vmid: vmid}
+	found, err := r.configAt(ctx, s, node, &loc)
+	if err != nil {
+		return r.vmError(s, err)
+	}
+	if !found && len(loc.offline) > 0 {
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.NodeOfflineReason,
+			fmt.Sprintf("Proxmox node %s does not answer; waiting to create VM %d there", node, vmid))
+		return r.waitOn(s, infrav1.VMProvisionedCondition)
+	}
+	if !found {
+		if created {
+			// The task succeeded but the VM is not where it was created: it moved
+			// already, or was deleted. Look for it everywhere.
+			if loc, err = r.locateVM(ctx, s); err != nil {
+				return r.vmError(s, err)
+			}
+		} else {
+			return r.startCreate(ctx, s)
+		}
+	}
+	switch loc.verdict {
+	case vmAbsent:
+		return r.startCreate(ctx, s)
+	case vmCreating:
+		// A create is in progress at this VMID. If it is ours (its record was lost: the
+		// controller stopped between the request and the status write), follow it.
+		tasks, err := s.PVE.ListTasks(ctx, loc.node, proxmox.TaskFilter{Type: taskCreate, VMID: vmid, User: "me", Source: "active"})
+		if err != nil {
+			return r.vmError(s, err)
+		}
+		if len(tasks) > 0 {
+			recordTask(s, tasks[0].UPID, taskCreate, loc.node, vmid)
+			s.PTM.Status.Task.StartTime = metav1.NewTime(tasks[0].StartTime)
+			r.event(s, corev1.EventTypeNormal, "VMCreateResumed", "Following the create of VM %d on node %s started earlier (task %s)", vmid, loc.node, tasks[0].UPID)
+			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+				fmt.Sprintf("Creating VM %d on node %s (Proxmox task started earlier)", vmid, loc.node))
+			return stop(ctrl.Result{RequeueAfter: r.taskRequeue(s)})
+		}
+		// Someone else's create, or ours that ended a moment ago: it shows whose it is
+		// once it ends.
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+			fmt.Sprintf("VM %d on node %s is being created by a task this controller did not start; waiting to see whose VM it is", vmid, loc.node))
+		return r.waitOn(s, infrav1.VMProvisionedCondition)
+	case vmForeign:
+		// A complete VM that does not show this machine's identity: another tool took
+		// the id. Leave it alone and take another VMID; nothing of ours exists at this
+		// one, so nothing is duplicated or leaked.
+		what := describeVM(loc.node, vmid, loc.cfg)
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+			fmt.Sprintf("VMID %d is taken by %s, which is not this machine's; allocating another", vmid, what))
+		r.warn(s, "VMIDConflict", "VMID %d is taken by %s, which is not this machine's; allocating another", vmid, what)
+		s.PTM.Spec.VMID = nil
+		s.PTM.Status.Task = nil
+		return r.persistNow()
+	}
+
+	// 4. Ours.
+	if loc.node != node {
+		s.PTM.Spec.Node = loc.node
+		node = loc.node
+	}
+	if created {
+		r.event(s, corev1.EventTypeNormal, "VMCreated", "Created VM %d on node %s", vmid, node)
+	} else {
+		r.event(s, corev1.EventTypeNormal, "VMAdopted", "Adopted VM %d on node %s, created earlier for this machine", vmid, node)
+	}
+	// Grow the imported disk to the requested size (grow-only, so repeating is safe).
 	if err := s.PVE.ResizeDisk(ctx, node, vmid, "scsi0", fmt.Sprintf("%dG", s.Spec.BootDisk.SizeGiB)); err != nil {
 		return r.vmError(s, err)
 	}
 	r.setCondition(s, infrav1.VMProvisionedCondition, true, infrav1.ReadyReason, fmt.Sprintf("VM %d on node %s", vmid, node))
 	return next()
+}
+
+// taskCreate is the type of Proxmox's VM create task.
+const taskCreate = "qmcreate"
+
+// startCreate sends the create request and records its task.
+func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) {
+	node, vmid := s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)
+	spec, err := r.vmSpec(s)
+	if err != nil {
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InvalidConfigurationReason, err.Error())
+		return stop(ctrlResultNone)
+	}
+	upid, err := s.PVE.StartCreateVM(ctx, spec)
+	if errors.Is(err, proxmox.ErrAlreadyExists) {
+		// The VMID exists on another node (or appeared meanwhile). Whose it is decides
+		// on the next pass, which looks cluster-wide.
+		loc, lerr := r.locateVM(ctx, s)
+		if lerr != nil {
+			return r.vmError(s, lerr)
+		}
+		switch loc.verdict {
+		case vmOurs:
+			s.PTM.Spec.Node = loc.node
+			r.event(s, corev1.EventTypeNormal, "VMAdopted", "Adopted VM %d on node %s, created earlier for this machine", vmid, loc.node)
+			return r.persistNow()
+		case vmForeign:
+			what := describeVM(loc.node, vmid, loc.cfg)
+			r.warn(s, "VMIDConflict", "VMID %d is taken by %s, which is not this machine's; allocating another", vmid, what)
+			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+				fmt.Sprintf("VMID %d is taken by %s, which is not this machine's; allocating another", vmid, what))
+			s.PTM.Spec.VMID = nil
+			return r.persistNow()
+		}
+		// Being created, or gone again: look on the next pass.
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+			fmt.Sprintf("VMID %d is in use on another node (%s); checking whose VM it is", vmid, loc.verdict))
+		return r.waitOn(s, infrav1.VMProvisionedCondition)
+	}
+	if err != nil {
+		return r.vmError(s, err)
+	}
+	recordTask(s, upid, taskCreate, node, vmid)
+	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+		fmt.Sprintf("Creating VM %d on node %s (Proxmox task started)", vmid, node))
+	r.event(s, corev1.EventTypeNormal, "VMCreating", "Creating VM %d on node %s (task %s)", vmid, node, upid)
+	return stop(ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min})
 }
 
 func (r *Reconciler) vmError(s *Scope, err error) (result, error) {

@@ -95,6 +95,6 @@ func validateAddressSource(src *infrav1.AddressSource, path *field.Path) field.E
 // immutableMachineSpec is the part of a machine spec that may not change after creation:
 // everything but the identity the controller records.
 func immutableMachineSpec(spec infrav1.ProxmoxTalosMachineSpec) infrav1.ProxmoxTalosMachineSpec {
-	spec.ProviderID, spec.Node, spec.VMID, spec.SMBIOSUUID, spec.IPAddresses = "", "", nil, "", nil
+	spec.ProviderID, spec.Node, spec.VMID, spec.SMBIOSUUID, spec.IPAddresses, spec.OwnedVolumes = "", "", nil, "", nil, nil
 	return spec
 }

@@ -401,6 +401,13 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 	m.Spec.VMID = nil
 	g.Expect(k8sClient.Update(ctx, m)).To(Succeed())
 
+	// The node is a placement decision until a VMID is recorded...
+	m.Spec.Node = "pve1"
+	g.Expect(k8sClient.Update(ctx, m)).To(Succeed())
+	elsewhere := m.DeepCopy()
+	elsewhere.Spec.Node = "pve2"
+	rejected(t, k8sClient.Update(ctx, elsewhere), "node is immutable until a vmID is recorded")
+
 	// ...then the controller records the VM's identity once...
 	m.Spec.Node = "pve1"
 	m.Spec.VMID = ptr.To[int32](4242)
@@ -417,7 +424,6 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 	}{
 		{"vmID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = ptr.To[int32](4243) }, "vmID is immutable once the VM is provisioned"},
 		{"vmID removed", func(s *infrav1.ProxmoxTalosMachineSpec) { s.VMID = nil }, "vmID is immutable once the VM is provisioned"},
-		{"node", func(s *infrav1.ProxmoxTalosMachineSpec) { s.Node = "pve2" }, "node is immutable once set"},
 		{"smbiosUUID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.SMBIOSUUID = "00000000-0000-4000-8000-000000000000" }, "smbiosUUID is immutable once set"},
 		{"providerID", func(s *infrav1.ProxmoxTalosMachineSpec) { s.ProviderID = "proxmox://other" }, "providerID is immutable once set"},
 		{"hardware", func(s *infrav1.ProxmoxTalosMachineSpec) { s.Cores = 8 }, "ProxmoxTalosMachine spec is immutable once created"},
@@ -431,6 +437,13 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 			rejected(t, k8sClient.Update(ctx, current), tc.want)
 		})
 	}
+
+	// The node is where the VM is, not who it is: once the VM exists the controller
+	// records where it moved (migration, HA).
+	current := &infrav1.ProxmoxTalosMachine{}
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(m), current)).To(Succeed())
+	current.Spec.Node = "pve2"
+	g.Expect(k8sClient.Update(ctx, current)).To(Succeed())
 }
 
 func TestMachineTemplateValidationAndImmutability(t *testing.T) {

@@ -44,6 +44,10 @@ type Client interface {
 	// exists; concurrent calls for the same (node, storage, filename) share
 	// one transfer.
 	EnsureImage(ctx context.Context, req ImageRequest) (ImageResult, error)
+	// StartImage is EnsureImage without waiting: it returns the volume when
+	// the file is present, else starts (or joins) the transfer in the
+	// background and returns ErrInProgress; a later call returns the outcome.
+	StartImage(ctx context.Context, req ImageRequest) (ImageResult, error)
 	// UploadISO uploads a small ISO (e.g. a cidata image) as iso content and
 	// returns its volume id. An existing file of the same size is kept;
 	// one of a different size is replaced.
@@ -51,8 +55,29 @@ type Client interface {
 	// DeleteVolume deletes a volume ("storage:iso/x.iso"); missing = success.
 	DeleteVolume(ctx context.Context, node, volid string) error
 
-	// CreateVM creates a VM from spec and waits for the task.
+	// CreateVM creates a VM from spec and waits for the task. Reconcilers use
+	// StartCreateVM instead; CreateVM is for tools and tests.
 	CreateVM(ctx context.Context, spec VMSpec) (CreateResult, error)
+
+	// StartCreateVM sends the create request and returns the task's UPID without
+	// waiting. Until the task ends the VM's config holds only "lock: create"
+	// (no name, tags or smbios1). ErrAlreadyExists: the VMID is taken.
+	StartCreateVM(ctx context.Context, spec VMSpec) (string, error)
+	// StartShutdownVM asks the guest to shut down within timeout and returns
+	// the task's UPID; with forceStop PVE stops the VM when the timeout passes.
+	StartShutdownVM(ctx context.Context, node string, vmid int, timeout time.Duration, forceStop bool) (string, error)
+	// StartStopVM hard-stops the VM and returns the task's UPID. For an
+	// HA-managed VM the task (hastop) ends before the VM has stopped.
+	StartStopVM(ctx context.Context, node string, vmid int) (string, error)
+	// StartDeleteVM destroys a stopped VM with purge=1 and
+	// destroy-unreferenced-disks=1 and returns the task's UPID.
+	StartDeleteVM(ctx context.Context, node string, vmid int) (string, error)
+	// TaskStatus reads a task's state by UPID (ErrNotFound: PVE does not know it).
+	TaskStatus(ctx context.Context, upid string) (TaskState, error)
+	// ListTasks lists a node's tasks matching the filter.
+	ListTasks(ctx context.Context, node string, f TaskFilter) ([]TaskState, error)
+	// TaskUser is the user PVE records for this client's tasks.
+	TaskUser() string
 	// ResizeDisk grows disk (e.g. "scsi0") to size ("32G") or by "+NG".
 	ResizeDisk(ctx context.Context, node string, vmid int, disk, size string) error
 	// AttachISO inserts an ISO volume into a CD-ROM slot (e.g. "ide2").

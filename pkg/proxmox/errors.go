@@ -54,7 +54,14 @@ var (
 	// ErrUnavailable: PVE answered 5xx or the connection failed, and
 	// retries were exhausted or not allowed.
 	ErrUnavailable = errors.New("proxmox API unavailable")
+	// ErrNodeOffline: pveproxy could not reach the node the call was for
+	// (HTTP 595: the node is down or cut off from the cluster). It also
+	// matches ErrUnavailable.
+	ErrNodeOffline = errors.New("proxmox node offline")
 )
+
+// errNodeOfflineKind is the Kind of a 595 answer: offline, and unavailable.
+var errNodeOfflineKind = errors.Join(ErrNodeOffline, ErrUnavailable)
 
 // APIError is a non-2xx answer from the PVE API. It unwraps to the sentinel
 // matching its class (ErrNotFound, ErrLockTimeout, ...).
@@ -191,6 +198,8 @@ func classifyMessage(status int, msg string) error {
 		return ErrBadRequest
 	case http.StatusNotFound:
 		return ErrNotFound
+	case 595:
+		return errNodeOfflineKind
 	}
 	switch {
 	case lockRe.MatchString(msg):

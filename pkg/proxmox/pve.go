@@ -28,6 +28,7 @@ type PVEClient struct {
 	tokenID  string
 	secret   string
 	images   singleflight.Group
+	flights  imageFlights
 	vmids    vmidReservations
 	verMu    sync.Mutex
 	version  *VersionInfo

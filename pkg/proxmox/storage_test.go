@@ -395,3 +395,31 @@ func TestUploadISOAndDeleteVolume(t *testing.T) {
 	g.Expect(sts[1].Supports("import")).To(BeFalse())
 	g.Expect(sts[0].Available).To(Equal(uint64(100 << 30)))
 }
+
+// TestStartImageDoesNotWait: StartImage returns at once while the transfer runs in the
+// background, callers share the transfer, and a later call reports its outcome.
+func TestStartImageDoesNotWait(t *testing.T) {
+	g := NewWithT(t)
+	s := newStorageFake(t)
+	s.taskPolls = 30
+	c := s.client()
+	req := ImageRequest{Node: "pve1", Storage: "local", Content: "import", Filename: talosImage, URL: "https://factory.talos.dev/x.qcow2"}
+	for range 3 {
+		start := time.Now()
+		_, err := c.StartImage(context.Background(), req)
+		g.Expect(err).To(MatchError(ErrInProgress))
+		g.Expect(time.Since(start)).To(BeNumerically("<", time.Second))
+	}
+	var res ImageResult
+	g.Eventually(func() error {
+		var err error
+		res, err = c.StartImage(context.Background(), req)
+		return err
+	}, 10*time.Second, 5*time.Millisecond).Should(Succeed())
+	g.Expect(res).To(Equal(ImageResult{VolID: "local:import/" + talosImage, Transferred: true}))
+	g.Expect(s.count("POST /nodes/{node}/storage/{storage}/download-url")).To(Equal(1), "one transfer for every caller")
+
+	res, err := c.StartImage(context.Background(), req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Transferred).To(BeFalse(), "present: nothing transferred")
+}

@@ -376,11 +376,13 @@ type wireVMStatus struct {
 }
 
 type wireTaskStatus struct {
-	Status     string `json:"status"`
-	ExitStatus string `json:"exitstatus"`
-	Type       string `json:"type"`
-	ID         string `json:"id"`
-	Node       string `json:"node"`
+	Status     string  `json:"status"`
+	ExitStatus string  `json:"exitstatus"`
+	Type       string  `json:"type"`
+	ID         string  `json:"id"`
+	Node       string  `json:"node"`
+	User       string  `json:"user"`
+	StartTime  flexInt `json:"starttime"`
 }
 
 type wireAgentInterfaces struct {

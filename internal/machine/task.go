@@ -1,0 +1,85 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
+)
+
+// Long Proxmox tasks are started, recorded in status.task, and followed on later passes:
+// no pass waits for one. The record is written by the pass that started the task (the
+// deferred status patch), so a controller that restarts finds it; should that write be
+// lost, each step knows how to recognise its own task from what Proxmox shows (the
+// VM's lock and the node's task list).
+
+// recordTask remembers a task this pass started.
+func recordTask(s *Scope, upid, typ, node string, vmid int) {
+	s.PTM.Status.Task = &infrav1.ProxmoxTask{
+		UPID: upid, Type: typ, Node: node, VMID: ptr.To(int32(vmid)), StartTime: metav1.Now(),
+	}
+}
+
+// taskOutcome is what became of the recorded task.
+type taskOutcome int
+
+const (
+	// taskNone: no task of this type is recorded (or Proxmox no longer knows it).
+	taskNone taskOutcome = iota
+	// taskRunning: still running; requeue.
+	taskRunning
+	// taskSucceeded: ended OK; the record is cleared.
+	taskSucceeded
+	// taskFailed: ended with an error (returned); the record is cleared.
+	taskFailed
+)
+
+// followTask polls the recorded task if it is one of types. A task that ended is removed
+// from status; the caller decides what its outcome means.
+func followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, time.Duration, error) {
+	t := s.PTM.Status.Task
+	if t == nil {
+		return taskNone, 0, nil
+	}
+	match := false
+	for _, typ := range types {
+		match = match || t.Type == typ
+	}
+	if !match {
+		return taskNone, 0, nil
+	}
+	st, err := s.PVE.TaskStatus(ctx, t.UPID)
+	if errors.Is(err, proxmox.ErrNotFound) || errors.Is(err, proxmox.ErrBadRequest) {
+		// PVE no longer knows the task (rotated out of the index, or the node was
+		// reinstalled): what it did is read from the VM itself.
+		s.PTM.Status.Task = nil
+		return taskNone, 0, nil
+	}
+	if err != nil {
+		return taskNone, 0, err
+	}
+	if st.Running {
+		return taskRunning, time.Since(t.StartTime.Time), nil
+	}
+	s.PTM.Status.Task = nil
+	if err := st.Err(); err != nil {
+		return taskFailed, 0, err
+	}
+	return taskSucceeded, 0, nil
+}
+
+// taskRequeue is how long to wait before polling a running task again: it grows with
+// the task's age, between the timing's Min and Max, so a long import is polled every few
+// seconds at first and rarely later.
+func (r *Reconciler) taskRequeue(s *Scope) time.Duration {
+	var since time.Time
+	if t := s.PTM.Status.Task; t != nil {
+		since = t.StartTime.Time
+	}
+	return r.Timing.After(since, time.Now())
+}
