@@ -113,8 +113,8 @@ type apiParam struct {
 }
 
 type apiNode struct {
-	Path     string `json:"path"`
-	Info     map[string]struct {
+	Path string `json:"path"`
+	Info map[string]struct {
 		Parameters struct {
 			Properties map[string]apiParam `json:"properties"`
 		} `json:"parameters"`
