@@ -2,6 +2,7 @@ package release
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -61,7 +62,9 @@ func TestImageArchive(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	topM, err := top.IndexManifest()
 	g.Expect(err).NotTo(HaveOccurred())
+	// One entry, an index: `crane push <layout dir>` then pushes the multi-arch index.
 	g.Expect(topM.Manifests).To(HaveLen(1))
+	g.Expect(topM.Manifests[0].MediaType.IsIndex()).To(BeTrue())
 	g.Expect(topM.Manifests[0].Annotations).To(HaveKeyWithValue("io.containerd.image.name", DefaultImageRepository+":v0.2.0"))
 	g.Expect(topM.Manifests[0].Annotations).To(HaveKeyWithValue("org.opencontainers.image.ref.name", "v0.2.0"))
 	idx, err := top.ImageIndex(topM.Manifests[0].Digest)
@@ -130,6 +133,16 @@ func TestImageArchive(t *testing.T) {
 	pm, err := pulled.IndexManifest()
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(pm.Manifests).To(HaveLen(2))
+
+	// Reproducible: the same commit and time give the same archive, byte for byte.
+	again := filepath.Join(tmp, "again.oci.tar")
+	_, err = BuildImage(ctx, o, filepath.Join(tmp, "again"), again)
+	g.Expect(err).NotTo(HaveOccurred())
+	a, err := os.ReadFile(tarPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	b, err := os.ReadFile(again)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(bytes.Equal(a, b)).To(BeTrue(), "two builds of the same commit differ")
 }
 
 type file struct {
