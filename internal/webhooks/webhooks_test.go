@@ -87,6 +87,7 @@ func validClusterTemplate() *infrav1.ProxmoxTalosClusterTemplate {
 }
 
 func TestValidObjectsOfAllKindsAreAcceptedAndDefaulted(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 
@@ -131,6 +132,7 @@ func rejected(t *testing.T, err error, want string) {
 }
 
 func TestClusterValidationRules(t *testing.T) {
+	requireEnv(t)
 	cases := []struct {
 		name   string
 		mutate func(*infrav1.ProxmoxTalosClusterSpec)
@@ -196,6 +198,7 @@ func TestClusterValidationRules(t *testing.T) {
 }
 
 func TestClusterEndpointIsWriteOnce(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 	c := validCluster()
@@ -219,6 +222,7 @@ func TestClusterEndpointIsWriteOnce(t *testing.T) {
 }
 
 func TestMachineValidationRules(t *testing.T) {
+	requireEnv(t)
 	cases := []struct {
 		name         string
 		controlPlane bool
@@ -285,6 +289,7 @@ func TestMachineValidationRules(t *testing.T) {
 }
 
 func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 	m := validMachine()
@@ -329,6 +334,7 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 }
 
 func TestMachineTemplateValidationAndImmutability(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 
@@ -369,6 +375,7 @@ func TestMachineTemplateValidationAndImmutability(t *testing.T) {
 }
 
 func TestClusterTemplateValidationAndImmutability(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 
