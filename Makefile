@@ -69,6 +69,11 @@ test: verify-gen lint lab-binaries ## Run every test against a real kube-apiserv
 	  echo "KUBEBUILDER_ASSETS=$$assets go test $(GO_TEST_FLAGS) ./..."; \
 	  KUBEBUILDER_ASSETS="$$assets" go test $(GO_TEST_FLAGS) ./...
 
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: ## Fuzz every target (webhooks, network/META renderers, ISO, Proxmox decoders, pvesim parsing) for FUZZTIME each (default 10s).
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
 .PHONY: bench
 bench: ## Run the benchmarks (Proxmox calls per VM and more).
 	go test -run '^$$' -bench . -benchmem ./...
