@@ -18,6 +18,8 @@ func FuzzRequest(f *testing.F) {
 		Nodes:        []NodeConfig{{Name: "pve1"}},
 		Storages:     []StorageConfig{{Name: "local", Type: "dir", Content: "iso,import,images"}, {Name: "local-lvm", Type: "lvmthin", Content: "images"}},
 		TaskDuration: Duration(time.Millisecond),
+		// Short lock waits keep every input fast; the fuzz engine stops mid-input badly.
+		LockTimeout: Duration(20 * time.Millisecond),
 	})
 	if err != nil {
 		f.Fatal(err)
