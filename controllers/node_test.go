@@ -25,10 +25,7 @@ import (
 // and once it is Ready the boot ISO, which holds the cluster's PKI, is ejected and deleted.
 func TestWorkloadNode(t *testing.T) {
 	f := newFixture(t, "wl")
-	assets, err := testenv.AssetsDir()
-	if err != nil {
-		t.Skip(err)
-	}
+	assets := testenv.RequireAssets(t)
 	wenv := &envtest.Environment{BinaryAssetsDirectory: assets}
 	wcfg, err := wenv.Start()
 	if err != nil {

@@ -69,6 +69,7 @@ func TestMain(m *testing.M) {
 	env, err = testenv.New(testenv.Options{})
 	if err != nil {
 		skipEnv = err.Error()
+		testenv.NoAssetsInMain(err)
 		os.Exit(m.Run())
 	}
 	if cfg, err = env.Start(); err != nil {
@@ -108,7 +109,7 @@ func TestMain(m *testing.M) {
 func requireEnv(t *testing.T) {
 	t.Helper()
 	if env == nil {
-		t.Skipf("envtest unavailable: %s", skipEnv)
+		testenv.SkipOrFail(t, "envtest unavailable: %s; %s", skipEnv, testenv.HowToGetAssets)
 	}
 }
 

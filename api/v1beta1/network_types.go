@@ -82,6 +82,7 @@ type NetworkDevice struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_.\-]+$`
 	Bridge string `json:"bridge,omitempty"`
 
 	// model of the emulated NIC. Defaults to virtio.

@@ -84,6 +84,7 @@ type FailureDomain struct {
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=64
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?$`
 	Nodes []string `json:"nodes"`
 
 	// controlPlane says whether control-plane machines may be placed here. Defaults to true.
@@ -145,6 +146,7 @@ type ProxmoxTalosClusterSpec struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z][A-Za-z0-9\-_.]*[A-Za-z0-9]$`
 	ImageStorage string `json:"imageStorage,omitempty"`
 
 	// isoStorage is the Proxmox storage the per-VM boot ISOs are uploaded to; it needs the
@@ -153,6 +155,7 @@ type ProxmoxTalosClusterSpec struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z][A-Za-z0-9\-_.]*[A-Za-z0-9]$`
 	ISOStorage string `json:"isoStorage,omitempty"`
 
 	// imageTransfer says how images reach imageStorage: Download (Proxmox fetches from the

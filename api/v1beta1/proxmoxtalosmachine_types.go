@@ -78,6 +78,7 @@ type Disk struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z][A-Za-z0-9\-_.]*[A-Za-z0-9]$`
 	Storage string `json:"storage,omitempty"`
 
 	// sizeGiB is the disk size in GiB. The boot disk is grown to this size after the Talos
@@ -144,6 +145,7 @@ type ProxmoxTalosMachineSpec struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?$`
 	Node string `json:"node,omitempty"`
 
 	// vmID is the Proxmox VMID of the VM, set by the controller before it creates the VM.
@@ -167,6 +169,7 @@ type ProxmoxTalosMachineSpec struct {
 	// +kubebuilder:validation:MaxItems=64
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=64
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?$`
 	AllowedNodes []string `json:"allowedNodes,omitempty"`
 
 	// vmIDRange bounds the VMID of the new VM. Unset uses Proxmox's next free id.
@@ -177,6 +180,7 @@ type ProxmoxTalosMachineSpec struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9.\-_]+$`
 	Pool string `json:"pool,omitempty"`
 
 	// tags are extra Proxmox tags for the VM. The provider always adds tags naming the
@@ -206,6 +210,7 @@ type ProxmoxTalosMachineSpec struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^(custom-)?[A-Za-z0-9][A-Za-z0-9_.\-]*$`
 	CPUType string `json:"cpuType,omitempty"`
 
 	// memoryMiB is the VM's memory in MiB. Defaults to 4096. Talos needs at least 2048 on

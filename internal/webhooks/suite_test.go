@@ -2,6 +2,7 @@ package webhooks_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -26,12 +27,43 @@ import (
 // webhooks served by a controller-runtime manager, exactly as in a management cluster.
 var k8sClient client.Client
 
+// noEnv says why k8sClient is nil: envtest assets are missing (locally), or the binary
+// fuzzes, which needs no API server (each fuzz worker runs TestMain again).
+var noEnv string
+
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }
 
+// requireEnv skips (locally) or fails (CI=true) a test that needs the API server.
+func requireEnv(t *testing.T) {
+	t.Helper()
+	if k8sClient == nil {
+		testenv.SkipOrFail(t, "envtest unavailable: %s", noEnv)
+	}
+}
+
+func fuzzing() bool {
+	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
+			return true
+		}
+	}
+	return false
+}
+
 func runSuite(m *testing.M) int {
+	flag.Parse()
+	if fuzzing() {
+		noEnv = "fuzzing"
+		return m.Run()
+	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
+	if _, err := testenv.AssetsDir(); err != nil {
+		testenv.NoAssetsInMain(err)
+		noEnv = err.Error() + "; " + testenv.HowToGetAssets
+		return m.Run()
+	}
 	env, err := testenv.New(testenv.Options{Webhooks: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envtest:", err)

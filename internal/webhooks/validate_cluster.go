@@ -42,6 +42,7 @@ func ValidateClusterSpec(spec *infrav1.ProxmoxTalosClusterSpec, path *field.Path
 	errs = append(errs, validateEndpoint(spec, pools, path)...)
 	errs = append(errs, validateFailureDomains(spec.FailureDomains, path.Child("failureDomains"))...)
 	errs = append(errs, validateTalos(&spec.Talos, true, path.Child("talos"))...)
+	errs = append(errs, validateClusterFormats(spec, path)...)
 	return errs
 }
 

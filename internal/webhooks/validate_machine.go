@@ -69,6 +69,7 @@ func ValidateMachineSpec(spec *infrav1.ProxmoxTalosMachineSpec, controlPlane boo
 	if spec.Talos != nil {
 		errs = append(errs, validateTalos(spec.Talos, false, path.Child("talos"))...)
 	}
+	errs = append(errs, validateMachineFormats(spec, path)...)
 	return errs
 }
 

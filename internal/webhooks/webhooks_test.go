@@ -90,6 +90,7 @@ func validClusterTemplate() *infrav1.ProxmoxTalosClusterTemplate {
 }
 
 func TestValidObjectsOfAllKindsAreAcceptedAndDefaulted(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 
@@ -156,6 +157,7 @@ func rejected(t *testing.T, err error, want string) {
 }
 
 func TestClusterValidationRules(t *testing.T) {
+	requireEnv(t)
 	cases := []struct {
 		name   string
 		mutate func(*infrav1.ProxmoxTalosClusterSpec)
@@ -298,6 +300,7 @@ func TestClustersOnOneProxmoxAPIDoNotShareAddresses(t *testing.T) {
 }
 
 func TestClusterEndpointIsWriteOnce(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 	c := validCluster()
@@ -321,6 +324,7 @@ func TestClusterEndpointIsWriteOnce(t *testing.T) {
 }
 
 func TestMachineValidationRules(t *testing.T) {
+	requireEnv(t)
 	cases := []struct {
 		name         string
 		controlPlane bool
@@ -390,6 +394,7 @@ func TestMachineValidationRules(t *testing.T) {
 }
 
 func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 	m := validMachine()
@@ -447,6 +452,7 @@ func TestMachineIdentityIsWriteOnceAndSpecImmutable(t *testing.T) {
 }
 
 func TestMachineTemplateValidationAndImmutability(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 
@@ -487,6 +493,7 @@ func TestMachineTemplateValidationAndImmutability(t *testing.T) {
 }
 
 func TestClusterTemplateValidationAndImmutability(t *testing.T) {
+	requireEnv(t)
 	g := NewWithT(t)
 	ctx := context.Background()
 

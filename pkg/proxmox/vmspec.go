@@ -110,7 +110,9 @@ var (
 	slotRe    = regexp.MustCompile(`^(scsi|virtio|sata|ide)[0-9]+$`)
 	nicSlotRe = regexp.MustCompile(`^net([0-9]|[12][0-9]|3[01])$`)
 	uuidRe    = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	volidRe   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_.]*:.+$`)
+	// volidRe: a volume id never holds `,` or `;` or whitespace, which would end the
+	// property (import-from=..., ide2=...) and start another.
+	volidRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_.]*:[^,;\s]+$`)
 )
 
 func (s *VMSpec) withDefaults() VMSpec {
@@ -161,6 +163,18 @@ func (s *VMSpec) Validate() error {
 	add := func(f string, a ...any) { errs = append(errs, fmt.Sprintf(f, a...)) }
 	if d.Node == "" {
 		add("node is empty")
+	} else if err := CheckNodeName(d.Node); err != nil {
+		add("node %q %v", d.Node, err)
+	}
+	// Values that go into property strings or paths: refuse what could inject another
+	// property, list element or path segment (see formats.go).
+	if d.Pool != "" {
+		if err := CheckPoolID(d.Pool); err != nil {
+			add("pool %q %v", d.Pool, err)
+		}
+	}
+	if err := CheckCPUType(d.CPUType); err != nil {
+		add("cpu type %q %v", d.CPUType, err)
 	}
 	if d.VMID < 100 || d.VMID > 999999999 {
 		add("vmid %d is outside 100..999999999", d.VMID)
@@ -212,6 +226,13 @@ func (s *VMSpec) Validate() error {
 		seen[dk.Slot] = true
 		if dk.Storage == "" {
 			add("disk %s has no storage", dk.Slot)
+		} else if err := CheckStorageID(dk.Storage); err != nil {
+			add("disk %s storage %q %v", dk.Slot, dk.Storage, err)
+		}
+		switch dk.Cache {
+		case "", "none", "writethrough", "writeback", "unsafe", "directsync":
+		default:
+			add("disk %s cache %q must be none, writethrough, writeback, unsafe or directsync", dk.Slot, dk.Cache)
 		}
 		if dk.ImportFrom != "" && !volidRe.MatchString(dk.ImportFrom) {
 			add("disk %s import-from %q is not a volume id (storage:import/file)", dk.Slot, dk.ImportFrom)
@@ -232,6 +253,8 @@ func (s *VMSpec) Validate() error {
 		nicSlots[slot] = true
 		if n.Bridge == "" {
 			add("%s has no bridge", slot)
+		} else if err := CheckBridge(n.Bridge); err != nil {
+			add("%s bridge %q %v", slot, n.Bridge, err)
 		}
 		if n.MAC != "" && !macRe.MatchString(n.MAC) {
 			add("%s MAC %q is not aa:bb:cc:dd:ee:ff", slot, n.MAC)

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 )
 
 // sharedMetalLB is the unmodified upstream metallb-native.yaml the lab keeps beside the
@@ -20,7 +22,7 @@ const sharedMetalLB = "../../../shared/addons/metallb-native-v0.16.1.yaml"
 func renderAddons(t *testing.T, srcDir string, env ...string) (string, []byte, error) {
 	t.Helper()
 	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Skip("kubectl not found: hack/render-addons.sh writes ConfigMaps with kubectl")
+		testenv.SkipOrFail(t, "kubectl not found: hack/render-addons.sh writes ConfigMaps with kubectl; install kubectl")
 	}
 	root := repoRoot(t)
 	out := t.TempDir()
@@ -68,7 +70,7 @@ func TestRenderAddonsRefusesUnpinned(t *testing.T) {
 // SHA-256) into the ConfigMap the templates' ClusterResourceSet names.
 func TestRenderAddonsMetalLB(t *testing.T) {
 	if _, err := os.Stat(sharedMetalLB); err != nil {
-		t.Skipf("%s not present: %v", sharedMetalLB, err)
+		testenv.SkipOrFail(t, "%s not present (../shared lies beside the repository): %v", sharedMetalLB, err)
 	}
 	src := t.TempDir()
 	raw, err := os.ReadFile(sharedMetalLB)
@@ -114,7 +116,7 @@ func TestCiliumValuesCoverTheLab(t *testing.T) {
 	const shared = "../../../shared/addons/cilium-1.19.6-talos.values.yaml"
 	raw, err := os.ReadFile(shared)
 	if err != nil {
-		t.Skipf("%s not present: %v", shared, err)
+		testenv.SkipOrFail(t, "%s not present (../shared lies beside the repository): %v", shared, err)
 	}
 	ours, err := os.ReadFile(filepath.Join(repoRoot(t), "addons", "cilium", "values.yaml"))
 	if err != nil {

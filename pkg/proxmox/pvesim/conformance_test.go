@@ -11,6 +11,8 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim/internal/apischema"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 )
 
 type schemaNode struct {
@@ -57,7 +59,7 @@ func TestConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !ok {
-		t.Skipf("PVE schema files not found at %s (expected <repo>/../shared/pve-api); skipping conformance", dir)
+		testenv.SkipOrFail(t, "PVE schema files not found at %s (expected <repo>/../shared/pve-api); skipping conformance", dir)
 	}
 	s, err := New(Config{})
 	if err != nil {

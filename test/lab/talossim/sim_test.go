@@ -76,15 +76,9 @@ func powerEvent(t *testing.T, in *generate.Input, typ machine.Type, vmid int, ho
 
 func assetsOrSkip(t *testing.T) string {
 	t.Helper()
-	dir, err := testenv.AssetsDir()
-	if err == nil {
-		_, err = os.Stat(filepath.Join(dir, "kube-apiserver"))
-	}
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skipf("kube-apiserver/etcd assets not found (run hack/envtest-assets.sh): %v", err)
-		}
-		t.Fatalf("envtest assets missing in CI: %v", err)
+	dir := testenv.RequireAssets(t)
+	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err != nil {
+		testenv.SkipOrFail(t, "kube-apiserver not found: %v; %s", err, testenv.HowToGetAssets)
 	}
 	return dir
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 )
 
 // TestEmbeddedTableUpToDate regenerates the table from the schema files and
@@ -15,7 +17,7 @@ func TestEmbeddedTableUpToDate(t *testing.T) {
 	dir, ok, err := SchemaDir()
 	g.Expect(err).NotTo(HaveOccurred())
 	if !ok {
-		t.Skipf("PVE schema files not found at %s; skipping (they live beside the repo in ../shared/pve-api)", dir)
+		testenv.SkipOrFail(t, "PVE schema files not found at %s; skipping (they live beside the repo in ../shared/pve-api)", dir)
 	}
 	b84, err := os.ReadFile(filepath.Join(dir, "pve-8.4-apidata.json"))
 	g.Expect(err).NotTo(HaveOccurred())
