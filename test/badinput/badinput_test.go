@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -261,6 +262,17 @@ func TestBadManifests(t *testing.T) {
 				if err := apply(ctx, setup, ns, false); err != nil {
 					t.Fatalf("setup %s %s: %v", setup.GetKind(), setup.GetName(), err)
 				}
+				// Cluster-wide rules (pools and VIPs of clusters on one Proxmox API) see
+				// every namespace: a setup object left behind would refuse later cases.
+				t.Cleanup(func() {
+					obj := setup.DeepCopy()
+					if obj.GetNamespace() == "" {
+						obj.SetNamespace(ns)
+					}
+					if err := k8s.Delete(context.Background(), obj); err != nil && !apierrors.IsNotFound(err) {
+						t.Errorf("cleanup %s %s: %v", obj.GetKind(), obj.GetName(), err)
+					}
+				})
 			}
 			checkRejected(t, apply(ctx, c.docs[len(c.docs)-1], ns, true), c.want)
 		})
