@@ -516,6 +516,9 @@ func (m *manifest) checkKubeVIP(t *testing.T, vip string) {
 	env := map[string]string{}
 	for _, e := range asList(get(pod, "containers.0.env")) {
 		env[str(get(e, "name"))] = str(get(e, "value"))
+		if str(get(e, "name")) == "vip_nodename" {
+			env["vip_nodename"] = "fieldRef:" + str(get(e, "valueFrom.fieldRef.fieldPath"))
+		}
 	}
 	want := map[string]string{
 		"KUBERNETES_SERVICE_HOST": "localhost",
@@ -524,6 +527,8 @@ func (m *manifest) checkKubeVIP(t *testing.T, vip string) {
 		"port":                    strconv.Itoa(int(m.infraCluster.Spec.ControlPlaneEndpoint.Port)),
 		"cp_enable":               "true",
 		"vip_arp":                 "true",
+		// kube-vip's identity is the node's name (the Machine name), from the downward API.
+		"vip_nodename": "fieldRef:spec.nodeName",
 	}
 	for k, v := range want {
 		if env[k] != v {
@@ -613,6 +618,11 @@ var valueAt = map[string]func(m *manifest) []string{
 	"PROXMOX_URL":                 func(m *manifest) []string { return []string{m.infraCluster.Spec.Proxmox.URL} },
 	"CONTROL_PLANE_ENDPOINT_IP": func(m *manifest) []string {
 		out := []string{m.infraCluster.Spec.ControlPlaneEndpoint.Host}
+		if ex := vipExclusions(m); len(ex) == 3 {
+			out = append(out, ex...)
+		} else {
+			out = append(out, fmt.Sprintf("VIP excluded %d times from the node subnets, want 3: %v", len(ex), ex))
+		}
 		if m.talosVIP != nil {
 			out = append(out, str(m.talosVIP["name"]))
 		}
@@ -732,7 +742,31 @@ func machineField(m *manifest, suffix string, f func(infrav1.ProxmoxTalosMachine
 	return out
 }
 
+// nodeSubnets lists the subnets kubelet and etcd may pick from (negated entries left out).
 func nodeSubnets(m *manifest) []string {
+	var out []string
+	for _, s := range nodeIPSubnetEntries(m) {
+		if !strings.HasPrefix(s, "!") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// vipExclusions lists the addresses excluded ("!<ip>/32") from kubelet's and etcd's subnets:
+// the VIP, once in each of the three lists (control plane kubelet and etcd, worker kubelet).
+func vipExclusions(m *manifest) []string {
+	var out []string
+	for _, s := range nodeIPSubnetEntries(m) {
+		if ip, ok := strings.CutPrefix(s, "!"); ok {
+			out = append(out, strings.TrimSuffix(ip, "/32"))
+		}
+	}
+	return out
+}
+
+// nodeIPSubnetEntries is every entry of validSubnets and advertisedSubnets in the patches.
+func nodeIPSubnetEntries(m *manifest) []string {
 	var out []string
 	docs := []any{}
 	for _, p := range stringList(get(m.controlPlane, "spec.controlPlaneConfig.controlplane.strategicPatches")) {
