@@ -41,6 +41,11 @@ func createTopologyCluster(ctx context.Context, l *lab.Lab) {
 	GinkgoHelper()
 	l.ClusterName, l.Namespace, l.KubernetesVersion = topologyName, topologyNamespace, topologyFrom
 	Expect(l.EnsureCredentials(ctx)).To(Succeed())
+	// The add-on ConfigMaps `make addons` would produce (stand-ins): the flavor's
+	// ClusterResourceSets select the topology Cluster by its labels and apply them.
+	for _, cm := range addonConfigMaps(topologyName, topologyNamespace) {
+		Expect(l.Mgmt.Client.Create(ctx, cm)).To(Succeed(), "ConfigMap %s", cm.Name)
+	}
 	objs := generateFlavor(ctx, l, "topology", topologyName, topologyNamespace, topologyOverrides)
 	applyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
