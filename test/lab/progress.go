@@ -114,7 +114,17 @@ func (l *Lab) WaitAvailable(ctx context.Context, report func(string)) (Status, e
 	var last Status
 	prev := map[string]string{}
 	prevReason := ""
+	prevRefused := map[string]string{}
 	for {
+		if r, ok := l.Nodes.(interface{ Refusals() map[string]string }); ok {
+			now := r.Refusals()
+			for vm, why := range now {
+				if prevRefused[vm] != why {
+					report(fmt.Sprintf("machine %s: its Talos node did not boot: %s", vm, strings.Join(strings.Fields(why), " ")))
+				}
+			}
+			prevRefused = now
+		}
 		st, err := l.Status(ctx)
 		if err == nil {
 			last = st
@@ -171,7 +181,7 @@ func (l *Lab) refusals() string {
 	for _, n := range names {
 		parts = append(parts, n+": "+strings.Join(strings.Fields(m[n]), " "))
 	}
-	return "; VMs not booted as Talos nodes: " + strings.Join(parts, "; ")
+	return "; VMs not booted as Talos nodes (VM name = Machine name): " + strings.Join(parts, "; ")
 }
 
 // Describe is a one-line account of a status.
