@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,7 +130,7 @@ func loadConfig(data []byte, talosVersion, platform string, warn func(string)) (
 	}
 	cfg, err := configloader.NewFromBytes(data)
 	if err != nil {
-		return nil, err
+		return nil, redactUnknownKeys(err)
 	}
 	mode := modeCloud
 	if platform == "metal" {
@@ -143,6 +144,23 @@ func loadConfig(data []byte, talosVersion, platform string, warn func(string)) (
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// unknownKeyValue matches "key: value" lines of the unknown-keys dump.
+var unknownKeyValue = regexp.MustCompile(`(?m)^(\s*-?\s*[^:\n]+):[ \t]+\S.*$`)
+
+// redactUnknownKeys keeps Talos' "unknown keys found during decoding" error but drops the
+// values it quotes: a misplaced key can hold a secret (an auth key, a CA key), and the
+// refusal is logged. The key paths, which say what is wrong, stay.
+func redactUnknownKeys(err error) error {
+	const marker = "unknown keys found during decoding:"
+	msg := err.Error()
+	i := strings.Index(msg, marker)
+	if i < 0 {
+		return err
+	}
+	head, tail := msg[:i+len(marker)], msg[i+len(marker):]
+	return errors.New(head + unknownKeyValue.ReplaceAllString(tail, "$1: <value not shown>"))
 }
 
 // SchematicLookup returns the schematic an Image Factory knows under id (factorysim's
