@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/siderolabs/image-factory/pkg/schematic"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/compatibility"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/validation"
@@ -136,6 +138,8 @@ func loadConfig(data []byte, talosVersion, platform string, warn func(string)) (
 	if platform == "metal" {
 		mode = modeMetal
 	}
+	// WithLocal skips only the Kubernetes version check, which Talos runs against its own
+	// release (the machinery's here): checkKubernetesVersions runs it against the node's.
 	warnings, err := cfg.ValidateAsClient(mode, validation.WithLocal())
 	for _, w := range warnings {
 		warn(w)
@@ -143,7 +147,53 @@ func loadConfig(data []byte, talosVersion, platform string, warn func(string)) (
 	if err != nil {
 		return nil, err
 	}
+	if err := checkKubernetesVersions(cfg, talosVersion); err != nil {
+		return nil, err
+	}
 	return cfg, nil
+}
+
+// checkKubernetesVersions is Talos' ValidateKubernetesVersions for a node of talosVersion: the
+// kubelet image (and on control planes the control-plane images) must carry a Kubernetes
+// version that Talos release supports, with Talos' error text. Unknown releases are skipped.
+func checkKubernetesVersions(cfg config.Provider, talosVersion string) error {
+	minor, ok := talosMinor(talosVersion)
+	if !ok || minor < 2 || minor > 14 {
+		return nil // outside the compatibility tables of this machinery
+	}
+	tv, err := compatibility.ParseTalosVersion(&machineapi.VersionInfo{Tag: talosVersion})
+	if err != nil {
+		return nil
+	}
+	type image struct{ name, ref string }
+	var images []image
+	if k := cfg.K8sKubeletConfig(); k != nil {
+		images = append(images, image{"kubelet", k.Image()})
+	}
+	if cfg.Machine() != nil && cfg.Machine().Type().IsControlPlane() {
+		if a := cfg.K8sAPIServerConfig(); a != nil {
+			images = append(images, image{"kube-apiserver", a.Image()})
+		}
+		if c := cfg.K8sControllerManagerConfig(); c != nil {
+			images = append(images, image{"kube-controller-manager", c.Image()})
+		}
+		if sc := cfg.K8sSchedulerConfig(); sc != nil {
+			images = append(images, image{"kube-scheduler", sc.Image()})
+		}
+	}
+	var errs []error
+	for _, im := range images {
+		kv, err := compatibility.KubernetesVersionFromImageRef(im.ref)
+		if err == nil {
+			err = kv.SupportedWith(tv)
+		} else {
+			err = fmt.Errorf("failed to parse Kubernetes version from image reference %q: %w", im.ref, err)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s image is not valid: %w", im.name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // unknownKeyValue matches "key: value" lines of the unknown-keys dump.
