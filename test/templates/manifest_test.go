@@ -412,6 +412,12 @@ func patches(t *testing.T, obj map[string]any, path string) []map[string]any {
 	return out
 }
 
+// subnetAndExclusion reports whether a kubelet/etcd subnet list is exactly one subnet plus one
+// excluded /32 (the VIP).
+func subnetAndExclusion(l []string) bool {
+	return len(l) == 2 && !strings.HasPrefix(l[0], "!") && strings.HasPrefix(l[1], "!") && strings.HasSuffix(l[1], "/32")
+}
+
 // checkCilium proves a Talos config's patches turn off the default CNI and kube-proxy and pin
 // the node IP to the node subnet.
 func checkCilium(t *testing.T, what string, docs []map[string]any) {
@@ -420,7 +426,8 @@ func checkCilium(t *testing.T, what string, docs []map[string]any) {
 	for _, d := range docs {
 		cniNone = cniNone || str(get(d, "cluster.network.cni.name")) == "none"
 		proxyOff = proxyOff || get(d, "cluster.proxy.disabled") == true
-		nodeIP = nodeIP || len(stringList(get(d, "machine.kubelet.nodeIP.validSubnets"))) == 1
+		// The node subnet and the VIP excluded from it ("!<VIP>/32").
+		nodeIP = nodeIP || subnetAndExclusion(stringList(get(d, "machine.kubelet.nodeIP.validSubnets")))
 	}
 	if !cniNone || !proxyOff || !nodeIP {
 		t.Errorf("%s: patches: cni none %v, kube-proxy disabled %v, kubelet validSubnets %v", what, cniNone, proxyOff, nodeIP)
@@ -445,7 +452,7 @@ func (m *manifest) checkTalos(t *testing.T, flavor string) {
 	vip := m.infraCluster.Spec.ControlPlaneEndpoint.Host
 	var etcdSubnets bool
 	for _, d := range docs {
-		etcdSubnets = etcdSubnets || len(stringList(get(d, "cluster.etcd.advertisedSubnets"))) == 1
+		etcdSubnets = etcdSubnets || subnetAndExclusion(stringList(get(d, "cluster.etcd.advertisedSubnets")))
 		for _, im := range asList(get(d, "cluster.inlineManifests")) {
 			if str(get(im, "name")) == "kube-vip" {
 				m.kubeVIP = parseDocs(t, "kube-vip inline manifest", str(get(im, "contents")))
