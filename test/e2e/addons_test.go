@@ -3,15 +3,26 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab"
 )
 
 // Stand-in add-ons: small manifests in the place of Cilium, MetalLB and Flux, so the lab proves
@@ -159,11 +170,30 @@ func addonConfigMaps(cluster, namespace string) []*corev1.ConfigMap {
 	return out
 }
 
+// certgenKind matches the top-level kind of the chart's Hubble certgen Job and CronJob.
+var certgenKind = regexp.MustCompile(`(?m)^kind: (Job|CronJob)\s*$`)
+
+// withoutCertgen drops the Job and CronJob from a Cilium render made with
+// hubble.tls.auto.method=cronJob (the shared manifest): what a render with the method
+// addons/cilium/values.yaml sets (helm) does not contain. Every other object stays as upstream
+// rendered it.
+func withoutCertgen(manifest string) (string, int) {
+	docs := strings.Split(manifest, "\n---\n")
+	kept, dropped := docs[:0], 0
+	for _, d := range docs {
+		if certgenKind.MatchString(d) && strings.Contains(d, "hubble-generate-certs") {
+			dropped++
+			continue
+		}
+		kept = append(kept, d)
+	}
+	return strings.Join(kept, "\n---\n"), dropped
+}
+
 // upstreamCilium is a test-only ConfigMap <cluster>-cilium-upstream holding the real Cilium
-// manifest and a ClusterResourceSet like the templates' <cluster>-cilium (same label, strategy
-// Reconcile). It is kept apart from the templates' set because its binding never records
-// "applied" in the lab (see docs/templates.md, "Cilium's one-shot Job"), while the objects
-// do arrive; the stand-in keeps the templates' own set strictly checked.
+// manifest (without the certgen Job and CronJob, see withoutCertgen) and a ClusterResourceSet
+// like the templates' <cluster>-cilium (same label, strategy Reconcile). Its binding must record
+// the resource as applied, at first and after every change of the ConfigMap.
 func upstreamCilium(cluster, namespace, manifest string) []*unstructured.Unstructured {
 	name := cluster + "-cilium-upstream"
 	cm := &unstructured.Unstructured{Object: map[string]any{
@@ -181,4 +211,145 @@ func upstreamCilium(cluster, namespace, manifest string) []*unstructured.Unstruc
 		},
 	}}
 	return []*unstructured.Unstructured{cm, crs}
+}
+
+// workloadClient is an admin client of the lab cluster's workload API server, from the
+// <cluster>-kubeconfig Secret CACPPT wrote.
+func workloadClient(ctx context.Context, l *lab.Lab) client.Client {
+	GinkgoHelper()
+	kubeconfig, err := l.WriteWorkloadKubeconfig(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	Expect(err).NotTo(HaveOccurred())
+	wl, err := client.New(cfg, client.Options{})
+	Expect(err).NotTo(HaveOccurred())
+	return wl
+}
+
+// waitObjects waits until every "apiVersion Kind namespace/name" of want exists in wl.
+func waitObjects(ctx context.Context, wl client.Client, want []string, timeout string, what string) {
+	GinkgoHelper()
+	sort.Strings(want)
+	Eventually(func(g Gomega) {
+		var missing []string
+		for _, w := range want {
+			var apiVersion, kind, key string
+			_, err := fmt.Sscan(w, &apiVersion, &kind, &key)
+			g.Expect(err).NotTo(HaveOccurred())
+			ns, name, _ := strings.Cut(key, "/")
+			u := &unstructured.Unstructured{}
+			u.SetAPIVersion(apiVersion)
+			u.SetKind(kind)
+			if err := wl.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, u); err != nil {
+				missing = append(missing, w+": "+err.Error())
+			}
+		}
+		g.Expect(missing).To(BeEmpty(), what)
+	}, timeout, "3s").Should(Succeed())
+}
+
+// bindingEntry is one resource of a ClusterResourceSetBinding, as CAPI records it.
+type bindingEntry struct {
+	crs, kind, name, hash string
+	applied               bool
+	lastApplied           time.Time
+}
+
+// bindingEntries lists every resource entry of the namespace's ClusterResourceSetBindings.
+func bindingEntries(ctx context.Context, g Gomega, l *lab.Lab, namespace string) []bindingEntry {
+	bindings := &unstructured.UnstructuredList{}
+	bindings.SetAPIVersion("addons.cluster.x-k8s.io/v1beta2")
+	bindings.SetKind("ClusterResourceSetBindingList")
+	g.Expect(l.Mgmt.Client.List(ctx, bindings, client.InNamespace(namespace))).To(Succeed())
+	var out []bindingEntry
+	for _, b := range bindings.Items {
+		list, _, _ := unstructured.NestedSlice(b.Object, "spec", "bindings")
+		for _, x := range list {
+			xm, _ := x.(map[string]any)
+			res, _ := xm["resources"].([]any)
+			for _, r := range res {
+				rm, _ := r.(map[string]any)
+				e := bindingEntry{crs: fmt.Sprint(xm["clusterResourceSetName"]), kind: fmt.Sprint(rm["kind"]),
+					name: fmt.Sprint(rm["name"]), hash: fmt.Sprint(rm["hash"]), applied: rm["applied"] == true}
+				if ts, ok := rm["lastAppliedTime"].(string); ok {
+					e.lastApplied, _ = time.Parse(time.RFC3339, ts)
+				}
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// checkAddonsApplied waits until the stand-in add-ons (and the real Cilium when applied) are
+// in the lab cluster's workload API server and every templates' ClusterResourceSet (plus
+// extra ones) recorded its resources as applied.
+func checkAddonsApplied(ctx context.Context, l *lab.Lab, withCilium bool, extraCRS ...string) {
+	GinkgoHelper()
+	start := time.Now()
+	wl := workloadClient(ctx, l)
+	want := []string{}
+	for _, a := range standInAddons() {
+		want = append(want, a.want...)
+	}
+	if withCilium {
+		want = append(want, "apps/v1 DaemonSet kube-system/cilium", "apps/v1 Deployment kube-system/cilium-operator")
+	}
+	waitObjects(ctx, wl, want, "3m", "objects the ClusterResourceSets should have created in the workload cluster")
+	AddReportEntry("add-ons", fmt.Sprintf("cluster %s: all %d add-on objects in the workload cluster after %s", l.ClusterName, len(want), time.Since(start).Round(time.Second)))
+
+	sets := append([]string{"cilium", "metallb", "metallb-pools", "flux", "flux-sync"}, extraCRS...)
+	Eventually(func(g Gomega) {
+		applied := map[string]bool{}
+		for _, e := range bindingEntries(ctx, g, l, l.Namespace) {
+			if e.applied {
+				applied[e.crs] = true
+			}
+		}
+		for _, crs := range sets {
+			g.Expect(applied).To(HaveKey(l.ClusterName+"-"+crs), "ClusterResourceSet %s-%s applied nothing", l.ClusterName, crs)
+		}
+	}, "1m", "2s").Should(Succeed())
+	for _, e := range bindingEntries(ctx, Default, l, l.Namespace) {
+		line := fmt.Sprintf("binding: %s %s/%s applied=%v", e.crs, e.kind, e.name, e.applied)
+		GinkgoWriter.Println(line)
+		AddReportEntry("ClusterResourceSet", line)
+	}
+}
+
+// changeAndWaitReapplied adds a key with one more ConfigMap to the add-on ConfigMap cmName and
+// waits until its Reconcile ClusterResourceSet crsName re-applied it: the new object is in the
+// workload cluster and the binding records the new content's hash as applied.
+func changeAndWaitReapplied(ctx context.Context, l *lab.Lab, wl client.Client, crsName, cmName string) {
+	GinkgoHelper()
+	start := time.Now()
+	var before bindingEntry
+	Eventually(func(g Gomega) {
+		for _, e := range bindingEntries(ctx, g, l, l.Namespace) {
+			if e.crs == crsName && e.kind == "ConfigMap" && e.name == cmName {
+				before = e
+			}
+		}
+		g.Expect(before.applied).To(BeTrue(), "%s: ConfigMap %s not applied before the change", crsName, cmName)
+	}, "1m", "2s").Should(Succeed())
+
+	marker := fmt.Sprintf("reapply-%d", time.Now().Unix())
+	cm := &corev1.ConfigMap{}
+	Expect(l.Mgmt.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: cmName}, cm)).To(Succeed())
+	patch := client.MergeFrom(cm.DeepCopy())
+	cm.Data["z-"+marker+".yaml"] = fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\n  namespace: kube-system\ndata:\n  from: %s\n", marker, cmName)
+	Expect(l.Mgmt.Client.Patch(ctx, cm, patch)).To(Succeed())
+
+	waitObjects(ctx, wl, []string{"v1 ConfigMap kube-system/" + marker}, "2m", "object added to "+cmName+" after the change")
+	Eventually(func(g Gomega) {
+		var now bindingEntry
+		for _, e := range bindingEntries(ctx, g, l, l.Namespace) {
+			if e.crs == crsName && e.kind == "ConfigMap" && e.name == cmName {
+				now = e
+			}
+		}
+		g.Expect(now.hash).NotTo(Equal(before.hash), "binding still holds the old hash")
+		g.Expect(now.applied).To(BeTrue(), "binding records the changed ConfigMap as not applied (re-apply failed)")
+	}, "2m", "2s").Should(Succeed())
+	AddReportEntry("re-apply", fmt.Sprintf("%s re-applied ConfigMap %s after a change in %s", crsName, cmName, time.Since(start).Round(time.Second)))
 }

@@ -20,8 +20,10 @@ import (
 )
 
 // The ClusterClass cluster of the lab: another name and namespace than the default flavor's,
-// the same VIP (the default cluster is gone by then), and pools with room for the rolling
-// update's surge Machine (docs/templates.md: CONTROL_PLANE_IP_RANGE needs one spare address).
+// the same VIP (the default cluster is gone by then), and pools wider than the replicas. The
+// class rolls out with maxSurge 0, which needs no spare address (docs/templates.md, Rollouts);
+// the wider pools only keep the version-bump spec independent of when a deleted VM's address
+// returns to the pool.
 const (
 	topologyName      = "topo"
 	topologyNamespace = "lab-topology"
@@ -41,6 +43,11 @@ func createTopologyCluster(ctx context.Context, l *lab.Lab) {
 	GinkgoHelper()
 	l.ClusterName, l.Namespace, l.KubernetesVersion = topologyName, topologyNamespace, topologyFrom
 	Expect(l.EnsureCredentials(ctx)).To(Succeed())
+	// The add-on ConfigMaps `make addons` would produce (stand-ins): the flavor's
+	// ClusterResourceSets select the topology Cluster by its labels and apply them.
+	for _, cm := range addonConfigMaps(topologyName, topologyNamespace) {
+		Expect(l.Mgmt.Client.Create(ctx, cm)).To(Succeed(), "ConfigMap %s", cm.Name)
+	}
 	objs := generateFlavor(ctx, l, "topology", topologyName, topologyNamespace, topologyOverrides)
 	applyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()

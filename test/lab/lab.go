@@ -25,6 +25,7 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory/factorysim"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab/talossim"
 )
 
 // NodeSimulator boots simulated Talos nodes when pvesim powers VMs on (test/lab/talossim).
@@ -179,6 +180,9 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 		if l.Nodes, err = opts.NodeSim(assets, nodesDir, nodeLogf); err != nil {
 			return nil, fmt.Errorf("talos node simulator: %w", err)
+		}
+		if sim, ok := l.Nodes.(*talossim.Sim); ok {
+			sim.SetSchematics(factorySchematics(l.Factory))
 		}
 		l.PVE.OnPowerOn(l.Nodes.OnPowerOn)
 		l.PVE.OnPowerOff(l.Nodes.OnPowerOff)

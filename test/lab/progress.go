@@ -114,7 +114,17 @@ func (l *Lab) WaitAvailable(ctx context.Context, report func(string)) (Status, e
 	var last Status
 	prev := map[string]string{}
 	prevReason := ""
+	prevRefused := map[string]string{}
 	for {
+		if r, ok := l.Nodes.(interface{ Refusals() map[string]string }); ok {
+			now := r.Refusals()
+			for vm, why := range now {
+				if prevRefused[vm] != why {
+					report(fmt.Sprintf("machine %s: its Talos node did not boot: %s", vm, strings.Join(strings.Fields(why), " ")))
+				}
+			}
+			prevRefused = now
+		}
 		st, err := l.Status(ctx)
 		if err == nil {
 			last = st
@@ -145,10 +155,33 @@ func (l *Lab) WaitAvailable(ctx context.Context, report func(string)) (Status, e
 		}
 		select {
 		case <-ctx.Done():
-			return last, fmt.Errorf("cluster %s not Available: %w; last state: %s", l.ClusterName, ctx.Err(), last.Describe())
+			return last, fmt.Errorf("cluster %s not Available: %w; last state: %s%s", l.ClusterName, ctx.Err(), last.Describe(), l.refusals())
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// refusals names the VMs whose Talos node refused its machine config (or could not boot in
+// the lab) with the reason, as "; nodes not booted: vm: reason", or "".
+func (l *Lab) refusals() string {
+	r, ok := l.Nodes.(interface{ Refusals() map[string]string })
+	if !ok {
+		return ""
+	}
+	m := r.Refusals()
+	if len(m) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, n := range names {
+		parts = append(parts, n+": "+strings.Join(strings.Fields(m[n]), " "))
+	}
+	return "; VMs not booted as Talos nodes (VM name = Machine name): " + strings.Join(parts, "; ")
 }
 
 // Describe is a one-line account of a status.

@@ -1,10 +1,32 @@
 package lab
 
-import "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab/talossim"
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+
+	"github.com/siderolabs/image-factory/pkg/schematic"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory/factorysim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab/talossim"
+)
 
 // TalosNodeSim is the NodeSimFactory of test/lab/talossim: simulated Talos nodes boot from
 // their cidata ISO, answer apid on <node IP>:50000 and run the workload API server on the
 // control-plane endpoint.
 func TalosNodeSim(assetsDir, artifactsDir string, logf func(string, ...any)) (NodeSimulator, error) {
 	return talossim.New(talossim.Options{AssetsDir: assetsDir, ArtifactsDir: artifactsDir, Logf: logf})
+}
+
+// factorySchematics resolves schematic IDs through the Image Factory simulator's own
+// GET /schematics/{id}, so a simulated node knows the extensions of the image it boots.
+func factorySchematics(f *factorysim.Server) talossim.SchematicLookup {
+	return func(id string) (*schematic.Schematic, error) {
+		rec := httptest.NewRecorder()
+		f.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/schematics/"+id, nil))
+		if rec.Code != http.StatusOK {
+			return nil, fmt.Errorf("image factory: GET /schematics/%s: %d", id, rec.Code)
+		}
+		return schematic.Unmarshal(rec.Body.Bytes())
+	}
 }

@@ -412,6 +412,12 @@ func patches(t *testing.T, obj map[string]any, path string) []map[string]any {
 	return out
 }
 
+// subnetAndExclusion reports whether a kubelet/etcd subnet list is exactly one subnet plus one
+// excluded /32 (the VIP).
+func subnetAndExclusion(l []string) bool {
+	return len(l) == 2 && !strings.HasPrefix(l[0], "!") && strings.HasPrefix(l[1], "!") && strings.HasSuffix(l[1], "/32")
+}
+
 // checkCilium proves a Talos config's patches turn off the default CNI and kube-proxy and pin
 // the node IP to the node subnet.
 func checkCilium(t *testing.T, what string, docs []map[string]any) {
@@ -420,7 +426,8 @@ func checkCilium(t *testing.T, what string, docs []map[string]any) {
 	for _, d := range docs {
 		cniNone = cniNone || str(get(d, "cluster.network.cni.name")) == "none"
 		proxyOff = proxyOff || get(d, "cluster.proxy.disabled") == true
-		nodeIP = nodeIP || len(stringList(get(d, "machine.kubelet.nodeIP.validSubnets"))) == 1
+		// The node subnet and the VIP excluded from it ("!<VIP>/32").
+		nodeIP = nodeIP || subnetAndExclusion(stringList(get(d, "machine.kubelet.nodeIP.validSubnets")))
 	}
 	if !cniNone || !proxyOff || !nodeIP {
 		t.Errorf("%s: patches: cni none %v, kube-proxy disabled %v, kubelet validSubnets %v", what, cniNone, proxyOff, nodeIP)
@@ -445,7 +452,7 @@ func (m *manifest) checkTalos(t *testing.T, flavor string) {
 	vip := m.infraCluster.Spec.ControlPlaneEndpoint.Host
 	var etcdSubnets bool
 	for _, d := range docs {
-		etcdSubnets = etcdSubnets || len(stringList(get(d, "cluster.etcd.advertisedSubnets"))) == 1
+		etcdSubnets = etcdSubnets || subnetAndExclusion(stringList(get(d, "cluster.etcd.advertisedSubnets")))
 		for _, im := range asList(get(d, "cluster.inlineManifests")) {
 			if str(get(im, "name")) == "kube-vip" {
 				m.kubeVIP = parseDocs(t, "kube-vip inline manifest", str(get(im, "contents")))
@@ -516,6 +523,9 @@ func (m *manifest) checkKubeVIP(t *testing.T, vip string) {
 	env := map[string]string{}
 	for _, e := range asList(get(pod, "containers.0.env")) {
 		env[str(get(e, "name"))] = str(get(e, "value"))
+		if str(get(e, "name")) == "vip_nodename" {
+			env["vip_nodename"] = "fieldRef:" + str(get(e, "valueFrom.fieldRef.fieldPath"))
+		}
 	}
 	want := map[string]string{
 		"KUBERNETES_SERVICE_HOST": "localhost",
@@ -524,6 +534,8 @@ func (m *manifest) checkKubeVIP(t *testing.T, vip string) {
 		"port":                    strconv.Itoa(int(m.infraCluster.Spec.ControlPlaneEndpoint.Port)),
 		"cp_enable":               "true",
 		"vip_arp":                 "true",
+		// kube-vip's identity is the node's name (the Machine name), from the downward API.
+		"vip_nodename": "fieldRef:spec.nodeName",
 	}
 	for k, v := range want {
 		if env[k] != v {
@@ -613,6 +625,11 @@ var valueAt = map[string]func(m *manifest) []string{
 	"PROXMOX_URL":                 func(m *manifest) []string { return []string{m.infraCluster.Spec.Proxmox.URL} },
 	"CONTROL_PLANE_ENDPOINT_IP": func(m *manifest) []string {
 		out := []string{m.infraCluster.Spec.ControlPlaneEndpoint.Host}
+		if ex := vipExclusions(m); len(ex) == 3 {
+			out = append(out, ex...)
+		} else {
+			out = append(out, fmt.Sprintf("VIP excluded %d times from the node subnets, want 3: %v", len(ex), ex))
+		}
 		if m.talosVIP != nil {
 			out = append(out, str(m.talosVIP["name"]))
 		}
@@ -735,7 +752,31 @@ func machineField(m *manifest, suffix string, f func(infrav1.ProxmoxTalosMachine
 	return out
 }
 
+// nodeSubnets lists the subnets kubelet and etcd may pick from (negated entries left out).
 func nodeSubnets(m *manifest) []string {
+	var out []string
+	for _, s := range nodeIPSubnetEntries(m) {
+		if !strings.HasPrefix(s, "!") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// vipExclusions lists the addresses excluded ("!<ip>/32") from kubelet's and etcd's subnets:
+// the VIP, once in each of the three lists (control plane kubelet and etcd, worker kubelet).
+func vipExclusions(m *manifest) []string {
+	var out []string
+	for _, s := range nodeIPSubnetEntries(m) {
+		if ip, ok := strings.CutPrefix(s, "!"); ok {
+			out = append(out, strings.TrimSuffix(ip, "/32"))
+		}
+	}
+	return out
+}
+
+// nodeIPSubnetEntries is every entry of validSubnets and advertisedSubnets in the patches.
+func nodeIPSubnetEntries(m *manifest) []string {
 	var out []string
 	docs := []any{}
 	for _, p := range stringList(get(m.controlPlane, "spec.controlPlaneConfig.controlplane.strategicPatches")) {

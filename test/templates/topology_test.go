@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	addonsv1 "sigs.k8s.io/cluster-api/api/addons/v1beta2"
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	"sigs.k8s.io/yaml"
 
@@ -17,9 +18,11 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 )
 
-// wantTopologyKinds is the census of the topology flavor's output: the Cluster plus the
-// ClusterClass file clusterctl pulls in.
+// wantTopologyKinds is the census of the topology flavor's output: the Cluster, the add-on
+// ClusterResourceSets and their ConfigMaps, plus the ClusterClass file clusterctl pulls in.
 var wantTopologyKinds = map[string]string{
+	"ClusterResourceSet":          "addons.cluster.x-k8s.io/v1beta2",
+	"ConfigMap":                   "v1",
 	"Cluster":                     "cluster.x-k8s.io/v1beta2",
 	"ClusterClass":                "cluster.x-k8s.io/v1beta2",
 	"ProxmoxTalosClusterTemplate": "infrastructure.cluster.x-k8s.io/v1beta1",
@@ -35,6 +38,9 @@ type topologyManifest struct {
 	cluster clusterv1.Cluster
 	class   clusterv1.ClusterClass
 	vars    map[string]any // Cluster spec.topology.variables by name
+	// addons holds the add-on part (Cluster, ClusterResourceSets, ConfigMaps) so the default
+	// flavors' checks apply to it unchanged.
+	addons *manifest
 }
 
 func checkTopologyManifest(t *testing.T, out []byte) *topologyManifest {
@@ -42,7 +48,8 @@ func checkTopologyManifest(t *testing.T, out []byte) *topologyManifest {
 	if i := bytes.Index(out, []byte("${")); i >= 0 {
 		t.Fatalf("unresolved variable in the output: %q", out[i:min(len(out), i+60)])
 	}
-	m := &topologyManifest{byKey: map[string]object{}, vars: map[string]any{}}
+	m := &topologyManifest{byKey: map[string]object{}, vars: map[string]any{},
+		addons: &manifest{crs: map[string]addonsv1.ClusterResourceSet{}}}
 	kinds := map[string]int{}
 	for _, doc := range splitYAML(t, "generated manifest", out) {
 		o := object{raw: doc}
@@ -67,8 +74,11 @@ func checkTopologyManifest(t *testing.T, out []byte) *topologyManifest {
 	}
 	for kind := range wantTopologyKinds {
 		want := 1
-		if kind == "ProxmoxTalosMachineTemplate" {
+		switch kind {
+		case "ProxmoxTalosMachineTemplate", "ConfigMap":
 			want = 2
+		case "ClusterResourceSet":
+			want = 5
 		}
 		if kinds[kind] != want {
 			t.Errorf("%d objects of kind %s, want %d", kinds[kind], kind, want)
@@ -87,12 +97,26 @@ func checkTopologyManifest(t *testing.T, out []byte) *topologyManifest {
 			strict(t, o, &infrav1.ProxmoxTalosClusterTemplate{})
 		case "ProxmoxTalosMachineTemplate":
 			strict(t, o, &infrav1.ProxmoxTalosMachineTemplate{})
+		case "ClusterResourceSet":
+			var crs addonsv1.ClusterResourceSet
+			strict(t, o, &crs)
+			m.addons.crs[o.Name] = crs
+			m.addons.objects = append(m.addons.objects, o)
+		case "ConfigMap":
+			m.addons.checkConfigMap(t, o)
+			m.addons.objects = append(m.addons.objects, o)
 		}
 	}
+	// The same add-ons as the other flavors, selecting this Cluster by its labels.
+	m.addons.cluster = m.cluster
+	m.addons.checkAddons(t)
 	// Every kind, including CAPI's, CABPT's and the shim TalosControlPlaneTemplate, must have
 	// its schema here: a ClusterClass template the API server prunes would silently lose fields.
 	all := loadSchemas(t)
 	for _, o := range m.objects {
+		if !strings.Contains(str(o.u["apiVersion"]), "/") {
+			continue // core kinds
+		}
 		if _, ok := all[str(o.u["apiVersion"])+" "+o.Kind]; !ok {
 			msg := "no CRD schema for " + str(o.u["apiVersion"]) + " " + o.Kind + " (run hack/lab-binaries.sh)"
 			if os.Getenv("CI") != "" || strings.HasPrefix(str(o.u["apiVersion"]), "infrastructure.") || o.Kind == "TalosControlPlaneTemplate" {
@@ -228,6 +252,12 @@ var topologyValueAt = map[string]func(*topologyManifest) []string{
 	"TALOS_FACTORY_INSECURE_ALLOW_HTTP": func(m *topologyManifest) []string {
 		return stringOrList(m.vars["talosFactoryInsecureAllowHTTP"])
 	},
+	"METALLB_INGRESS_IP":     func(m *topologyManifest) []string { return valueAt["METALLB_INGRESS_IP"](m.addons) },
+	"METALLB_DNS_IP":         func(m *topologyManifest) []string { return valueAt["METALLB_DNS_IP"](m.addons) },
+	"METALLB_SERVICES_RANGE": func(m *topologyManifest) []string { return valueAt["METALLB_SERVICES_RANGE"](m.addons) },
+	"FLUX_GIT_URL":           func(m *topologyManifest) []string { return valueAt["FLUX_GIT_URL"](m.addons) },
+	"FLUX_GIT_BRANCH":        func(m *topologyManifest) []string { return valueAt["FLUX_GIT_BRANCH"](m.addons) },
+	"FLUX_GIT_PATH":          func(m *topologyManifest) []string { return valueAt["FLUX_GIT_PATH"](m.addons) },
 }
 
 // checkValues proves every variable's value reached its field, and that the test covers every

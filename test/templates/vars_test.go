@@ -21,9 +21,9 @@ var flavors = map[string]string{
 	"topology":  "cluster-template-topology.yaml",
 }
 
-// handWritten are the flavors hack/gen-templates.sh does not assemble: the topology flavor is
-// a single Cluster, its ClusterClass lives in clusterClassFile.
-var handWritten = map[string]bool{"topology": true}
+// handWritten are the flavors hack/gen-templates.sh does not assemble (none: the topology
+// flavor is assembled too, its ClusterClass lives in the hand-written clusterClassFile).
+var handWritten = map[string]bool{}
 
 // clusterClassFile is the ClusterClass clusterctl adds to the topology flavor's output.
 const clusterClassFile = "clusterclass-proxmox-talos.yaml"

@@ -1,7 +1,6 @@
 package talossim
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -10,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
-	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
 	"sigs.k8s.io/yaml"
 
@@ -39,12 +37,17 @@ type nodeSpec struct {
 	// kubelet would report), talosVersion the version of the image the VM boots from.
 	kubeletVersion string
 	talosVersion   string
+	// platform is "nocloud" or "metal", from the boot medium (cidata or metal-iso).
+	platform string
+	// manifests are cluster.inlineManifests and the local cluster.extraManifests: a
+	// control plane that bootstraps the cluster applies them (manifests.go).
+	manifests *bootstrapManifests
 }
 
 // readBootMedia finds the Talos boot medium among the VM's ISOs and returns
 // the machine config, meta-data and network-config (the last two only for
 // nocloud).
-func readBootMedia(isos []pvesim.AttachedISO) (cfg, metaData, netConfig []byte, err error) {
+func readBootMedia(isos []pvesim.AttachedISO) (cfg, metaData, netConfig []byte, platform string, err error) {
 	for _, iso := range isos {
 		label, files, rerr := bootstrap.ReadISO(iso.Data)
 		if rerr != nil {
@@ -52,50 +55,50 @@ func readBootMedia(isos []pvesim.AttachedISO) (cfg, metaData, netConfig []byte, 
 		}
 		switch strings.ToLower(label) {
 		case bootstrap.CIDataLabel:
-			return files[bootstrap.FileUserData], files[bootstrap.FileMetaData], files[bootstrap.FileNetworkConfig], nil
+			return files[bootstrap.FileUserData], files[bootstrap.FileMetaData], files[bootstrap.FileNetworkConfig], "nocloud", nil
 		case bootstrap.MetalISOLabel:
-			return files[bootstrap.FileMetalConfig], nil, nil, nil
+			return files[bootstrap.FileMetalConfig], nil, nil, "metal", nil
 		}
 	}
-	return nil, nil, nil, errors.New("no cidata or metal-iso boot ISO attached")
+	return nil, nil, nil, "", errors.New("no cidata or metal-iso boot ISO attached")
 }
 
-// loadConfig parses a machine config. Extra documents of kinds this machinery
-// does not know (user-data may carry anything after the v1alpha1 document)
-// must not stop the boot, so on failure the first document alone is tried.
-func loadConfig(data []byte) (config.Provider, error) {
-	cfg, err := configloader.NewFromBytes(data)
-	if err == nil {
-		return cfg, nil
-	}
-	first, _, found := bytes.Cut(data, []byte("\n---"))
-	if found {
-		if cfg, err2 := configloader.NewFromBytes(first); err2 == nil {
-			return cfg, nil
-		}
-	}
-	// configloader errors describe structure, not values; still keep them short.
-	return nil, fmt.Errorf("parsing machine config: %w", err)
-}
+// errConfigRefused marks a machine config a real node would refuse: it stays in maintenance
+// mode with Talos' error, which the simulator records for the lab (Sim.Refusals).
+var errConfigRefused = errors.New("machine config refused; node stays in maintenance mode")
 
-// parseSpec turns boot media into a nodeSpec, refusing anything the lab
-// cannot host (addresses outside loopback, unknown machine types).
-func parseSpec(ev pvesim.PowerEvent) (*nodeSpec, error) {
-	raw, metaData, netConfig, err := readBootMedia(ev.ISOs)
+// parseSpec turns boot media into a nodeSpec, refusing what a Talos node of the image's
+// release would refuse (config.go) and anything the lab cannot host (addresses outside
+// loopback, unknown machine types).
+func (s *Sim) parseSpec(ev pvesim.PowerEvent) (*nodeSpec, error) {
+	raw, metaData, netConfig, platform, err := readBootMedia(ev.ISOs)
 	if err != nil {
 		return nil, err
 	}
 	if len(raw) == 0 {
 		return nil, errors.New("boot ISO carries no machine config")
 	}
-	cfg, err := loadConfig(raw)
+	spec := &nodeSpec{platform: platform}
+	var schematicID string
+	if ref, err := imagefactory.ParseStorageName(ev.DiskSource[strings.Index(ev.DiskSource, "/")+1:]); err == nil {
+		spec.talosVersion, schematicID = ref.TalosVersion, ref.SchematicID
+	}
+	cfg, err := loadConfig(raw, spec.talosVersion, platform, func(w string) {
+		s.logf("VM %d (%s): machine config warning: %s", ev.VMID, ev.Name, w)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfigRefused, err)
+	}
+	installed, err := s.installedExtensions(schematicID)
 	if err != nil {
 		return nil, err
+	}
+	if err := checkExtensionServices(cfg, installed); err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfigRefused, err)
 	}
 	if cfg.Machine() == nil || cfg.Cluster() == nil {
 		return nil, errors.New("machine config has no v1alpha1 machine/cluster sections")
 	}
-	spec := &nodeSpec{}
 	switch cfg.Machine().Type() {
 	case machine.TypeControlPlane, machine.TypeInit:
 		spec.role = RoleControlPlane
@@ -140,8 +143,8 @@ func parseSpec(ev pvesim.PowerEvent) (*nodeSpec, error) {
 	if k := cfg.K8sKubeletConfig(); k != nil {
 		spec.kubeletVersion = imageTag(k.Image())
 	}
-	if ref, err := imagefactory.ParseStorageName(ev.DiskSource[strings.Index(ev.DiskSource, "/")+1:]); err == nil {
-		spec.talosVersion = ref.TalosVersion
+	if spec.role == RoleControlPlane {
+		spec.manifests = manifestsFrom(cfg)
 	}
 
 	addrs, err := addressesFrom(netConfig, cfg)

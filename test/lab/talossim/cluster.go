@@ -27,9 +27,12 @@ type cluster struct {
 	saKeyPEM []byte
 
 	bootstrapped bool
-	members      []*member
-	leader       uint64
-	left         map[string]bool // hostnames whose etcd left or was removed
+	// manifests are the bootstrap node's inline and extra manifests, applied once the
+	// workload API server answers (manifests.go).
+	manifests *bootstrapManifests
+	members   []*member
+	leader    uint64
+	left      map[string]bool // hostnames whose etcd left or was removed
 
 	wmu sync.Mutex
 	w   *workload // running (or starting) API server + etcd; nil when down
@@ -129,6 +132,7 @@ func (c *cluster) bootstrap(n *node) error {
 		return status.Error(codes.AlreadyExists, "etcd data directory is not empty")
 	}
 	c.bootstrapped = true
+	c.manifests = n.spec.manifests
 	c.addMember(n.spec.hostname, n.spec.addr)
 	for _, other := range c.sim.nodes {
 		if other != n && other.cluster == c && other.spec.role == RoleControlPlane && c.memberByHost(other.spec.hostname) == nil {

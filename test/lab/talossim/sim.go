@@ -25,6 +25,9 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// KubeletReadyDelay is the delay between Node registration and Ready (default 1s).
 	KubeletReadyDelay time.Duration
+	// Schematics resolves the schematic ID in a VM's disk image name to the schematic, so a
+	// node knows its extensions (the lab asks factorysim). Required once images carry one.
+	Schematics SchematicLookup
 }
 
 // NodeInfo is a snapshot of one simulated node.
@@ -55,6 +58,7 @@ type Sim struct {
 	mu       sync.Mutex
 	nodes    map[int]*node       // by VMID: PVE VMIDs are cluster-wide unique
 	clusters map[string]*cluster // by control-plane endpoint URL
+	refused  map[int]refusal     // by VMID: powered on, not booted
 	closed   bool
 }
 
@@ -73,7 +77,7 @@ func New(opts Options) (*Sim, error) {
 	if opts.ArtifactsDir == "" {
 		opts.ArtifactsDir = tmp
 	}
-	return &Sim{opts: opts, tempDir: tmp, nodes: map[int]*node{}, clusters: map[string]*cluster{}}, nil
+	return &Sim{opts: opts, tempDir: tmp, nodes: map[int]*node{}, clusters: map[string]*cluster{}, refused: map[int]refusal{}}, nil
 }
 
 func (s *Sim) logf(format string, args ...any) { s.opts.Logf("talossim: "+format, args...) }
@@ -83,20 +87,77 @@ func (s *Sim) logf(format string, args ...any) { s.opts.Logf("talossim: "+format
 // logged, not returned, because pvesim hooks cannot fail a start.
 func (s *Sim) OnPowerOn(ev pvesim.PowerEvent) {
 	s.shutdown(ev.VMID, false)
-	spec, err := parseSpec(ev)
+	spec, err := s.parseSpec(ev)
+	if err == nil {
+		err = s.boot(ev, spec)
+	}
+	s.mu.Lock()
+	if err != nil {
+		s.refused[ev.VMID] = refusal{vmName: ev.Name, err: err.Error()}
+	} else {
+		delete(s.refused, ev.VMID)
+	}
+	s.mu.Unlock()
 	if err != nil {
 		s.logf("VM %d (%s): not booting: %v", ev.VMID, ev.Name, err)
-		return
 	}
-	if err := s.boot(ev, spec); err != nil {
-		s.logf("VM %d (%s): not booting: %v", ev.VMID, ev.Name, err)
+}
+
+// SetSchematics sets Options.Schematics after New (the lab creates its factory and its node
+// simulator independently).
+func (s *Sim) SetSchematics(lookup SchematicLookup) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Schematics = lookup
+}
+
+// refusal is why a powered-on VM did not boot as a node.
+type refusal struct {
+	vmName string
+	err    string
+}
+
+// Refusals maps the name of every powered-on VM that did not boot to the reason: Talos'
+// error for a refused machine config (the node sits in maintenance mode), or what the lab
+// cannot host. The lab names them when a cluster does not turn Available.
+func (s *Sim) Refusals() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.refused))
+	for _, r := range s.refused {
+		out[r.vmName] = r.err
 	}
+	return out
+}
+
+// installedExtensions lists the official extensions of the schematic an image was built from.
+// No schematic (a disk that is not a factory image) means a stock Talos image: none.
+func (s *Sim) installedExtensions(schematicID string) ([]string, error) {
+	if schematicID == "" {
+		return nil, nil
+	}
+	s.mu.Lock()
+	lookup := s.opts.Schematics
+	s.mu.Unlock()
+	if lookup == nil {
+		return nil, fmt.Errorf("image has schematic %s but the simulator has no schematic lookup (Options.Schematics)", schematicID)
+	}
+	sc, err := lookup(schematicID)
+	if err != nil {
+		return nil, fmt.Errorf("schematic %s of the boot image: %w", schematicID, err)
+	}
+	return sc.Customization.SystemExtensions.OfficialExtensions, nil
 }
 
 // OnPowerOff stops the node: apid stops answering, its Node object is
 // deleted (a Talos node whose VM is gone disappears), and the last node of a
 // cluster to stop takes the workload API server and etcd down with it.
-func (s *Sim) OnPowerOff(ev pvesim.PowerEvent) { s.shutdown(ev.VMID, true) }
+func (s *Sim) OnPowerOff(ev pvesim.PowerEvent) {
+	s.mu.Lock()
+	delete(s.refused, ev.VMID)
+	s.mu.Unlock()
+	s.shutdown(ev.VMID, true)
+}
 
 // Nodes lists the booted nodes, sorted by address.
 func (s *Sim) Nodes() []NodeInfo {

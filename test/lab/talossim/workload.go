@@ -32,6 +32,7 @@ type workload struct {
 	done   chan struct{} // closed when start finished (successfully or not)
 	procs  []*proc
 	client kubernetes.Interface // set before done closes, on success
+	config *rest.Config         // admin config of client
 }
 
 type proc struct {
@@ -58,6 +59,17 @@ func (c *cluster) ensureWorkload() {
 			return
 		}
 		c.sim.logf("cluster %s: workload API server ready on %s after %s", c.name, c.endpoint.Host, time.Since(start).Round(time.Millisecond))
+		c.sim.mu.Lock()
+		m := c.manifests
+		c.sim.mu.Unlock()
+		if m != nil {
+			// In the background: kubelets register meanwhile, as on a real control plane.
+			go func() {
+				if err := c.applyBootstrapManifests(w.ctx, w.config, m); err != nil && w.ctx.Err() == nil {
+					c.sim.logf("cluster %s: bootstrap manifests: %v", c.name, err)
+				}
+			}()
+		}
 	}()
 }
 
@@ -206,7 +218,7 @@ func (w *workload) start(c *cluster) error {
 		_, err = cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		cancel()
 		if err == nil {
-			w.client = cs
+			w.client, w.config = cs, cfg
 			return nil
 		}
 		if w.ctx.Err() != nil {
