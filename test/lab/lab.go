@@ -56,7 +56,11 @@ type Options struct {
 	NodeSim NodeSimFactory
 	// SkipApply starts everything but does not generate and apply the cluster.
 	SkipApply bool
-	Logf      func(format string, args ...any)
+	// PVEProfile is pvesim's profile: "realistic" (default: every window of real Proxmox
+	// VE, the create lock, status snapshots, import time, times compressed; see
+	// docs/pvesim.md) or "fast".
+	PVEProfile string
+	Logf       func(format string, args ...any)
 }
 
 // Lab is a running lab.
@@ -141,8 +145,13 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := l.startFactory(); err != nil {
 		return nil, err
 	}
+	profile := l.PVEProfile
+	if profile == "" {
+		profile = pvesim.ProfileRealistic
+	}
 	l.PVE, err = pvesim.New(pvesim.Config{
-		Nodes: []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}},
+		Profile: profile,
+		Nodes:   []pvesim.NodeConfig{{Name: "pve1"}, {Name: "pve2"}, {Name: "pve3"}},
 		Storages: []pvesim.StorageConfig{
 			{Name: "local", Type: "dir", Content: "iso,import"},
 			{Name: "local-lvm", Type: "lvmthin", Content: "images", Size: 1 << 40},
@@ -154,7 +163,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := l.PVE.StartTLS(); err != nil {
 		return nil, err
 	}
-	logf("pvesim on %s (nodes pve1..pve3), factorysim on %s", l.PVE.URL(), l.FactoryURL)
+	logf("pvesim (%s profile) on %s (nodes pve1..pve3), factorysim on %s", profile, l.PVE.URL(), l.FactoryURL)
 
 	if opts.NodeSim != nil {
 		assets, err := testenv.AssetsDir()

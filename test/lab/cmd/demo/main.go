@@ -63,7 +63,8 @@ func run() error {
 		}
 	}
 
-	l, err := lab.Start(waitCtx, lab.Options{ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, Logf: logf})
+	// PVESIM_PROFILE=fast trades the realistic Proxmox windows for speed.
+	l, err := lab.Start(waitCtx, lab.Options{ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, Logf: logf, PVEProfile: os.Getenv("PVESIM_PROFILE")})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // Ctrl-C during start: everything started is already stopped.
