@@ -40,8 +40,9 @@ verify-gen: generate manifests ## Fail if generated files are not up to date.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: lint
-lint: ## go vet and gofmt.
+lint: ## go vet, gofmt and actionlint (GitHub workflows).
 	go vet ./...
+	go tool actionlint -shellcheck= -pyflakes= .github/workflows/*.yml
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: build
@@ -82,13 +83,24 @@ addons: ## Render add-on ConfigMaps (Cilium, MetalLB, Flux) into out/addons/ (ne
 
 ##@ Release
 
+IMAGE_REPOSITORY ?= ghcr.io/proxmox-talos/cluster-api-provider-proxmox-talos
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: release
+release: ## Write out/ for clusterctl: infrastructure-components.yaml (image pinned to VERSION), metadata.yaml, flavors, ClusterClass, optional CRD (VERSION=vX.Y.Z).
+	go run ./hack/release assets --version $(VERSION) --image-repository $(IMAGE_REPOSITORY) --out $(OUT_DIR)
+
 .PHONY: release-manifests
-release-manifests: ## Write out/ (infrastructure-components.yaml, metadata.yaml, templates) for clusterctl.
-	@mkdir -p $(OUT_DIR)
-	$(KUBECTL) kustomize config/default > $(OUT_DIR)/infrastructure-components.yaml
-	cp metadata.yaml $(OUT_DIR)/metadata.yaml
-	@if ls templates/*.yaml >/dev/null 2>&1; then cp templates/*.yaml $(OUT_DIR)/; fi
-	@echo "wrote $(OUT_DIR)/"
+release-manifests: release ## Alias of release.
+
+.PHONY: image
+image: ## Build the manager image without a Docker engine: multi-arch OCI archive out/cluster-api-provider-proxmox-talos-VERSION.oci.tar (base: scratch + CA bundle).
+	go run ./hack/release image --version $(VERSION) --image-repository $(IMAGE_REPOSITORY) --platforms $(IMAGE_PLATFORMS) --ca-bundle $(CA_BUNDLE) --out $(OUT_DIR)
+
+.PHONY: docker-build
+docker-build: ## Build the image with Docker from the Dockerfile (base: gcr.io/distroless/static:nonroot, as the release workflow).
+	docker build --build-arg VERSION=$(VERSION) --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t $(IMAGE_REPOSITORY):$(VERSION) .
 
 ##@ Lab
 

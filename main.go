@@ -47,6 +47,11 @@ const controllerName = "cluster-api-provider-proxmox-talos-manager"
 var (
 	scheme   = runtime.NewScheme()
 	setupLog = ctrl.Log.WithName("setup")
+
+	// version and gitCommit are stamped at build time (make image, the Dockerfile):
+	// -ldflags "-X main.version=v0.2.0 -X main.gitCommit=<sha>".
+	version   = "dev"
+	gitCommit = "unknown"
 )
 
 func init() {
@@ -81,10 +86,12 @@ type options struct {
 	proxmoxRequestTimeout       time.Duration
 	managerOptions              flags.ManagerOptions
 	logOptions                  *logs.Options
+	showVersion                 bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
 	logsv1.AddFlags(o.logOptions, fs)
+	fs.BoolVar(&o.showVersion, "version", false, "Print the version and exit.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false,
 		"Enable leader election, so that only one manager replica reconciles at a time.")
 	fs.DurationVar(&o.leaderElectionLeaseDuration, "leader-elect-lease-duration", 15*time.Second,
@@ -139,6 +146,10 @@ func main() {
 	pflag.CommandLine.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
 	pflag.CommandLine.AddGoFlagSet(flag.CommandLine)
 	pflag.Parse()
+	if o.showVersion {
+		fmt.Printf("%s %s (commit %s)\n", controllerName, version, gitCommit)
+		return
+	}
 	if err := logsv1.ValidateAndApply(o.logOptions, nil); err != nil {
 		fmt.Fprintf(os.Stderr, "invalid logging flags: %v\n", err)
 		os.Exit(1)
@@ -176,7 +187,7 @@ func run(ctx context.Context, o *options) error {
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                     scheme,
 		LeaderElection:             o.leaderElect,
-		LeaderElectionID:           "controller-leader-election-capmoxt",
+		LeaderElectionID:           "controller-leader-election-capi-proxmox-talos",
 		LeaseDuration:              &o.leaderElectionLeaseDuration,
 		RenewDeadline:              &o.leaderElectionRenewDeadline,
 		RetryPeriod:                &o.leaderElectionRetryPeriod,

@@ -1,5 +1,5 @@
-// Package config_test checks what `make release-manifests` ships to clusterctl users: the
-// kustomize output, metadata.yaml and clusterctl-settings.json.
+// Package config_test checks what `make release` ships to clusterctl users: the kustomize
+// output, metadata.yaml and clusterctl-settings.json.
 package config_test
 
 import (
@@ -21,7 +21,7 @@ import (
 	clusterctlv1 "sigs.k8s.io/cluster-api/cmd/clusterctl/api/v1alpha3"
 )
 
-// renderDefault renders config/default the way `make release-manifests` does.
+// renderDefault renders config/default (`make release` does the same after pinning the image).
 func renderDefault(t *testing.T) ([]byte, []unstructured.Unstructured) {
 	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
@@ -81,7 +81,26 @@ func TestComponentsFollowClusterctlConventions(t *testing.T) {
 	}
 	// Users tune the provider through clusterctl variables prefixed with the provider name.
 	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_API_QPS:=20}"))
-	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_MANAGER_IMAGE:="))
+	// clusterctl parses the image of every container (its `images:` configuration overrides
+	// them); a ${VAR} there fails `clusterctl generate provider --describe`.
+	g.Expect(string(raw)).To(ContainSubstring("image: ghcr.io/proxmox-talos/cluster-api-provider-proxmox-talos:dev\n"))
+	g.Expect(string(raw)).NotTo(MatchRegexp(`image: .*\$\{`))
+
+	// Names that cannot be mistaken for another provider's (ionos' capmox uses capmox-).
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "Namespace":
+			g.Expect(o.GetName()).To(Equal("capi-proxmox-talos-system"))
+		case "CustomResourceDefinition", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding":
+			if o.GetKind() != "CustomResourceDefinition" {
+				g.Expect(o.GetName()).To(HavePrefix("capi-proxmox-talos-"))
+			}
+		default:
+			g.Expect(o.GetNamespace()).To(Equal("capi-proxmox-talos-system"), "%s %s", o.GetKind(), o.GetName())
+			g.Expect(o.GetName()).To(HavePrefix("capi-proxmox-talos-"), "%s", o.GetKind())
+		}
+	}
+	g.Expect(string(raw)).NotTo(ContainSubstring("capmox"))
 }
 
 func TestCRDsMatchTheirSources(t *testing.T) {

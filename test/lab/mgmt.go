@@ -36,7 +36,7 @@ const (
 	ProviderCAPI   = "capi-core"
 	ProviderCABPT  = "cabpt"
 	ProviderCACPPT = "cacppt"
-	ProviderOurs   = "capmoxt"
+	ProviderOurs   = "capi-proxmox-talos"
 )
 
 // MgmtOptions configure the management plane.
