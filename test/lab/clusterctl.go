@@ -18,6 +18,7 @@ import (
 	clusterctlv1 "sigs.k8s.io/cluster-api/cmd/clusterctl/api/v1alpha3"
 	clusterctlconfig "sigs.k8s.io/cluster-api/cmd/clusterctl/client/config"
 
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/release"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 )
 
@@ -210,15 +211,21 @@ func (r *ClusterctlRepo) Run(ctx context.Context, logPath string, args ...string
 }
 
 // BuildClusterctlRepo assembles the lab's local repository under root from what the lab
-// already runs: CAPI core, CABPT and CACPPT rendered by kustomize from the config/ trees
-// cached next to their managers (hack/lab-binaries.sh) with their own metadata.yaml, this
-// provider's release from `make release-manifests`, and cert-manager's CRDs from the
-// cert-manager Go module at the version this clusterctl installs by default.
+// already runs: CAPI core, CABPT and CACPPT rendered by kustomize (the module's pinned go
+// tool) from the config/ trees cached next to their managers (hack/lab-binaries.sh) with
+// their own metadata.yaml, this provider's release as `make release` writes it, and
+// cert-manager's CRDs from the cert-manager Go module at the version this clusterctl
+// installs by default.
 func BuildClusterctlRepo(ctx context.Context, root string) (*ClusterctlRepo, error) {
 	ctlDir, err := labBinaryDir(ctx, "clusterctl")
 	if err != nil {
 		return nil, err
 	}
+	kustomizeBin, err := release.KustomizeBinary(ctx, testenv.RepoRoot())
+	if err != nil {
+		return nil, err
+	}
+	kustomize := func(ctx context.Context, dir string) ([]byte, error) { return kustomizeBuild(ctx, kustomizeBin, dir) }
 	var providers []RepoProvider
 
 	capiDir, err := labBinaryDir(ctx, ProviderCAPI)
@@ -273,7 +280,7 @@ func BuildClusterctlRepo(ctx context.Context, root string) (*ClusterctlRepo, err
 			ComponentsFile: t.file, Components: comp, Metadata: meta})
 	}
 
-	ours, err := ourRelease(ctx, filepath.Join(root, ".release"))
+	ours, err := ourRelease(ctx, filepath.Join(root, ".release"), kustomizeBin)
 	if err != nil {
 		return nil, err
 	}
@@ -291,9 +298,11 @@ func BuildClusterctlRepo(ctx context.Context, root string) (*ClusterctlRepo, err
 	return repo, nil
 }
 
-// ourRelease runs the repository's release target into outDir and reads it back as the
-// proxmox-talos provider: exactly what a user's clusterctl would download.
-func ourRelease(ctx context.Context, outDir string) (RepoProvider, error) {
+// ourRelease writes this tree's release assets into outDir with the library behind `make
+// release` (version: the newest release series of metadata.yaml) and reads them back as
+// the proxmox-talos provider: exactly what a user's clusterctl would download, image
+// reference included (it is never pulled: the manager runs as a process).
+func ourRelease(ctx context.Context, outDir, kustomizeBin string) (RepoProvider, error) {
 	root := testenv.RepoRoot()
 	meta, err := os.ReadFile(filepath.Join(root, "metadata.yaml"))
 	if err != nil {
@@ -307,13 +316,11 @@ func ourRelease(ctx context.Context, outDir string) (RepoProvider, error) {
 	if err != nil {
 		return RepoProvider{}, err
 	}
-	cmd := exec.CommandContext(ctx, "make", "-s", "release-manifests", "OUT_DIR="+abs, "VERSION="+version)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return RepoProvider{}, fmt.Errorf("make release-manifests: %w\n%s", err, out)
+	if err := release.WriteAssets(ctx, release.Options{RepoRoot: root, Version: version, Kustomize: kustomizeBin}, abs); err != nil {
+		return RepoProvider{}, fmt.Errorf("release assets %s: %w", version, err)
 	}
 	p := RepoProvider{Name: clusterctlProxmoxTalos, Type: clusterctlv1.InfrastructureProviderType, Version: version,
-		ComponentsFile: "infrastructure-components.yaml", Files: map[string][]byte{}}
+		ComponentsFile: release.ComponentsFile, Files: map[string][]byte{}}
 	entries, err := os.ReadDir(abs)
 	if err != nil {
 		return RepoProvider{}, err
@@ -336,7 +343,7 @@ func ourRelease(ctx context.Context, outDir string) (RepoProvider, error) {
 		}
 	}
 	if p.Components == nil || p.Metadata == nil {
-		return RepoProvider{}, fmt.Errorf("make release-manifests wrote no %s or metadata.yaml to %s", p.ComponentsFile, abs)
+		return RepoProvider{}, fmt.Errorf("the release wrote no %s or metadata.yaml to %s", p.ComponentsFile, abs)
 	}
 	return p, nil
 }
@@ -421,18 +428,14 @@ func goModuleDir(ctx context.Context, mod, version string) (string, error) {
 	return info.Dir, nil
 }
 
-// kustomize renders a kustomization directory as the providers' release targets do.
-func kustomize(ctx context.Context, dir string) ([]byte, error) {
-	kubectl := os.Getenv("KUBECTL")
-	if kubectl == "" {
-		kubectl = "kubectl"
-	}
-	cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
+// kustomizeBuild renders a kustomization directory as the providers' release targets do.
+func kustomizeBuild(ctx context.Context, bin, dir string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, "build", dir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("kubectl kustomize %s: %w\n%s", dir, err, stderr.String())
+		return nil, fmt.Errorf("kustomize build %s: %w\n%s", dir, err, stderr.String())
 	}
 	return out, nil
 }

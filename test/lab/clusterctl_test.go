@@ -204,7 +204,7 @@ func TestCertManagerCRDsFromModule(t *testing.T) {
 	g.Expect(names).To(ContainElements("issuers.cert-manager.io", "certificates.cert-manager.io"))
 }
 
-// TestOurReleaseIsClusterctlInstallable: what `make release-manifests` writes is read by
+// TestOurReleaseIsClusterctlInstallable: what `make release` writes is read by
 // clusterctl's components client as `clusterctl init --infrastructure proxmox-talos` reads
 // it: every variable has a default, exactly one target namespace, every object labelled.
 func TestOurReleaseIsClusterctlInstallable(t *testing.T) {
@@ -212,9 +212,10 @@ func TestOurReleaseIsClusterctlInstallable(t *testing.T) {
 	ctx := context.Background()
 	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
 	tmp := t.TempDir()
-	ours, err := ourRelease(ctx, filepath.Join(tmp, "out"))
+	ours, err := ourRelease(ctx, filepath.Join(tmp, "out"), "")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(ours.Files).To(HaveKey("cluster-template.yaml"))
+	g.Expect(ours.Files).To(HaveKey("clusterclass-proxmox-talos.yaml"))
 	repo, err := WriteClusterctlRepo(filepath.Join(tmp, "repo"), []RepoProvider{ours}, CertManagerRelease{Version: "v1.21.1", Components: []byte("{}")})
 	g.Expect(err).NotTo(HaveOccurred())
 	cfg, err := clusterctlconfig.New(ctx, repo.ConfigPath)
