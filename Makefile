@@ -120,7 +120,7 @@ demo: ## Run the lab: create the seed's 3+2 Talos cluster on simulated Proxmox (
 
 E2E_TIMEOUT ?= 30m
 .PHONY: test-e2e
-test-e2e: ## Run the e2e suite over the lab (create the 3+2 cluster, delete it, assert pvesim is empty and every process stopped).
+test-e2e: ## Run the e2e suite over the lab (3+2 cluster by hand and with clusterctl init/move/delete; pvesim empty and every process stopped).
 	@hack/envtest-assets.sh >/dev/null
 	@hack/lab-binaries.sh >/dev/null
 	go test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/...

@@ -96,6 +96,9 @@ func (l *Lab) GenerateFlavor(ctx context.Context, flavor, name, namespace string
 	// The version check would call GitHub: no traffic leaves loopback.
 	env := append(os.Environ(), "CLUSTERCTL_DISABLE_VERSIONCHECK=true", "XDG_CONFIG_HOME="+filepath.Join(l.ArtifactsDir, "xdg"))
 	vars := l.templateVariables()
+	for k, v := range l.Variables {
+		vars[k] = v
+	}
 	for k, v := range overrides {
 		vars[k] = v
 	}

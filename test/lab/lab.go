@@ -60,7 +60,13 @@ type Options struct {
 	// VE, the create lock, status snapshots, import time, times compressed; see
 	// docs/pvesim.md) or "fast".
 	PVEProfile string
-	Logf       func(format string, args ...any)
+	// ClusterctlInit installs the providers with the real `clusterctl init` from a local
+	// repository the lab builds (<artifacts>/clusterctl-repo) instead of by hand.
+	ClusterctlInit bool
+	// Variables override single template variables of the generated cluster (a bigger
+	// worker pool, say); every address must stay in 127.0.0.0/8.
+	Variables map[string]string
+	Logf      func(format string, args ...any)
 }
 
 // Lab is a running lab.
@@ -70,8 +76,14 @@ type Lab struct {
 	Factory *factorysim.Server
 	// FactoryURL is the Image Factory simulator's URL (counted, see ImageDownloads).
 	FactoryURL string
-	Mgmt       *Management
-	Nodes      NodeSimulator
+	// Mgmt is the management cluster whose managers reconcile the workload cluster: after
+	// Move, the target.
+	Mgmt  *Management
+	Nodes NodeSimulator
+	// Repo is the local clusterctl repository (ClusterctlInit only).
+	Repo *ClusterctlRepo
+	// managements are every management cluster the lab started, in start order.
+	managements []*Management
 	// ManifestPath is the generated, checked cluster manifest.
 	ManifestPath string
 
@@ -197,9 +209,21 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		l.PVE.OnPowerOff(l.Nodes.OnPowerOff)
 	}
 
-	if l.Mgmt, err = StartManagement(ctx, MgmtOptions{ArtifactsDir: opts.ArtifactsDir, Logf: logf}); err != nil {
+	if opts.ClusterctlInit {
+		start := time.Now()
+		if l.Repo, err = BuildClusterctlRepo(ctx, filepath.Join(opts.ArtifactsDir, "clusterctl-repo")); err != nil {
+			return nil, fmt.Errorf("local clusterctl repository: %w", err)
+		}
+		logf("clusterctl repository %s built in %s (config %s)", l.Repo.Root, time.Since(start).Round(100*time.Millisecond), l.Repo.ConfigPath)
+	}
+	mgmt, err := StartManagement(ctx, MgmtOptions{ArtifactsDir: opts.ArtifactsDir, Logf: logf, Clusterctl: l.Repo})
+	if mgmt != nil {
+		l.managements = append(l.managements, mgmt)
+	}
+	if err != nil {
 		return nil, err
 	}
+	l.Mgmt = mgmt
 	if opts.SkipApply {
 		return l, nil
 	}
@@ -282,8 +306,8 @@ func (l *Lab) Stop() {
 	l.stopOnce.Do(func() {
 		// Remembered so Leftovers can prove that every one of them ended.
 		l.children = descendants(os.Getpid())
-		if l.Mgmt != nil {
-			l.Mgmt.Stop()
+		for _, m := range l.managements {
+			m.Stop()
 		}
 		if l.Nodes != nil {
 			if err := l.Nodes.Close(); err != nil {
@@ -304,10 +328,48 @@ func (l *Lab) Stop() {
 
 // Processes lists every child process of the lab.
 func (l *Lab) Processes() []*Process {
-	if l.Mgmt == nil {
-		return nil
+	var out []*Process
+	for _, m := range l.managements {
+		out = append(out, m.Processes()...)
 	}
-	return l.Mgmt.Processes()
+	return out
+}
+
+// StartManagement starts another management cluster (artifacts under <artifacts>/<name>)
+// with the providers installed by `clusterctl init` from the lab's repository and its own
+// set of managers, e.g. the target of `clusterctl move`. Lab.Stop stops it.
+func (l *Lab) StartManagement(ctx context.Context, name string) (*Management, error) {
+	if l.Repo == nil {
+		return nil, errors.New("the lab was started without ClusterctlInit: no clusterctl repository")
+	}
+	m, err := StartManagement(ctx, MgmtOptions{
+		ArtifactsDir: filepath.Join(l.ArtifactsDir, name), Clusterctl: l.Repo, ManagerBinary: l.Mgmt.ManagerBinary,
+		Logf: func(format string, args ...any) { l.Logf(name+": "+format, args...) },
+	})
+	if m != nil {
+		l.managements = append(l.managements, m)
+	}
+	return m, err
+}
+
+// Move runs `clusterctl move` of the lab's namespace from the current management cluster to
+// to, then stops the source's managers (its API server stays up, to be inspected) and makes
+// to the lab's management cluster. It returns clusterctl's output.
+func (l *Lab) Move(ctx context.Context, to *Management) (string, error) {
+	from := l.Mgmt
+	out, err := from.Clusterctl(ctx, "move", "--to-kubeconfig", to.Kubeconfig, "--namespace", l.Namespace)
+	// The target's log gets the same record: each management cluster's clusterctl.log tells
+	// its whole story.
+	if f, ferr := os.OpenFile(to.ClusterctlLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); ferr == nil {
+		fmt.Fprintf(f, "### clusterctl move from %s (err=%v)\n%s\n", from.Kubeconfig, err, out)
+		_ = f.Close()
+	}
+	if err != nil {
+		return out, err
+	}
+	from.StopManagers()
+	l.Mgmt = to
+	return out, nil
 }
 
 // AliveProcesses returns the names of child processes still running (empty after Stop).

@@ -44,16 +44,33 @@ type MgmtOptions struct {
 	// ArtifactsDir receives logs, kubeconfigs, certificates and the built manager.
 	ArtifactsDir string
 	Logf         func(format string, args ...any)
+	// Clusterctl, when set, installs the four providers with the real `clusterctl init`
+	// from this local repository; otherwise the lab installs them by hand (CRDs and webhook
+	// configurations from the providers' config/ trees).
+	Clusterctl *ClusterctlRepo
+	// ManagerBinary is this provider's manager already built (a second management cluster
+	// reuses the first one's); empty builds it into <artifacts>/bin/manager.
+	ManagerBinary string
 }
 
 // Management is a management cluster made of processes on loopback: etcd, kube-apiserver and
-// the four managers (CAPI core, CABPT, CACPPT and ours), installed the way clusterctl would.
+// the four managers (CAPI core, CABPT, CACPPT and ours), installed by `clusterctl init` or by
+// hand the way clusterctl would. Either way the managers run as processes: the Deployments
+// clusterctl creates never run (there are no kubelets), so the lab scales them to zero and
+// points every webhook at the processes.
 type Management struct {
 	// Kubeconfig is the admin kubeconfig (client certificate in system:masters).
 	Kubeconfig string
 	RESTConfig *rest.Config
 	Client     client.Client
 	CA         *CA
+	// Repo is the clusterctl repository the providers were installed from (nil: by hand).
+	Repo *ClusterctlRepo
+	// ManagerBinary is this provider's manager binary the management cluster runs.
+	ManagerBinary string
+	// ClusterctlLog collects the output of every clusterctl command run against this
+	// management cluster.
+	ClusterctlLog string
 
 	artifacts string
 	logf      func(string, ...any)
@@ -64,7 +81,9 @@ type Management struct {
 
 // managerSpec is one provider: its binary, its install material and its ports.
 type managerSpec struct {
-	name        string
+	name string
+	// label is clusterctl's manifest label of the provider (cluster.x-k8s.io/provider).
+	label       string
 	bin         string
 	crdDirs     []string
 	crdLabels   map[string]string
@@ -112,7 +131,8 @@ func StartManagement(ctx context.Context, opts MgmtOptions) (_ *Management, err 
 	if err != nil {
 		return nil, err
 	}
-	m := &Management{artifacts: art, logf: opts.Logf, managers: map[string]*managerSpec{}}
+	m := &Management{artifacts: art, logf: opts.Logf, managers: map[string]*managerSpec{},
+		Repo: opts.Clusterctl, ClusterctlLog: filepath.Join(art, "clusterctl.log")}
 	defer func() {
 		if err != nil {
 			m.Stop()
@@ -126,16 +146,22 @@ func StartManagement(ctx context.Context, opts MgmtOptions) (_ *Management, err 
 
 	// Our manager builds while etcd and the API server start.
 	buildErr := make(chan error, 1)
-	ourBin := filepath.Join(art, "bin", "manager")
-	go func() {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ourBin, ".")
-		cmd.Dir = testenv.RepoRoot()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("go build manager: %w\n%s", err, out)
-		}
-		buildErr <- err
-	}()
+	ourBin := opts.ManagerBinary
+	if ourBin == "" {
+		ourBin = filepath.Join(art, "bin", "manager")
+		go func() {
+			cmd := exec.CommandContext(ctx, "go", "build", "-o", ourBin, ".")
+			cmd.Dir = testenv.RepoRoot()
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("go build manager: %w\n%s", err, out)
+			}
+			buildErr <- err
+		}()
+	} else {
+		buildErr <- nil
+	}
+	m.ManagerBinary = ourBin
 
 	assets, err := testenv.AssetsDir()
 	if err != nil {
@@ -174,18 +200,18 @@ func StartManagement(ctx context.Context, opts MgmtOptions) (_ *Management, err 
 	}
 	root := testenv.RepoRoot()
 	specs := []*managerSpec{
-		{name: ProviderCAPI, bin: filepath.Join(capiDir, "manager"),
+		{name: ProviderCAPI, label: "cluster-api", bin: filepath.Join(capiDir, "manager"),
 			crdDirs:  []string{filepath.Join(capiDir, "core", "config", "crd", "bases")},
 			webhooks: filepath.Join(capiDir, "core", "config", "webhook", "manifests.yaml"),
 			// ClusterResourceSet is on by default; ClusterTopology is asked for explicitly.
 			extraArgs: []string{"--feature-gates=ClusterTopology=true"}},
-		{name: ProviderCABPT, bin: filepath.Join(cabptDir, "manager"),
+		{name: ProviderCABPT, label: "bootstrap-talos", bin: filepath.Join(cabptDir, "manager"),
 			crdDirs: []string{filepath.Join(cabptDir, "config", "crd", "bases")}, crdLabels: talosLabels,
 			webhooks: filepath.Join(cabptDir, "config", "webhook", "manifests.yaml")},
-		{name: ProviderCACPPT, bin: filepath.Join(cacpptDir, "manager"),
+		{name: ProviderCACPPT, label: "control-plane-talos", bin: filepath.Join(cacpptDir, "manager"),
 			crdDirs: []string{filepath.Join(cacpptDir, "config", "crd", "bases")}, crdLabels: talosLabels,
 			webhooks: filepath.Join(cacpptDir, "config", "webhook", "manifests.yaml")},
-		{name: ProviderOurs, bin: ourBin,
+		{name: ProviderOurs, label: "infrastructure-proxmox-talos", bin: ourBin,
 			crdDirs:   []string{filepath.Join(root, "config", "crd", "bases")},
 			crdLabels: map[string]string{"cluster.x-k8s.io/v1beta2": "v1beta1"},
 			webhooks:  filepath.Join(root, "config", "webhook", "manifests.yaml")},
@@ -204,14 +230,20 @@ func StartManagement(ctx context.Context, opts MgmtOptions) (_ *Management, err 
 	}
 
 	// CRDs, conversion and admission webhooks go in before any manager starts, as clusterctl
-	// init would do; webhooks that point at a manager not yet up are harmless because nothing
+	// init does; webhooks that point at a manager not yet up are harmless because nothing
 	// is created until every manager answers.
-	for _, s := range specs {
-		if err := m.installCRDs(ctx, s); err != nil {
+	if m.Repo != nil {
+		if err := m.clusterctlInit(ctx, specs); err != nil {
 			return nil, err
 		}
-		if err := m.installWebhooks(ctx, s); err != nil {
-			return nil, err
+	} else {
+		for _, s := range specs {
+			if err := m.installCRDs(ctx, s); err != nil {
+				return nil, err
+			}
+			if err := m.installWebhooks(ctx, s); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := <-buildErr; err != nil {
@@ -394,10 +426,7 @@ func (m *Management) installCRDs(ctx context.Context, s *managerSpec) error {
 					"strategy": "Webhook",
 					"webhook": map[string]any{
 						"conversionReviewVersions": []any{"v1", "v1beta1"},
-						"clientConfig": map[string]any{
-							"url":      fmt.Sprintf("https://127.0.0.1:%d/convert", s.webhookPort),
-							"caBundle": base64.StdEncoding.EncodeToString(m.CA.CertPEM),
-						},
+						"clientConfig":             m.clientConfig(s, "/convert"),
 					},
 				}
 				if err := unstructured.SetNestedField(o.Object, conv, "spec", "conversion"); err != nil {
@@ -410,7 +439,47 @@ func (m *Management) installCRDs(ctx context.Context, s *managerSpec) error {
 			names = append(names, o.GetName())
 		}
 	}
-	// Wait for Established, so the managers' informers find their kinds at once.
+	if err := m.waitEstablished(ctx, names); err != nil {
+		return err
+	}
+	m.logf("installed %d CRDs of %s", len(names), s.name)
+	return nil
+}
+
+// clientConfig is a webhook client configuration that reaches a manager's process on
+// loopback, trusted through the lab CA.
+func (m *Management) clientConfig(s *managerSpec, path string) map[string]any {
+	return map[string]any{
+		"url":      fmt.Sprintf("https://127.0.0.1:%d%s", s.webhookPort, path),
+		"caBundle": base64.StdEncoding.EncodeToString(m.CA.CertPEM),
+	}
+}
+
+// pointWebhooksAt replaces the service reference of every webhook of a Mutating- or
+// ValidatingWebhookConfiguration with the manager's loopback URL, keeping each path.
+func (m *Management) pointWebhooksAt(o *unstructured.Unstructured, s *managerSpec) error {
+	hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
+	for i, h := range hooks {
+		hm, ok := h.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s %s: webhook %d is not an object", o.GetKind(), o.GetName(), i)
+		}
+		cc, _ := hm["clientConfig"].(map[string]any)
+		path := "/"
+		if svc, ok := cc["service"].(map[string]any); ok {
+			if p, ok := svc["path"].(string); ok {
+				path = p
+			}
+		}
+		hm["clientConfig"] = m.clientConfig(s, path)
+		hooks[i] = hm
+	}
+	return unstructured.SetNestedSlice(o.Object, hooks, "webhooks")
+}
+
+// waitEstablished waits for CRDs to be Established, so the managers' informers find their
+// kinds at once.
+func (m *Management) waitEstablished(ctx context.Context, names []string) error {
 	for _, n := range names {
 		err := poll(ctx, 100*time.Millisecond, "CRD "+n+" established", func() (bool, error) {
 			u := &unstructured.Unstructured{}
@@ -431,7 +500,6 @@ func (m *Management) installCRDs(ctx context.Context, s *managerSpec) error {
 			return err
 		}
 	}
-	m.logf("installed %d CRDs of %s", len(names), s.name)
 	return nil
 }
 
@@ -450,23 +518,7 @@ func (m *Management) installWebhooks(ctx context.Context, s *managerSpec) error 
 		}
 		o.SetName(s.name + "-" + o.GetName())
 		o.SetNamespace("")
-		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
-		for i, h := range hooks {
-			hm := h.(map[string]any)
-			cc, _ := hm["clientConfig"].(map[string]any)
-			path := "/"
-			if svc, ok := cc["service"].(map[string]any); ok {
-				if p, ok := svc["path"].(string); ok {
-					path = p
-				}
-			}
-			hm["clientConfig"] = map[string]any{
-				"url":      fmt.Sprintf("https://127.0.0.1:%d%s", s.webhookPort, path),
-				"caBundle": base64.StdEncoding.EncodeToString(m.CA.CertPEM),
-			}
-			hooks[i] = hm
-		}
-		if err := unstructured.SetNestedSlice(o.Object, hooks, "webhooks"); err != nil {
+		if err := m.pointWebhooksAt(o, s); err != nil {
 			return err
 		}
 		if err := m.apply(ctx, o); err != nil {
@@ -547,6 +599,20 @@ func (m *Management) Processes() []*Process {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]*Process(nil), m.procs...)
+}
+
+// StopManagers ends the four managers and leaves the API server and etcd running: after
+// `clusterctl move` the source management cluster stays readable while another set of
+// managers reconciles the moved cluster elsewhere.
+func (m *Management) StopManagers() {
+	var wg sync.WaitGroup
+	for _, s := range m.managers {
+		if s.proc != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); s.proc.Stop(10 * time.Second) }()
+		}
+	}
+	wg.Wait()
 }
 
 // Stop ends the managers first (so nothing reconciles against a vanishing API server), then
