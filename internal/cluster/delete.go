@@ -41,7 +41,8 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 		}
 	}
 
-	released, err := ipam.Release(ctx, r.Client, s.InfraCluster)
+	// Claims carry OwnerID; the UID is still released for claims made before it existed.
+	released, err := ipam.ReleaseIDs(ctx, r.Client, s.InfraCluster.Namespace, OwnerID(s.InfraCluster), string(s.InfraCluster.UID))
 	if err != nil {
 		return ctrl.Result{}, err
 	}

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -17,6 +19,14 @@ func EndpointClaimName(infra *infrav1.ProxmoxTalosCluster) string {
 	return infra.Name + "-control-plane-endpoint"
 }
 
+// OwnerID is the cluster's identity on the address claims it makes (ipam.OwnerUIDLabel): a
+// digest of its namespace and name, which `clusterctl move` keeps, unlike the object's UID,
+// so a moved cluster still finds (and on deletion releases) its VIP claim.
+func OwnerID(infra *infrav1.ProxmoxTalosCluster) string {
+	sum := sha256.Sum256([]byte("ProxmoxTalosCluster/" + infra.Namespace + "/" + infra.Name))
+	return "cluster-" + hex.EncodeToString(sum[:16])
+}
+
 // reconcileEndpoint makes sure spec.controlPlaneEndpoint is known before the cluster is
 // reported provisioned (the bootstrap provider writes it into every machine config then).
 // It comes from the spec, from the Cluster (a user may set it there), from the cluster
@@ -29,7 +39,7 @@ func (r *Reconciler) reconcileEndpoint(ctx context.Context, s *Scope) (bool, ctr
 	if ep.Host == "" && s.Cluster.Spec.ControlPlaneEndpoint.Host != "" {
 		*ep = s.Cluster.Spec.ControlPlaneEndpoint
 	}
-	owner := ipam.Owner{Object: s.InfraCluster, GVK: infrav1.GroupVersion.WithKind("ProxmoxTalosCluster"), Cluster: s.Cluster.Name}
+	owner := ipam.Owner{Object: s.InfraCluster, GVK: infrav1.GroupVersion.WithKind("ProxmoxTalosCluster"), Cluster: s.Cluster.Name, ID: OwnerID(s.InfraCluster)}
 	switch {
 	case ep.Host != "":
 	case s.Spec.ControlPlaneEndpointPool != "":

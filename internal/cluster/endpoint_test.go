@@ -131,3 +131,38 @@ func TestEndpointFromIPAMPool(t *testing.T) {
 	g.Expect(done).To(BeTrue())
 	g.Expect(s.InfraCluster.Spec.ControlPlaneEndpoint).To(Equal(clusterv1.APIEndpoint{Host: "127.10.9.1", Port: 6443}))
 }
+
+// TestEndpointFromPoolSurvivesMove: the VIP allocated from a pool is found again by a
+// cluster recreated with a new UID (as `clusterctl move` does): the same address, no
+// second claim, and deletion's release finds the claim by the move-stable OwnerID.
+func TestEndpointFromPoolSurvivesMove(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	c := fakeClient(t)
+	r := &Reconciler{Client: c}
+	s := endpointScope(func(spec *infrav1.ProxmoxTalosClusterSpec) { spec.ControlPlaneEndpointPool = "nodes" })
+	done, _, err := r.reconcileEndpoint(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(done).To(BeTrue())
+	vip := s.InfraCluster.Spec.ControlPlaneEndpoint.Host
+	g.Expect(vip).NotTo(BeEmpty())
+
+	moved := endpointScope(func(spec *infrav1.ProxmoxTalosClusterSpec) { spec.ControlPlaneEndpointPool = "nodes" })
+	moved.InfraCluster.UID = "uid-after-move"
+	done, _, err = r.reconcileEndpoint(ctx, moved)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(done).To(BeTrue())
+	g.Expect(moved.InfraCluster.Spec.ControlPlaneEndpoint.Host).To(Equal(vip))
+	var claims ipamv1.IPAddressClaimList
+	g.Expect(c.List(ctx, &claims)).To(Succeed())
+	g.Expect(claims.Items).To(HaveLen(1))
+
+	released, err := ipam.ReleaseIDs(ctx, c, "ns", OwnerID(moved.InfraCluster), string(moved.InfraCluster.UID))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(released).To(BeFalse(), "the first call deletes, a later one confirms")
+	g.Eventually(func() (bool, error) {
+		return ipam.ReleaseIDs(ctx, c, "ns", OwnerID(moved.InfraCluster), string(moved.InfraCluster.UID))
+	}).Should(BeTrue())
+	g.Expect(c.List(ctx, &claims)).To(Succeed())
+	g.Expect(claims.Items).To(BeEmpty())
+}
