@@ -14,6 +14,8 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"sigs.k8s.io/cluster-api/util/conditions"
+
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
@@ -40,6 +42,14 @@ func MachineTag(machine string) string { return "machine-" + strings.ToLower(mac
 // another VMID. So an interrupted create never leads to a second VM.
 func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 	if vmCreated(s) {
+		// The providerID is recorded only once the VM exists, but the condition may say
+		// otherwise: `clusterctl move` recreates the object without its status, and the
+		// first pass on the new management cluster waits for the cluster (waitForCluster
+		// sets VMProvisioned False) before it gets here.
+		if !conditions.IsTrue(s.PTM, infrav1.VMProvisionedCondition) && s.PTM.Spec.VMID != nil {
+			r.setCondition(s, infrav1.VMProvisionedCondition, true, infrav1.ReadyReason,
+				fmt.Sprintf("VM %d on node %s", *s.PTM.Spec.VMID, s.PTM.Spec.Node))
+		}
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepCreatingVM
