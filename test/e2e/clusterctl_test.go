@@ -220,6 +220,18 @@ var _ = Describe("clusterctl init, describe, upgrade plan, move and delete on th
 		if m == nil {
 			m = source
 		}
+		// Deleting the Cluster leaves the templates the manifest created (as with every
+		// provider); a user removes them with `kubectl delete -f` before --include-crd,
+		// which clusterctl refuses while any object of our CRDs exists.
+		for _, kind := range []string{"ProxmoxTalosMachineTemplateList", "ProxmoxTalosClusterTemplateList"} {
+			list := &unstructured.UnstructuredList{}
+			list.SetGroupVersionKind(schema.GroupVersionKind{Group: "infrastructure.cluster.x-k8s.io", Version: "v1beta1", Kind: kind})
+			Expect(m.Client.List(ctx, list)).To(Succeed())
+			for i := range list.Items {
+				GinkgoWriter.Printf("deleting %s %s/%s left by the manifest\n", list.Items[i].GetKind(), list.Items[i].GetNamespace(), list.Items[i].GetName())
+				Expect(client.IgnoreNotFound(m.Client.Delete(ctx, &list.Items[i]))).To(Succeed())
+			}
+		}
 		out, err := m.Clusterctl(ctx, "delete", "--infrastructure", "proxmox-talos", "--include-crd")
 		GinkgoWriter.Println(out)
 		Expect(err).NotTo(HaveOccurred())
