@@ -30,12 +30,38 @@ type Config struct {
 	Roles map[string][]string `json:"roles,omitempty"`
 	// Pools maps pool name → member VMIDs (for /pool/{pool} ACLs).
 	Pools map[string][]int `json:"pools,omitempty"`
-	// TaskDuration is how long every async task runs before finishing
-	// (default 5ms).
+	// Profile selects the timing model: "fast" (default, for unit tests) or
+	// "realistic" (every window Proxmox VE has, in the same order, with
+	// Proxmox time compressed by TimeScale). Both profiles model the same
+	// behaviour; only durations differ. See docs/pvesim.md.
+	Profile string `json:"profile,omitempty"`
+	// TimeScale is wall-clock seconds per simulated Proxmox second: every
+	// modelled Proxmox duration (pvestatd's 10 s status tick, a guest's ACPI
+	// shutdown, the HA CRM/LRM cycle, an offline node's 595, an import at
+	// ImportThroughput) is multiplied by it. Default 0.001 in "fast" (10 s →
+	// 10 ms), 0.2 in "realistic" (10 s → 2 s).
+	TimeScale float64 `json:"timeScale,omitempty"`
+	// TaskDuration is the base wall-clock time of every worker task (fork,
+	// config parsing, lvcreate, ...). Default 5ms in "fast", 1 s × TimeScale
+	// in "realistic".
 	TaskDuration Duration `json:"taskDuration,omitempty"`
+	// StatusInterval is the wall-clock period of the simulated pvestatd,
+	// which refreshes /cluster/resources and /nodes stats. Default
+	// 10 s × TimeScale.
+	StatusInterval Duration `json:"statusInterval,omitempty"`
+	// ImportThroughput is how many bytes of an import-from image's virtual
+	// size a create worker converts per Proxmox second (qemu-img convert).
+	// Default 40 MiB/s: a 1.2 GiB Talos image takes ~31 Proxmox seconds
+	// (6 s wall in "realistic", 31 ms in "fast").
+	ImportThroughput uint64 `json:"importThroughput,omitempty"`
+	// OfflineDelay is how long a call routed to an offline node waits before
+	// pveproxy answers 595 "No route to host" (ARP resolution gives up).
+	// Default 3 s × TimeScale.
+	OfflineDelay Duration `json:"offlineDelay,omitempty"`
 	// LockTimeout is how long an operation waits for a busy VM or storage lock
-	// before failing with PVE's "got timeout" text. Default 0: fail at once —
-	// PVE waits 10s (VM) / 60s (storage), the simulator compresses time.
+	// before failing with PVE's "got timeout" text. Default in "fast" 0: fail
+	// at once; in "realistic" 10 s × TimeScale (PVE waits 10 s for a VM
+	// config lock).
 	LockTimeout Duration `json:"lockTimeout,omitempty"`
 	// Seed seeds the fault-injection RNG (default 1) so runs are reproducible.
 	Seed int64 `json:"seed,omitempty"`
@@ -54,6 +80,10 @@ type NodeConfig struct {
 	CPUs   int    `json:"cpus,omitempty"`
 	// Offline nodes answer 595 to calls proxied to them.
 	Offline bool `json:"offline,omitempty"`
+	// HostMemory is the node's own memory use outside guests (kernel, PVE
+	// services, ZFS ARC), added to guests' resident memory in node "mem".
+	// Default 2 GiB.
+	HostMemory uint64 `json:"hostMemory,omitempty"`
 }
 
 // StorageConfig is one storage definition.
@@ -170,6 +200,9 @@ func (c *Config) withDefaults() (Config, error) {
 		if n.CPUs == 0 {
 			n.CPUs = 16
 		}
+		if n.HostMemory == 0 {
+			n.HostMemory = 2 * gib
+		}
 	}
 	if len(out.Storages) == 0 {
 		out.Storages = []StorageConfig{
@@ -220,8 +253,42 @@ func (c *Config) withDefaults() (Config, error) {
 			return out, fmt.Errorf("pvesim: token %q has privsep=false but its user %q is not in users", t.ID, user)
 		}
 	}
-	if out.TaskDuration == 0 {
-		out.TaskDuration = Duration(5 * time.Millisecond)
+	switch out.Profile {
+	case "", ProfileFast:
+		out.Profile = ProfileFast
+		if out.TimeScale == 0 {
+			out.TimeScale = 0.001
+		}
+		if out.TaskDuration == 0 {
+			out.TaskDuration = Duration(5 * time.Millisecond)
+		}
+	case ProfileRealistic:
+		if out.TimeScale == 0 {
+			out.TimeScale = 0.2
+		}
+		if out.TaskDuration == 0 {
+			out.TaskDuration = Duration(out.scale(time.Second))
+		}
+		if out.LockTimeout == 0 {
+			out.LockTimeout = Duration(out.scale(10 * time.Second))
+		}
+	default:
+		return out, fmt.Errorf("pvesim: unknown profile %q (want %q or %q)", out.Profile, ProfileFast, ProfileRealistic)
+	}
+	if out.TimeScale < 0 {
+		return out, fmt.Errorf("pvesim: timeScale %v must be positive", out.TimeScale)
+	}
+	if out.StatusInterval == 0 {
+		out.StatusInterval = Duration(out.scale(10 * time.Second))
+	}
+	if out.StatusInterval < Duration(time.Millisecond) {
+		out.StatusInterval = Duration(time.Millisecond)
+	}
+	if out.ImportThroughput == 0 {
+		out.ImportThroughput = 40 * mib
+	}
+	if out.OfflineDelay == 0 {
+		out.OfflineDelay = Duration(out.scale(3 * time.Second))
 	}
 	if out.Seed == 0 {
 		out.Seed = 1
@@ -230,6 +297,27 @@ func (c *Config) withDefaults() (Config, error) {
 		out.NextIDStart = 100
 	}
 	return out, nil
+}
+
+// Profile names for Config.Profile.
+const (
+	ProfileFast      = "fast"
+	ProfileRealistic = "realistic"
+)
+
+// scale converts a Proxmox duration to wall-clock time.
+func (c *Config) scale(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * c.TimeScale)
+}
+
+// importDuration is the wall-clock time qemu-img convert takes for an image
+// of the given virtual size.
+func (c *Config) importDuration(bytes uint64) time.Duration {
+	if bytes == 0 {
+		return 0
+	}
+	secs := float64(bytes) / float64(c.ImportThroughput)
+	return c.scale(time.Duration(secs * float64(time.Second)))
 }
 
 func (c *Config) is8() bool { return strings.HasPrefix(c.Version, "8.") }

@@ -41,6 +41,7 @@ tokens:
 	g.Expect(time.Duration(c.TaskDuration)).To(Equal(20 * time.Millisecond))
 	s, err := New(c)
 	g.Expect(err).NotTo(HaveOccurred())
+	defer s.Close()
 	g.Expect(s.Nodes()).To(Equal([]string{"pve1", "pve2"}))
 
 	_, err = New(Config{Tokens: []TokenConfig{{ID: "a@pve!t", Secret: "x", ACLs: []ACLConfig{{Path: "/", Role: "Nope"}}}}})
@@ -70,4 +71,48 @@ func TestSharedStorageAndHooks(t *testing.T) {
 	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu/100/status/current", nil).reason).To(ContainSubstring("nodes/pve1/qemu-server/100.conf"))
 	inv := s.Inventory()
 	g.Expect(inv.Volumes).To(ContainElement(VolumeInfo{Storage: "shared", Node: "", VolID: "shared:vm-100-disk-0", Content: "images", Size: gib, VMID: 100}))
+}
+
+// TestProfiles: "fast" (default) and "realistic" differ only in durations;
+// realistic derives every window from Proxmox time × TimeScale (0.2), and
+// explicit settings win. Both are settable in the config file.
+func TestProfiles(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	NewWithT(t).Expect(os.WriteFile(p, []byte("profile: realistic\nnodes:\n  - name: pve1\n    hostMemory: 4294967296\n"), 0o600)).To(Succeed())
+	fromFile, err := LoadConfigFile(p)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	tests := []struct {
+		name                            string
+		cfg                             Config
+		scale                           float64
+		task, tick, offline, import1200 time.Duration
+	}{
+		{"fast default", Config{}, 0.001, 5 * time.Millisecond, 10 * time.Millisecond, 3 * time.Millisecond, 31 * time.Millisecond},
+		{"realistic from file", fromFile, 0.2, 200 * time.Millisecond, 2 * time.Second, 600 * time.Millisecond, 6 * time.Second},
+		{"realistic, own scale and tick", Config{Profile: ProfileRealistic, TimeScale: 0.1, StatusInterval: Duration(time.Second)},
+			0.1, 100 * time.Millisecond, time.Second, 300 * time.Millisecond, 3 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			c, err := tc.cfg.withDefaults()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(c.TimeScale).To(Equal(tc.scale))
+			g.Expect(time.Duration(c.TaskDuration)).To(Equal(tc.task))
+			g.Expect(time.Duration(c.StatusInterval)).To(Equal(tc.tick))
+			g.Expect(time.Duration(c.OfflineDelay)).To(Equal(tc.offline))
+			if c.Profile == ProfileRealistic {
+				g.Expect(time.Duration(c.LockTimeout)).To(Equal(tc.task*10), "PVE waits 10 s for a config lock")
+			} else {
+				g.Expect(c.LockTimeout).To(BeZero())
+			}
+			// A 1.2 GiB Talos image at 40 MiB/s is ~31 Proxmox seconds.
+			g.Expect(c.importDuration(1229 * mib)).To(BeNumerically("~", tc.import1200, tc.import1200/10))
+		})
+	}
+	c, err := fromFile.withDefaults()
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	NewWithT(t).Expect(c.Nodes[0].HostMemory).To(Equal(4 * gib))
+	_, err = (&Config{Profile: "turbo"}).withDefaults()
+	NewWithT(t).Expect(err).To(MatchError(ContainSubstring(`unknown profile "turbo"`)))
 }

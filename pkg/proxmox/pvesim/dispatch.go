@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // serveHTTP runs PVE's request pipeline: auth → permission check → proxy to
@@ -67,6 +68,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, e)
 			return
 		}
+		if e := s.injectProxyFault(r.Method, rt, node); e != nil {
+			writeError(w, e)
+			return
+		}
 	}
 	if e := c.validate(); e != nil {
 		writeError(w, e)
@@ -90,16 +95,27 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// checkNodeReachable models pveproxy forwarding a call to the node that
+// serves it (proxyto): an unknown node fails the hostname lookup; a node
+// that is down answers 595 "No route to host" once ARP resolution gives up
+// (OfflineDelay); a node whose pveproxy is stopped refuses the connection at
+// once (595 "Connection refused"). The reason phrase is AnyEvent::HTTP's
+// error text, which pveproxy passes through.
 func (s *Server) checkNodeReachable(node string) *apiError {
 	s.mu.Lock()
 	n, ok := s.nodes[node]
 	online := ok && n.online
+	proxyDown := ok && n.proxyDown
 	s.mu.Unlock()
 	if !ok {
 		return errServer("hostname lookup '%s' failed - failed to get address info for: %s: Name or service not known", node, node)
 	}
 	if !online {
-		return errStatus(595, "Errors during connection establishment, proxy handshake: No route to host")
+		s.sleep(time.Duration(s.cfg.OfflineDelay))
+		return errStatus(595, "No route to host")
+	}
+	if proxyDown {
+		return errStatus(595, "Connection refused")
 	}
 	return nil
 }

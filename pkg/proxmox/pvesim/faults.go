@@ -29,6 +29,13 @@ type Fault struct {
 	// LockPath overrides the lock named in the injected error (default the
 	// target VM's config lock when known, else a storage lock).
 	LockPath string
+	// ProxyErrorRate (0..1) fails calls that pveproxy forwards to another
+	// node (routes with proxyto, node other than the first, which receives
+	// every call) with 596, AnyEvent::HTTP's status for errors after the
+	// connection was established (TLS, request sending, header processing).
+	// ProxyErrorText is the reason (default "Connection timed out").
+	ProxyErrorRate float64
+	ProxyErrorText string
 }
 
 // AddFault registers a fault; faults apply in order, all matching ones
@@ -46,13 +53,47 @@ func (s *Server) ClearFaults() {
 	s.mu.Unlock()
 }
 
-// SetNodeOnline marks a node up or down; calls for a down node answer 595.
+// SetNodeOnline marks a node up or down; calls routed to a down node answer
+// 595 "No route to host" after Config.OfflineDelay, its guests' status
+// becomes "unknown" in /cluster/resources at the next status tick, and
+// migrations to it fail.
 func (s *Server) SetNodeOnline(node string, online bool) {
 	s.mu.Lock()
 	if n, ok := s.nodes[node]; ok {
 		n.online = online
 	}
 	s.mu.Unlock()
+}
+
+// SetPveproxyRunning stops or starts pveproxy on a node that stays up:
+// calls routed to it answer 595 "Connection refused" at once.
+func (s *Server) SetPveproxyRunning(node string, running bool) {
+	s.mu.Lock()
+	if n, ok := s.nodes[node]; ok {
+		n.proxyDown = !running
+	}
+	s.mu.Unlock()
+}
+
+// injectProxyFault answers 596 for a forwarded call when a ProxyErrorRate
+// fault matches.
+func (s *Server) injectProxyFault(method string, rt *route, node string) *apiError {
+	if rt.schema == nil || rt.schema.Proxyto == "" || len(s.nodeOrder) == 0 || node == s.nodeOrder[0] {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.matches(method, rt.template, node) && s.roll(f.ProxyErrorRate) {
+			text := f.ProxyErrorText
+			if text == "" {
+				text = "Connection timed out"
+			}
+			return errStatus(596, "%s", text)
+		}
+	}
+	return nil
 }
 
 func (f *Fault) matches(method, tmpl, node string) bool {

@@ -16,13 +16,16 @@ func hVersion(c *reqCtx) (any, *apiError) {
 	return map[string]any{"version": c.s.cfg.Version, "release": c.s.release(), "repoid": "5b4e6d5e1a3c2f01", "console": "xtermjs"}, nil
 }
 
-// nodeMemUsed is memory of running VMs plus a fixed host overhead, the
-// number /nodes/{node}/status reports. Callers hold s.mu.
+// nodeMemUsed is the memory in use on a node right now (what
+// /proc/meminfo says): the host's own share (kernel, services, ZFS ARC) plus
+// the resident memory of running guests, not their configured memory.
+// Callers hold s.mu.
 func (s *Server) nodeMemUsed(node string) uint64 {
-	used := uint64(2 * gib)
+	now := time.Now()
+	used := s.nodes[node].cfg.HostMemory
 	for _, v := range s.vms {
 		if v.node == node && v.running {
-			used += v.memBytes()
+			used += s.vmRSS(v, now)
 		}
 	}
 	return used
@@ -36,14 +39,14 @@ func hNodes(c *reqCtx) (any, *apiError) {
 	for _, name := range s.nodeOrder {
 		n := s.nodes[name]
 		e := map[string]any{"node": name, "id": "node/" + name, "type": "node", "status": "offline"}
-		if n.online {
+		if st, ok := s.snap.nodes[name]; n.online && ok {
 			e["status"] = "online"
 			if c.has("/nodes/"+name, "Sys.Audit") {
-				e["maxmem"] = n.cfg.Memory
-				e["mem"] = s.nodeMemUsed(name)
-				e["maxcpu"] = n.cfg.CPUs
-				e["cpu"] = 0.01
-				e["uptime"] = 86400
+				e["maxmem"] = st.maxmem
+				e["mem"] = st.mem
+				e["maxcpu"] = st.maxcpu
+				e["cpu"] = st.cpu
+				e["uptime"] = st.uptime
 				e["level"] = ""
 				e["maxdisk"] = 100 * gib
 				e["disk"] = 10 * gib
@@ -146,17 +149,19 @@ func hClusterResources(c *reqCtx) (any, *apiError) {
 				if !st.availableOn(node) || !c.has("/storage/"+sid, "Datastore.Audit", "Datastore.AllocateSpace") {
 					continue
 				}
-				status := "available"
-				if !s.nodes[node].online {
-					status = "unknown"
-				}
 				shared := 0
 				if st.cfg.Shared {
 					shared = 1
 				}
-				out = append(out, map[string]any{"id": fmt.Sprintf("storage/%s/%s", node, sid), "type": "storage",
-					"storage": sid, "node": node, "status": status, "plugintype": st.cfg.Type,
-					"content": st.cfg.Content, "shared": shared, "maxdisk": st.cfg.Size, "disk": s.storageUsed(st, node)})
+				e := map[string]any{"id": fmt.Sprintf("storage/%s/%s", node, sid), "type": "storage",
+					"storage": sid, "node": node, "status": "unknown", "plugintype": st.cfg.Type,
+					"content": st.cfg.Content, "shared": shared}
+				if ss, ok := s.snap.storages[node+"/"+sid]; ok && s.nodes[node].online {
+					e["status"] = "available"
+					e["maxdisk"] = ss.maxdisk
+					e["disk"] = ss.disk
+				}
+				out = append(out, e)
 			}
 		}
 	}
@@ -167,13 +172,15 @@ func hClusterResources(c *reqCtx) (any, *apiError) {
 				continue
 			}
 			e := map[string]any{"id": "node/" + name, "type": "node", "node": name, "status": "offline", "level": ""}
-			if n.online {
+			if st, ok := s.snap.nodes[name]; n.online && ok {
 				e["status"] = "online"
-				e["maxmem"] = n.cfg.Memory
-				e["mem"] = s.nodeMemUsed(name)
-				e["maxcpu"] = n.cfg.CPUs
-				e["cpu"] = 0.01
-				e["uptime"] = 86400
+				e["maxmem"] = st.maxmem
+				e["mem"] = st.mem
+				e["maxcpu"] = st.maxcpu
+				e["cpu"] = st.cpu
+				e["uptime"] = st.uptime
+			} else if n.online {
+				e["status"] = "unknown"
 			}
 			out = append(out, e)
 		}
@@ -181,12 +188,25 @@ func hClusterResources(c *reqCtx) (any, *apiError) {
 	return out, nil
 }
 
-// vmResource is a /cluster/resources type=vm entry. Callers hold s.mu.
+// vmResource is a /cluster/resources type=vm entry: placement from the
+// vmlist, status and numbers from the last status tick, lock and tags live
+// from the config. Callers hold s.mu.
 func (s *Server) vmResource(v *vmState) map[string]any {
 	e := map[string]any{"id": fmt.Sprintf("qemu/%d", v.vmid), "type": "qemu", "vmid": v.vmid, "node": v.node,
-		"name": v.name(), "status": statusText(v), "template": 0, "maxmem": v.memBytes(),
-		"maxdisk": s.vmMaxDisk(v), "maxcpu": vmCPUs(v), "mem": 0, "cpu": 0, "uptime": 0, "disk": 0,
-		"netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0}
+		"status": "unknown"}
+	if st, ok := s.snap.vms[v.vmid]; ok && s.nodes[v.node].online {
+		e["name"] = st.name
+		e["status"] = st.status
+		e["uptime"] = st.uptime
+		e["template"] = st.template
+		e["maxcpu"] = st.maxcpu
+		e["cpu"] = 0
+		e["maxmem"] = st.maxmem
+		e["mem"] = st.mem
+		e["maxdisk"] = st.maxdisk
+		e["disk"] = 0
+		e["netin"], e["netout"], e["diskread"], e["diskwrite"] = 0, 0, 0, 0
+	}
 	if t := v.conf["tags"]; t != "" {
 		e["tags"] = t
 	}
@@ -196,9 +216,8 @@ func (s *Server) vmResource(v *vmState) map[string]any {
 	if v.pool != "" {
 		e["pool"] = v.pool
 	}
-	if v.running {
-		e["mem"] = v.memBytes() / 2
-		e["uptime"] = int64(time.Since(v.startedAt).Seconds())
+	if h := s.ha[v.vmid]; h != nil {
+		e["hastate"] = h.state
 	}
 	return e
 }

@@ -15,9 +15,12 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if e != nil {
 		return nil, e
 	}
-	out := map[string]any{"vmid": v.vmid, "name": v.name(), "status": statusText(v), "qmpstatus": statusText(v),
+	out := map[string]any{"vmid": v.vmid, "name": v.displayName(), "status": statusText(v), "qmpstatus": statusText(v),
 		"cpus": vmCPUs(v), "maxmem": v.memBytes(), "maxdisk": s.vmMaxDisk(v), "mem": 0, "cpu": 0, "disk": 0,
 		"uptime": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0, "ha": map[string]any{"managed": 0}}
+	if h := s.ha[v.vmid]; h != nil {
+		out["ha"] = map[string]any{"managed": 1, "state": h.state}
+	}
 	if v.agentEnabled() {
 		out["agent"] = 1
 	}
@@ -30,7 +33,7 @@ func hVMStatus(c *reqCtx) (any, *apiError) {
 	if v.running {
 		out["pid"] = v.pid
 		out["uptime"] = int64(time.Since(v.startedAt).Seconds())
-		out["mem"] = v.memBytes() / 2
+		out["mem"] = s.vmRSS(v, time.Now())
 		out["running-machine"] = "pc-q35-9.2+pve1"
 		out["running-qemu"] = "9.2.0"
 	}
@@ -50,6 +53,23 @@ func hPower(typ string) handlerFunc {
 		}
 		action := strings.TrimPrefix(typ, "qm")
 		node := c.node()
+		// qemu-server hands start/stop/shutdown of an HA-managed VM to the
+		// HA stack (PVE::HA::Config::vm_is_ha_managed).
+		s.mu.Lock()
+		ha := s.haManaged(vm.vmid) != nil
+		s.mu.Unlock()
+		if ha {
+			switch typ {
+			case "qmstart":
+				return c.haRequest("hastart", "started", "start", vm.vmid)
+			case "qmstop", "qmshutdown":
+				return c.haRequest("hastop", "stopped", "stop", vm.vmid)
+			}
+		}
+		opts := stopOpts{force: c.boolParam("forceStop"), skiplock: c.boolParam("skiplock")}
+		if _, ok := c.params["timeout"]; ok {
+			opts.timeout = time.Duration(c.intParam("timeout")) * time.Second
+		}
 		return s.startTask(taskSpec{node: node, typ: typ, id: strconv.Itoa(vm.vmid), user: c.token,
 			locks: []string{vmLock(vm.vmid)}, routeKey: "POST /nodes/{node}/qemu/{vmid}/status/" + action,
 			run: func(t *task) error {
@@ -57,9 +77,10 @@ func hPower(typ string) handlerFunc {
 				case "qmstart":
 					return s.powerOn(t, vm)
 				case "qmstop":
-					return s.powerOff(t, vm, false)
+					return s.powerOff(t, vm, opts)
 				case "qmshutdown":
-					return s.powerOff(t, vm, true)
+					opts.shutdown = true
+					return s.powerOff(t, vm, opts)
 				default: // reboot, reset: the guest goes down and comes back.
 					s.mu.Lock()
 					running := vm.running
@@ -67,7 +88,7 @@ func hPower(typ string) handlerFunc {
 					if !running {
 						return fmt.Errorf("VM %d not running", vm.vmid)
 					}
-					if err := s.powerOff(t, vm, false); err != nil {
+					if err := s.powerOff(t, vm, opts); err != nil {
 						return err
 					}
 					return s.powerOn(t, vm)
@@ -91,9 +112,18 @@ func (s *Server) powerOn(t *task, vm *vmState) error {
 		s.mu.Unlock()
 		return fmt.Errorf("VM %d already running", vm.vmid)
 	}
+	// vm_start activates every volume of the config first
+	// (PVE::Storage::activate_volumes): a missing disk or ISO fails the
+	// task.
+	if err := s.checkVolumes(vm); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	// KVM overcommits: guest RAM is allocated lazily, so a VM starts even
+	// when configured memory exceeds what is free. Only an allocation larger
+	// than the host's RAM fails (the kernel's overcommit heuristic).
 	n := s.nodes[vm.node]
-	need := vm.memBytes()
-	if s.nodeMemUsed(vm.node)+need > n.cfg.Memory {
+	if vm.memBytes() > n.cfg.Memory {
 		t.log = append(t.log, fmt.Sprintf("kvm: cannot set up guest memory 'pc.ram': Cannot allocate memory"))
 		s.mu.Unlock()
 		return fmt.Errorf("start failed: QEMU exited with code 1")
@@ -109,13 +139,127 @@ func (s *Server) powerOn(t *task, vm *vmState) error {
 	return nil
 }
 
-func (s *Server) powerOff(t *task, vm *vmState, graceful bool) error {
+// checkVolumes fails like activate_volumes for the first volume of the
+// config that does not exist on the VM's node. Callers hold s.mu.
+func (s *Server) checkVolumes(vm *vmState) error {
+	for _, k := range driveKeys() {
+		val, ok := vm.conf[k]
+		if !ok {
+			continue
+		}
+		file := parsePropString(val, "file")["file"]
+		if file == "" || file == "none" || file == "cdrom" || !strings.Contains(file, ":") {
+			continue
+		}
+		if v, _ := s.findVolume(file, vm.node); v != nil {
+			continue
+		}
+		sid, name, _ := strings.Cut(file, ":")
+		if st, ok := s.storages[sid]; ok && st.cfg.Type == "lvmthin" {
+			return fmt.Errorf("can't activate LV '/dev/pve/%s':   Failed to find logical volume \"pve/%s\"", name, name)
+		}
+		return fmt.Errorf("volume '%s' does not exist", file)
+	}
+	return nil
+}
+
+// stopOpts are _do_vm_stop's arguments.
+type stopOpts struct {
+	// shutdown asks the guest (agent guest-shutdown or ACPI powerdown);
+	// otherwise QEMU is told to quit.
+	shutdown bool
+	// timeout is how long to wait for the guest, in Proxmox time (default
+	// 60 s like qemu-server).
+	timeout time.Duration
+	// force kills the VM when the timeout passes (forceStop); without it
+	// the task fails with "VM quit/powerdown failed - got timeout".
+	force    bool
+	skiplock bool
+}
+
+// guestShutdownTime is how long a guest that honours the request takes to
+// power off after ACPI powerdown or guest-shutdown.
+const guestShutdownTime = 5 * time.Second
+
+// powerOff is qemu-server's vm_stop/_do_vm_stop: a VM that is not running
+// ends OK at once (before the lock check); a locked VM is refused unless
+// skiplock; shutdown goes through the guest agent when it is enabled and
+// answers guest-ping, else ACPI; then it waits up to timeout for the guest.
+func (s *Server) powerOff(t *task, vm *vmState, o stopOpts) error {
 	s.mu.Lock()
 	if !vm.running {
 		s.mu.Unlock()
-		if graceful {
-			return fmt.Errorf("VM %d not running", vm.vmid)
+		return nil
+	}
+	if l := vm.conf["lock"]; l != "" && !o.skiplock {
+		s.mu.Unlock()
+		return fmt.Errorf("VM is locked (%s)", l)
+	}
+	honours := true
+	if o.shutdown {
+		agentOK := vm.agentEnabled() && !vm.agentDown
+		if vm.agentEnabled() && !agentOK {
+			t.warnings++
+			t.log = append(t.log, fmt.Sprintf("WARN: QEMU Guest Agent is not running - VM %d qga command 'guest-ping' failed - got timeout", vm.vmid))
 		}
+		// The agent shuts the guest down itself; ACPI needs the guest to
+		// react to the power button.
+		honours = agentOK || !vm.ignoresACPI
+	}
+	s.mu.Unlock()
+	if !o.shutdown {
+		return s.markStopped(vm)
+	}
+	timeout := o.timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	if honours && guestShutdownTime <= timeout {
+		if s.waitStopped(vm, s.cfg.scale(guestShutdownTime)) {
+			return nil
+		}
+		return s.markStopped(vm)
+	}
+	if s.waitStopped(vm, s.cfg.scale(timeout)) {
+		return nil
+	}
+	if !o.force {
+		return fmt.Errorf("VM quit/powerdown failed - got timeout")
+	}
+	s.mu.Lock()
+	t.warnings++
+	t.log = append(t.log, "WARN: VM still running - terminating now with SIGTERM")
+	s.mu.Unlock()
+	return s.markStopped(vm)
+}
+
+// waitStopped waits d for the guest to power off by itself; it reports
+// whether it did.
+func (s *Server) waitStopped(vm *vmState, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		s.mu.Lock()
+		running := vm.running
+		s.mu.Unlock()
+		if !running {
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		select {
+		case <-s.closing:
+			return false
+		case <-time.After(min(time.Millisecond, time.Until(deadline))):
+		}
+	}
+}
+
+// markStopped ends the QEMU process and fires the power-off hooks.
+func (s *Server) markStopped(vm *vmState) error {
+	s.mu.Lock()
+	if !vm.running {
+		s.mu.Unlock()
 		return nil
 	}
 	vm.running = false
@@ -123,6 +267,42 @@ func (s *Server) powerOff(t *task, vm *vmState, graceful bool) error {
 	ev := s.powerEvent(vm)
 	s.mu.Unlock()
 	s.firePowerOff(ev)
+	return nil
+}
+
+// GuestPowerOff makes a running guest power itself off (poweroff inside the
+// VM): QEMU exits, power-off hooks fire, and an HA-managed VM whose
+// requested state is "started" is started again by the HA stack.
+func (s *Server) GuestPowerOff(vmid int) error {
+	s.mu.Lock()
+	vm, ok := s.vms[vmid]
+	if !ok || !vm.running {
+		s.mu.Unlock()
+		return fmt.Errorf("pvesim: VM %d is not running", vmid)
+	}
+	s.mu.Unlock()
+	if err := s.markStopped(vm); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if h := s.haManaged(vmid); h != nil && h.state == "started" {
+		s.haKick(vmid)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// SetGuestACPI makes a guest honour (default) or ignore the ACPI power
+// button, e.g. a guest that hangs or has no ACPI handling. A shutdown that
+// cannot use the guest agent then runs into its timeout.
+func (s *Server) SetGuestACPI(vmid int, honours bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.vms[vmid]
+	if !ok {
+		return fmt.Errorf("pvesim: VM %d does not exist", vmid)
+	}
+	v.ignoresACPI = !honours
 	return nil
 }
 

@@ -49,7 +49,7 @@ func hVMList(c *reqCtx) (any, *apiError) {
 		if v.node != c.node() || !c.has(fmt.Sprintf("/vms/%d", id), "VM.Audit") {
 			continue
 		}
-		e := map[string]any{"vmid": id, "name": v.name(), "status": statusText(v), "maxmem": v.memBytes(),
+		e := map[string]any{"vmid": id, "name": v.displayName(), "status": statusText(v), "maxmem": v.memBytes(),
 			"maxdisk": s.vmMaxDisk(v), "cpus": vmCPUs(v), "mem": 0, "cpu": 0, "uptime": 0, "disk": 0,
 			"netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0}
 		if t := v.conf["tags"]; t != "" {
@@ -61,7 +61,7 @@ func hVMList(c *reqCtx) (any, *apiError) {
 		if v.running {
 			e["pid"] = v.pid
 			e["uptime"] = int64(time.Since(v.startedAt).Seconds())
-			e["mem"] = v.memBytes() / 2
+			e["mem"] = s.vmRSS(v, time.Now())
 		}
 		out = append(out, e)
 	}
@@ -218,23 +218,10 @@ func hVMCreate(c *reqCtx) (any, *apiError) {
 		}
 		conf[k] = val
 	}
-	sm := parsePropString(conf["smbios1"], "")
-	if sm["uuid"] == "" {
-		sm["uuid"] = uuid.NewString()
-		parts := []string{}
-		for _, k := range sortedKeys(sm) {
-			if k != "" {
-				parts = append(parts, k+"="+sm[k])
-			}
-		}
-		conf["smbios1"] = strings.Join(parts, ",")
-	}
-	if conf["vmgenid"] == "" {
-		conf["vmgenid"] = uuid.NewString()
-	}
-	conf["meta"] = fmt.Sprintf("creation-qemu=9.2.0,ctime=%d", time.Now().Unix())
-	conf["lock"] = "create"
-	vm := &vmState{vmid: vmid, node: node, conf: conf, pool: c.params["pool"]}
+	// qemu-server's create_vm writes a config holding only "lock: create"
+	// (create_and_lock_config) before forking the worker; everything else
+	// (name, tags, smbios1, disks, nets) is written when the worker ends.
+	vm := &vmState{vmid: vmid, node: node, conf: map[string]string{"lock": "create"}, pool: c.params["pool"]}
 	if vm.pool == "" {
 		vm.pool = s.poolOf(vmid)
 	}
@@ -243,18 +230,24 @@ func hVMCreate(c *reqCtx) (any, *apiError) {
 
 	sort.SliceStable(plans, func(i, j int) bool { return driveOrder(plans[i].key) < driveOrder(plans[j].key) })
 	locks := []string{vmLock(vmid)}
+	var storageLocks []string
 	seen := map[string]bool{}
 	for _, p := range plans {
 		if !seen[p.storage] {
 			seen[p.storage] = true
-			locks = append(locks, storageLock(p.storage))
+			storageLocks = append(storageLocks, storageLock(p.storage))
 		}
 	}
+	locks = append(locks, storageLocks...)
 	startAfter := c.boolParam("start")
 	var created []*volume
+	// The worker's time grows with its work: the base, then a short
+	// allocation per new volume (lvcreate), then the import.
+	duration := time.Duration(s.cfg.TaskDuration) + time.Duration(len(plans))*s.cfg.scale(500*time.Millisecond)
 	return s.startTask(taskSpec{node: node, typ: "qmcreate", id: strconv.Itoa(vmid), user: c.token, locks: locks,
-		routeKey: "POST /nodes/{node}/qemu",
+		routeKey: "POST /nodes/{node}/qemu", duration: duration,
 		run: func(t *task) error {
+			var imports []*volume
 			s.mu.Lock()
 			for _, p := range plans {
 				val, v, err := s.allocate(node, vmid, p)
@@ -263,13 +256,44 @@ func hVMCreate(c *reqCtx) (any, *apiError) {
 					return err
 				}
 				created = append(created, v)
-				vm.conf[p.key] = val
+				conf[p.key] = val
 				if p.importOf != "" {
 					t.log = append(t.log, fmt.Sprintf("importing disk '%s' to VM %d ...", p.importOf, vmid))
+					imports = append(imports, v)
 				}
 				t.log = append(t.log, fmt.Sprintf("%s: successfully created disk '%s'", p.key, val))
 			}
-			delete(vm.conf, "lock")
+			s.mu.Unlock()
+			// vdisk_alloc holds the storage lock only while allocating;
+			// qemu-img convert runs without it.
+			s.releaseLocks(storageLocks, t.upid)
+			for _, v := range imports {
+				s.sleep(s.cfg.importDuration(v.size))
+				s.logf(t, "transferred %s of %s (100.00%%)", humanSize(v.size), humanSize(v.size))
+			}
+			s.mu.Lock()
+			if s.vms[vmid] != vm {
+				s.mu.Unlock()
+				return fmt.Errorf("unable to create VM %d - Configuration file 'nodes/%s/qemu-server/%d.conf' does not exist", vmid, node, vmid)
+			}
+			sm := parsePropString(conf["smbios1"], "")
+			if sm["uuid"] == "" {
+				sm["uuid"] = uuid.NewString()
+				parts := []string{}
+				for _, k := range sortedKeys(sm) {
+					if k != "" {
+						parts = append(parts, k+"="+sm[k])
+					}
+				}
+				conf["smbios1"] = strings.Join(parts, ",")
+			}
+			if conf["vmgenid"] == "" || conf["vmgenid"] == "1" {
+				conf["vmgenid"] = uuid.NewString()
+			}
+			conf["meta"] = fmt.Sprintf("creation-qemu=9.2.0,ctime=%d", time.Now().Unix())
+			// write_config replaces the lock-only config: the lock is gone
+			// with it.
+			vm.conf = conf
 			s.mu.Unlock()
 			if startAfter {
 				return s.powerOn(t, vm)
@@ -286,6 +310,17 @@ func hVMCreate(c *reqCtx) (any, *apiError) {
 				delete(s.vms, vmid)
 			}
 		}}), nil
+}
+
+// humanSize renders bytes like qemu-img's progress lines (e.g. "1.2 GiB").
+func humanSize(b uint64) string {
+	switch {
+	case b >= gib:
+		return fmt.Sprintf("%.1f GiB", float64(b)/float64(gib))
+	case b >= mib:
+		return fmt.Sprintf("%.1f MiB", float64(b)/float64(mib))
+	}
+	return fmt.Sprintf("%d B", b)
 }
 
 func driveOrder(key string) int {

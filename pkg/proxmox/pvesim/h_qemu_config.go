@@ -222,6 +222,11 @@ func hVMDelete(c *reqCtx) (any, *apiError) {
 		s.mu.Unlock()
 		return nil, e
 	}
+	// destroy_vm (before its running check) refuses an HA resource unless purge removes it too.
+	if _, ha := s.ha[vm.vmid]; ha && !c.boolParam("purge") {
+		s.mu.Unlock()
+		return nil, errServer("unable to remove VM %d - used in HA resources and purge parameter not set.", vm.vmid)
+	}
 	if vm.running {
 		s.mu.Unlock()
 		return nil, errServer("VM %d is running - destroy failed", vm.vmid)
@@ -267,6 +272,10 @@ func hVMDelete(c *reqCtx) (any, *apiError) {
 				}
 			}
 			delete(s.vms, vmid)
+			if _, ha := s.ha[vmid]; ha {
+				delete(s.ha, vmid)
+				t.log = append(t.log, fmt.Sprintf("Removed resource 'vm:%d' from HA configuration", vmid))
+			}
 			return nil
 		}}), nil
 }

@@ -73,6 +73,12 @@ func (s *Server) handlers() map[string]handlerFunc {
 		"GET /nodes/{node}/tasks/{upid}/status":                      hTaskStatus,
 		"GET /nodes/{node}/tasks/{upid}/log":                         hTaskLog,
 		"DELETE /nodes/{node}/tasks/{upid}":                          hTaskStop,
+		"GET /nodes/{node}/tasks":                                    hTaskList,
+		"POST /nodes/{node}/qemu/{vmid}/migrate":                     hMigrate,
+		"GET /cluster/ha/resources":                                  hHAList,
+		"POST /cluster/ha/resources":                                 hHACreate,
+		"GET /cluster/ha/resources/{sid}":                            hHAGet,
+		"DELETE /cluster/ha/resources/{sid}":                         hHADelete,
 	}
 }
 

@@ -30,8 +30,13 @@ type Server struct {
 	storages     map[string]*storageState
 	storageOrder []string
 	// vols: storage → node scope ("" for shared) → volid → volume.
-	vols   map[string]map[string]map[string]*volume
-	vms    map[int]*vmState
+	vols map[string]map[string]map[string]*volume
+	vms  map[int]*vmState
+	// snap is the last pvestatd round (see status.go).
+	snap    *statusSnapshot
+	started time.Time
+	// ha is /etc/pve/ha/resources.cfg (VMs only).
+	ha     map[int]*haResource
 	tasks  map[string]*task
 	tokens map[string]TokenConfig
 	users  map[string]UserConfig
@@ -79,6 +84,7 @@ func New(cfg Config) (*Server, error) {
 		storages: map[string]*storageState{},
 		vols:     map[string]map[string]map[string]*volume{},
 		vms:      map[int]*vmState{},
+		ha:       map[int]*haResource{},
 		tasks:    map[string]*task{},
 		tokens:   map[string]TokenConfig{},
 		users:    map[string]UserConfig{},
@@ -140,6 +146,11 @@ func New(cfg Config) (*Server, error) {
 	if err := s.buildRoutes(); err != nil {
 		return nil, err
 	}
+	// pvestatd has been running on every node before the first request.
+	s.started = time.Now()
+	s.statusTick()
+	s.tasksWG.Add(1)
+	go s.runStatusDaemon()
 	return s, nil
 }
 

@@ -20,12 +20,25 @@ type vmState struct {
 	pid       int
 	// agentDown simulates a guest whose agent is not (yet) answering.
 	agentDown bool
+	// ignoresACPI simulates a guest that does not react to the power
+	// button.
+	ignoresACPI bool
 	// guestIfaces overrides the agent's network-get-interfaces answer.
 	guestIfaces []GuestInterface
 	pool        string
 }
 
 func (v *vmState) name() string { return v.conf["name"] }
+
+// displayName is qemu-server vmstatus' name: the configured one or
+// "VM <vmid>" (e.g. during the create window, when the config holds only
+// the lock).
+func (v *vmState) displayName() string {
+	if n := v.conf["name"]; n != "" {
+		return n
+	}
+	return fmt.Sprintf("VM %d", v.vmid)
+}
 
 func (v *vmState) digest() string {
 	keys := sortedKeys(v.conf)
@@ -111,6 +124,8 @@ func (s *storageState) volNode(node string) string {
 type nodeState struct {
 	cfg    NodeConfig
 	online bool
+	// proxyDown: the node is up but pveproxy does not accept connections.
+	proxyDown bool
 }
 
 func sortedKeys[V any](m map[string]V) []string {

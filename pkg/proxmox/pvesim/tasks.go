@@ -22,6 +22,9 @@ type task struct {
 	exitstatus string
 	log        []string
 	stopReq    bool
+	// warnings counts warn() lines; a task that succeeds with warnings
+	// ends "WARNINGS: <n>" (PVE::RESTEnvironment fork_worker).
+	warnings int
 }
 
 // taskSpec describes the work of a task: locks held while it runs (e.g.
@@ -40,6 +43,9 @@ type taskSpec struct {
 	run func(t *task) error
 	// onFail cleans up when the task fails before or during run.
 	onFail func()
+	// duration overrides Config.TaskDuration as the time the worker needs
+	// before run (0: TaskDuration).
+	duration time.Duration
 }
 
 func (s *Server) newUPID(node, typ, id, user string) *task {
@@ -74,6 +80,8 @@ func (s *Server) startTask(spec taskSpec) string {
 			// then "TASK ERROR: <msg>" is the log's last line.
 			msg := strings.ReplaceAll(strings.TrimSuffix(err.Error(), "\n"), "\n", " ")
 			t.log = append(t.log, "TASK ERROR: "+msg)
+		} else if t.warnings > 0 {
+			t.log = append(t.log, fmt.Sprintf("TASK WARNINGS: %d", t.warnings))
 		} else {
 			t.log = append(t.log, "TASK OK")
 		}
@@ -91,15 +99,16 @@ func (s *Server) execTask(t *task, spec taskSpec) error {
 	if f := s.lockFault(spec.routeKey, spec.node, def); f != "" {
 		return fmt.Errorf("%s", lockTimeoutText(f))
 	}
-	release, err := s.acquireLocks(spec.locks)
+	release, err := s.acquireLocks(spec.locks, t.upid)
 	if err != nil {
 		return err
 	}
 	defer release()
-	select {
-	case <-time.After(time.Duration(s.cfg.TaskDuration)):
-	case <-s.closing:
+	d := spec.duration
+	if d == 0 {
+		d = time.Duration(s.cfg.TaskDuration)
 	}
+	s.sleep(d)
 	s.mu.Lock()
 	stopped := t.stopReq
 	s.mu.Unlock()
@@ -152,8 +161,32 @@ func lockTimeoutText(path string) string {
 	return fmt.Sprintf("can't lock file '%s' - got timeout", path)
 }
 
-// acquireLocks takes all locks or none, waiting up to LockTimeout.
-func (s *Server) acquireLocks(paths []string) (func(), error) {
+// sleep waits d of wall-clock time, or until Close.
+func (s *Server) sleep(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	select {
+	case <-time.After(d):
+	case <-s.closing:
+	}
+}
+
+// releaseLocks drops the given locks early if owner still holds them (a
+// worker gives up a storage lock once its volumes are allocated).
+func (s *Server) releaseLocks(paths []string, owner string) {
+	s.lockMu.Lock()
+	for _, p := range paths {
+		if s.locks[p] == owner {
+			delete(s.locks, p)
+		}
+	}
+	s.lockMu.Unlock()
+}
+
+// acquireLocks takes all locks or none for owner, waiting up to
+// LockTimeout.
+func (s *Server) acquireLocks(paths []string, owner string) (func(), error) {
 	deadline := time.Now().Add(time.Duration(s.cfg.LockTimeout))
 	for {
 		s.lockMu.Lock()
@@ -166,16 +199,10 @@ func (s *Server) acquireLocks(paths []string) (func(), error) {
 		}
 		if busy == "" {
 			for _, p := range paths {
-				s.locks[p] = "held"
+				s.locks[p] = owner
 			}
 			s.lockMu.Unlock()
-			return func() {
-				s.lockMu.Lock()
-				for _, p := range paths {
-					delete(s.locks, p)
-				}
-				s.lockMu.Unlock()
-			}, nil
+			return func() { s.releaseLocks(paths, owner) }, nil
 		}
 		s.lockMu.Unlock()
 		if !time.Now().Before(deadline) {
@@ -195,7 +222,11 @@ func (s *Server) withLocks(routeKey, node string, paths []string, fn func() *api
 	if f := s.lockFault(routeKey, node, def); f != "" {
 		return errServer("%s", lockTimeoutText(f))
 	}
-	release, err := s.acquireLocks(paths)
+	s.mu.Lock()
+	s.pid++
+	owner := fmt.Sprintf("sync:%d", s.pid)
+	s.mu.Unlock()
+	release, err := s.acquireLocks(paths, owner)
 	if err != nil {
 		return errServer("%s", err.Error())
 	}

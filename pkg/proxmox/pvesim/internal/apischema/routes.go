@@ -41,4 +41,10 @@ var Served = []struct{ Method, Path string }{
 	{"GET", "/nodes/{node}/tasks/{upid}/status"},
 	{"GET", "/nodes/{node}/tasks/{upid}/log"},
 	{"DELETE", "/nodes/{node}/tasks/{upid}"},
+	{"GET", "/nodes/{node}/tasks"},
+	{"POST", "/nodes/{node}/qemu/{vmid}/migrate"},
+	{"GET", "/cluster/ha/resources"},
+	{"POST", "/cluster/ha/resources"},
+	{"GET", "/cluster/ha/resources/{sid}"},
+	{"DELETE", "/cluster/ha/resources/{sid}"},
 }

@@ -1,0 +1,151 @@
+package pvesim
+
+import (
+	"regexp"
+	"sort"
+	"strings"
+)
+
+var reWarnings = regexp.MustCompile(`^WARNINGS: \d+$`)
+
+// taskStatusType is PVE::Tools::upid_normalize_status_type.
+func taskStatusType(status string) string {
+	switch {
+	case status == "":
+		return "unknown"
+	case status == "OK":
+		return "ok"
+	case reWarnings.MatchString(status):
+		return "warning"
+	}
+	return "error"
+}
+
+// hTaskList is pve-manager's PVE::API2::Tasks node_tasks: finished tasks
+// (source=archive, the default) newest first, running ones only with
+// source=active|all (status "RUNNING"). Token tasks are split into user and
+// tokenid ($convert_token_task); callers without Sys.Audit on the node see
+// only their own tasks.
+func hTaskList(c *reqCtx) (any, *apiError) {
+	s := c.s
+	node := c.node()
+	start := 0
+	if _, ok := c.params["start"]; ok {
+		start = c.intParam("start")
+	}
+	limit := 50
+	if _, ok := c.params["limit"]; ok {
+		limit = c.intParam("limit")
+	}
+	source := c.params["source"]
+	if source == "" {
+		source = "archive"
+	}
+	statusFilter := map[string]bool{"ok": true, "warning": true, "error": true, "unknown": true}
+	errorsOnly := c.boolParam("errors")
+	if sf, ok := c.params["statusfilter"]; ok && !errorsOnly {
+		statusFilter = map[string]bool{}
+		for _, f := range splitList(sf) {
+			statusFilter[strings.ToLower(f)] = true
+		}
+	} else if errorsOnly {
+		statusFilter["ok"] = false
+	}
+	auditor := c.has("/nodes/"+node, "Sys.Audit")
+	userfilter := strings.ToLower(c.params["userfilter"])
+	_, hasSince := c.params["since"]
+	_, hasUntil := c.params["until"]
+	since, until := int64(c.intParam("since")), int64(c.intParam("until"))
+
+	s.mu.Lock()
+	var active, archive []*task
+	for _, t := range s.tasks {
+		if t.node != node {
+			continue
+		}
+		if t.running {
+			active = append(active, t)
+		} else {
+			archive = append(archive, t)
+		}
+	}
+	// The active file lists tasks in start order; the index is read
+	// backwards, newest end first.
+	sort.Slice(active, func(i, j int) bool { return active[i].pid < active[j].pid })
+	sort.Slice(archive, func(i, j int) bool {
+		if archive[i].endtime != archive[j].endtime {
+			return archive[i].endtime > archive[j].endtime
+		}
+		return archive[i].pid > archive[j].pid
+	})
+	count := 0
+	out := []map[string]any{}
+	filter := func(t *task, status string) bool {
+		user, tokenid := splitTokenUser(t.user)
+		if userfilter != "" && !strings.Contains(strings.ToLower(user), userfilter) {
+			return true
+		}
+		if !auditor && t.user != c.token {
+			return true
+		}
+		if tf := c.params["typefilter"]; tf != "" && t.typ != tf {
+			return true
+		}
+		if vmid := c.params["vmid"]; vmid != "" && t.id != vmid {
+			return true
+		}
+		if hasSince && t.starttime < since {
+			return true
+		}
+		if hasUntil && t.starttime > until {
+			return true
+		}
+		if !statusFilter[taskStatusType(status)] {
+			return true
+		}
+		_ = tokenid
+		count++
+		if count <= start {
+			return true
+		}
+		return len(out) >= limit
+	}
+	entry := func(t *task, status string) map[string]any {
+		user, tokenid := splitTokenUser(t.user)
+		e := map[string]any{"upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart, "starttime": t.starttime,
+			"type": t.typ, "id": t.id, "user": user, "status": status}
+		if tokenid != "" {
+			e["tokenid"] = tokenid
+		}
+		if !t.running {
+			e["endtime"] = t.endtime
+		}
+		return e
+	}
+	if source == "active" || source == "all" {
+		for _, t := range active {
+			// An active task has no status yet: it is "unknown" to the
+			// filter and listed as RUNNING.
+			if !filter(t, "") {
+				out = append(out, entry(t, "RUNNING"))
+			}
+		}
+	}
+	if source != "active" {
+		for _, t := range archive {
+			if !filter(t, t.exitstatus) {
+				out = append(out, entry(t, t.exitstatus))
+			}
+		}
+	}
+	s.mu.Unlock()
+	return out, nil
+}
+
+// splitTokenUser splits "user@realm!token" like $convert_token_task.
+func splitTokenUser(u string) (string, string) {
+	if i := strings.LastIndex(u, "!"); i > 0 {
+		return u[:i], u[i+1:]
+	}
+	return u, ""
+}
