@@ -68,6 +68,23 @@ test: verify-gen lint lab-binaries ## Run every test against a real kube-apiserv
 bench: ## Run the benchmarks (Proxmox calls per VM and more).
 	go test -run '^$$' -bench . -benchmem ./...
 
+# Scale and cost benchmark (docs/performance.md). N machines over C clusters; PROFILE is
+# pvesim's profile (realistic for call counts, fast for the overhead with latency ~0).
+N ?= 10
+C ?= 2
+PROFILE ?= realistic
+WINDOW ?= 2m
+SYNC_PERIOD ?= 1m
+BENCH_ARGS ?=
+.PHONY: bench-scale
+bench-scale: ## Run the scale benchmark: make bench-scale N=100 C=20 PROFILE=fast (report in out/bench/).
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go run ./test/bench/scale \
+		-n $(N) -c $(C) -profile $(PROFILE) -window $(WINDOW) -sync-period $(SYNC_PERIOD) -out $(OUT_DIR)/bench $(BENCH_ARGS)
+
+.PHONY: bench-scale-ci
+bench-scale-ci: ## The CI run of the scale benchmark: small N, fails unless every machine converges and nothing leaks.
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go test -count=1 -run 'TestBenchScaleSmall|TestParseMetric|TestDist' ./test/bench/scale/
+
 ##@ Templates and add-ons
 
 .PHONY: templates
