@@ -59,6 +59,7 @@ func init() {
 // options are the manager's command-line flags.
 type options struct {
 	leaderElect                 bool
+	leaderElectionNamespace     string
 	leaderElectionLeaseDuration time.Duration
 	leaderElectionRenewDeadline time.Duration
 	leaderElectionRetryPeriod   time.Duration
@@ -87,6 +88,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	logsv1.AddFlags(o.logOptions, fs)
 	fs.BoolVar(&o.leaderElect, "leader-elect", false,
 		"Enable leader election, so that only one manager replica reconciles at a time.")
+	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election Lease; empty: the pod's namespace (required outside a cluster).")
 	fs.DurationVar(&o.leaderElectionLeaseDuration, "leader-elect-lease-duration", 15*time.Second,
 		"How long non-leaders wait before forcing leadership.")
 	fs.DurationVar(&o.leaderElectionRenewDeadline, "leader-elect-renew-deadline", 10*time.Second,
@@ -177,6 +180,7 @@ func run(ctx context.Context, o *options) error {
 		Scheme:                     scheme,
 		LeaderElection:             o.leaderElect,
 		LeaderElectionID:           "controller-leader-election-capmoxt",
+		LeaderElectionNamespace:    o.leaderElectionNamespace,
 		LeaseDuration:              &o.leaderElectionLeaseDuration,
 		RenewDeadline:              &o.leaderElectionRenewDeadline,
 		RetryPeriod:                &o.leaderElectionRetryPeriod,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -75,6 +76,8 @@ type Options struct {
 	Timeout time.Duration
 	// ManagerArgs are extra manager flags.
 	ManagerArgs []string
+	// Replicas > 1 runs that many managers with leader election (the failover test).
+	Replicas int
 	// ManagerBin is a prebuilt manager; empty: build the repository root into Out.
 	ManagerBin string
 	Out        string
@@ -90,9 +93,8 @@ type harness struct {
 	cache   ctrlcache.Cache
 	factory *factorysim.Server
 	pves    map[infrav1.TalosPlatform]*pvesim.Server
-	mgr     *exec.Cmd
-	mgrLog  *os.File
-	metrics string // manager diagnostics URL
+	mgrs    []*managerProc
+	closers []func() error
 
 	proxies []*workloadProxy
 	apiHost string
@@ -210,29 +212,54 @@ func (h *harness) start(ctx context.Context) error {
 	}, kubeconfig); err != nil {
 		return err
 	}
-	health, diag := freePort(), freePort()
-	wh := env.WebhookInstallOptions
-	args := []string{
-		"--health-addr=127.0.0.1:" + strconv.Itoa(health),
-		"--diagnostics-address=127.0.0.1:" + strconv.Itoa(diag), "--insecure-diagnostics",
-		"--webhook-port=" + strconv.Itoa(wh.LocalServingPort), "--webhook-cert-dir=" + wh.LocalServingCertDir,
-		"--sync-period=" + h.o.SyncPeriod.String(),
-	}
-	args = append(args, h.o.ManagerArgs...)
-	h.mgrLog, err = os.Create(filepath.Join(h.o.Out, "manager.log"))
-	if err != nil {
+	// The namespace comes first: with leader election it holds the Lease.
+	if err := h.k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil {
 		return err
 	}
-	h.mgr = exec.Command(bin, args...)
-	h.mgr.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	h.mgr.Stdout, h.mgr.Stderr = h.mgrLog, h.mgrLog
-	h.logf("starting the manager: %s %s", bin, strings.Join(args, " "))
-	if err := h.mgr.Start(); err != nil {
-		return fmt.Errorf("starting the manager: %w", err)
+	wh := env.WebhookInstallOptions
+	replicas := max(h.o.Replicas, 1)
+	var webhookPorts []int
+	for i := 0; i < replicas; i++ {
+		m := &managerProc{name: fmt.Sprintf("manager-%d", i), health: freePort(), diag: freePort(), webhook: wh.LocalServingPort}
+		args := []string{
+			"--health-addr=127.0.0.1:" + strconv.Itoa(m.health),
+			"--diagnostics-address=127.0.0.1:" + strconv.Itoa(m.diag), "--insecure-diagnostics",
+			"--webhook-cert-dir=" + wh.LocalServingCertDir,
+			"--sync-period=" + h.o.SyncPeriod.String(),
+		}
+		if replicas > 1 {
+			// Each replica serves webhooks on its own port behind the forwarder, as pods do
+			// behind the webhook Service.
+			m.webhook = freePort()
+			webhookPorts = append(webhookPorts, m.webhook)
+			args = append(args, "--leader-elect", "--leader-election-namespace="+namespace,
+				"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=1s")
+		}
+		args = append(args, "--webhook-port="+strconv.Itoa(m.webhook))
+		args = append(args, h.o.ManagerArgs...)
+		if m.log, err = os.Create(filepath.Join(h.o.Out, m.name+".log")); err != nil {
+			return err
+		}
+		m.cmd = exec.Command(bin, args...)
+		m.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+		m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+		h.logf("starting %s: %s %s", m.name, bin, strings.Join(args, " "))
+		if err := m.cmd.Start(); err != nil {
+			return fmt.Errorf("starting the manager: %w", err)
+		}
+		m.exited = make(chan struct{})
+		go func() { _ = m.cmd.Wait(); close(m.exited) }()
+		h.mgrs = append(h.mgrs, m)
 	}
-	h.metrics = "http://127.0.0.1:" + strconv.Itoa(diag) + "/metrics"
-	if err := waitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(health)+"/readyz", 2*time.Minute); err != nil {
-		return fmt.Errorf("manager not ready (see %s): %w", h.mgrLog.Name(), err)
+	if replicas > 1 {
+		if err := h.forwardWebhooks(wh.LocalServingPort, webhookPorts); err != nil {
+			return err
+		}
+	}
+	for _, m := range h.mgrs {
+		if err := waitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(m.health)+"/readyz", 2*time.Minute); err != nil {
+			return fmt.Errorf("%s not ready (see %s): %w", m.name, m.log.Name(), err)
+		}
 	}
 
 	if h.cache, err = ctrlcache.New(fast, ctrlcache.Options{Scheme: h.scheme, DefaultNamespaces: map[string]ctrlcache.Config{namespace: {}}}); err != nil {
@@ -252,7 +279,77 @@ func (h *harness) start(ctx context.Context) error {
 	if !h.cache.WaitForCacheSync(ctx) {
 		return errors.New("harness cache did not sync")
 	}
-	return h.k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})
+	return nil
+}
+
+// managerProc is one manager process.
+type managerProc struct {
+	name                  string
+	cmd                   *exec.Cmd
+	log                   *os.File
+	exited                chan struct{}
+	health, diag, webhook int
+}
+
+func (m *managerProc) metricsURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(m.diag) + "/metrics"
+}
+
+// stop ends the process: gracefully (SIGINT), or at once with kill (SIGKILL, a crash).
+func (m *managerProc) stop(kill bool) {
+	select {
+	case <-m.exited:
+		return
+	default:
+	}
+	if kill {
+		_ = m.cmd.Process.Kill()
+	} else {
+		_ = m.cmd.Process.Signal(os.Interrupt)
+	}
+	select {
+	case <-m.exited:
+	case <-time.After(30 * time.Second):
+		_ = m.cmd.Process.Kill()
+		<-m.exited
+	}
+}
+
+// forwardWebhooks listens on the port the API server calls webhooks on and forwards each
+// TCP connection (TLS passes through) to the first replica that accepts it: a Service in
+// front of the manager pods.
+func (h *harness) forwardWebhooks(port int, backends []int) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return fmt.Errorf("webhook forwarder: %w", err)
+	}
+	h.closers = append(h.closers, ln.Close)
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				var out net.Conn
+				for _, b := range backends {
+					if out, err = net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(b), time.Second); err == nil {
+						break
+					}
+				}
+				if out == nil {
+					return
+				}
+				defer out.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return nil
 }
 
 // stop ends everything start began; safe to call more than once.
@@ -264,19 +361,12 @@ func (h *harness) stop() {
 	}
 	h.stopped = true
 	h.mu.Unlock()
-	if h.mgr != nil && h.mgr.Process != nil {
-		_ = h.mgr.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = h.mgr.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = h.mgr.Process.Kill()
-			<-done
-		}
+	for _, m := range h.mgrs {
+		m.stop(false)
+		_ = m.log.Close()
 	}
-	if h.mgrLog != nil {
-		_ = h.mgrLog.Close()
+	for _, c := range h.closers {
+		_ = c()
 	}
 	for _, p := range h.proxies {
 		_ = p.srv.Close()
@@ -677,7 +767,7 @@ func (h *harness) snapshot() (counters, error) {
 	for _, p := range h.proxies {
 		c.Workload += p.requests.Load()
 	}
-	resp, err := http.Get(h.metrics) //nolint:noctx // loopback diagnostics
+	resp, err := http.Get(h.mgrs[0].metricsURL()) //nolint:noctx // loopback diagnostics
 	if err != nil {
 		return c, fmt.Errorf("reading manager metrics: %w", err)
 	}

@@ -260,7 +260,7 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return fail(err)
 	}
-	rss, cpu, err := procStats(h.mgr.Process.Pid)
+	rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid)
 	if err != nil {
 		return fail(err)
 	}
@@ -336,7 +336,7 @@ func run(ctx context.Context, o Options) (*Report, error) {
 			rep.Problems = append(rep.Problems, string(p)+": "+problem)
 		}
 	}
-	if rss, cpu, err := procStats(h.mgr.Process.Pid); err == nil {
+	if rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid); err == nil {
 		rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
 	}
 	rep.Host.LoadAfter = loadavg()
