@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
@@ -30,7 +32,7 @@ func TestLeaderFailover(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	h := &harness{o: Options{
-		N: 6, C: 1, Profile: pvesim.ProfileRealistic, Replicas: 2,
+		N: 6, C: 1, Profile: pvesim.ProfileRealistic, Replicas: 2, LeaderElect: true,
 		Platforms:  []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
 		NodeBoot:   -1,
 		SyncPeriod: time.Minute,
@@ -120,4 +122,64 @@ func (h *harness) leader() (int, error) {
 		resp.Body.Close()
 	}
 	return leader, nil
+}
+
+// TestWatchFilterShards runs two manager processes, each with its own --watch-filter (Cluster
+// API's watch label): both shards' clusters converge, and with shard b's manager stopped a
+// new shard-a machine still converges while a new shard-b machine is left untouched (no
+// finalizer, no step) — each manager reconciles only its shard. Shard b's manager then
+// comes back and finishes its machine.
+func TestWatchFilterShards(t *testing.T) {
+	if _, err := testenv.AssetsDir(); err != nil {
+		t.Skip(err)
+	}
+	ctrllog.SetLogger(logr.Discard())
+	g := NewWithT(t)
+	ctx := context.Background()
+	h := &harness{o: Options{
+		C: 2, Profile: pvesim.ProfileFast, Replicas: 2,
+		ReplicaArgs: [][]string{{"--watch-filter=shard-a"}, {"--watch-filter=shard-b"}},
+		Platforms:   []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
+		NodeBoot:    -1,
+		SyncPeriod:  time.Minute,
+		Timeout:     5 * time.Minute,
+		Out:         t.TempDir(),
+		Logf:        t.Logf,
+	}, labels: map[string]map[string]string{
+		"sa": {clusterv1.WatchLabel: "shard-a"},
+		"sb": {clusterv1.WatchLabel: "shard-b"},
+	}}
+	defer h.stop()
+	g.Expect(h.start(ctx)).To(Succeed())
+
+	for i, c := range []string{"sa", "sb"} {
+		g.Expect(h.createCluster(ctx, c, i, infrav1.TalosPlatformNoCloud)).To(Succeed())
+	}
+	g.Expect(h.markInfrastructureProvisioned(ctx, []string{"sa", "sb"})).To(Succeed(), "each shard's manager reconciles its cluster")
+	newMachine := func(name, cluster string) {
+		g.Expect(h.createMachine(ctx, &machineRecord{Name: name, Cluster: cluster, Platform: infrav1.TalosPlatformNoCloud}, true)).To(Succeed())
+	}
+	newMachine("sa-m0", "sa")
+	newMachine("sb-m0", "sb")
+	g.Expect(h.waitMachines(ctx, []string{"sa-m0", "sb-m0"}, "Running", running)).To(Succeed())
+
+	// Shard b's manager goes away: its new machine must be left alone by shard a's.
+	h.mgrs[1].stop(false)
+	newMachine("sa-m1", "sa")
+	newMachine("sb-m1", "sb")
+	g.Expect(h.waitMachines(ctx, []string{"sa-m1"}, "Running", running)).To(Succeed())
+	g.Consistently(func(g Gomega) {
+		var m infrav1.ProxmoxTalosMachine
+		g.Expect(h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "sb-m1"}, &m)).To(Succeed())
+		g.Expect(m.Finalizers).To(BeEmpty(), "shard a's manager touched a shard-b machine")
+		g.Expect(m.Status.Step).To(BeEmpty())
+	}, 5*time.Second, 250*time.Millisecond).Should(Succeed())
+
+	g.Expect(h.mgrs[1].start()).To(Succeed())
+	g.Expect(h.waitMachines(ctx, []string{"sb-m1"}, "Running", running)).To(Succeed(), "shard b's manager finishes its machine")
+	names := []string{"sa-m0", "sa-m1", "sb-m0", "sb-m1"}
+	clusterOf := map[string]string{"sa-m0": "sa", "sa-m1": "sa", "sb-m0": "sb", "sb-m1": "sb"}
+	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty())
+	g.Expect(h.teardown(ctx, []string{"sa", "sb"})).To(Succeed())
+	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
 }

@@ -76,12 +76,18 @@ type Options struct {
 	Timeout time.Duration
 	// ManagerArgs are extra manager flags.
 	ManagerArgs []string
-	// Replicas > 1 runs that many managers with leader election (the failover test).
-	Replicas int
+	// Replicas > 1 runs that many managers behind one webhook forwarder (the scale-out
+	// tests), with leader election when LeaderElect; ReplicaArgs[i] are replica i's extra
+	// flags (e.g. --watch-filter).
+	Replicas    int
+	LeaderElect bool
+	ReplicaArgs [][]string
 	// ManagerBin is a prebuilt manager; empty: build the repository root into Out.
 	ManagerBin string
 	Out        string
 	Logf       func(format string, args ...any)
+	// Checkpoint receives the report once the figures are complete, before teardown.
+	Checkpoint func(*Report)
 }
 
 // harness holds the processes and servers of one run.
@@ -98,6 +104,9 @@ type harness struct {
 
 	proxies []*workloadProxy
 	apiHost string
+	// labels are extra labels of a cluster's objects (Cluster, ProxmoxTalosCluster,
+	// Machines, ProxmoxTalosMachines), e.g. the watch-filter label of a shard.
+	labels map[string]map[string]string
 
 	mu       sync.Mutex
 	machines map[string]*machineRecord // by name
@@ -232,23 +241,24 @@ func (h *harness) start(ctx context.Context) error {
 			// behind the webhook Service.
 			m.webhook = freePort()
 			webhookPorts = append(webhookPorts, m.webhook)
+		}
+		if h.o.LeaderElect {
 			args = append(args, "--leader-elect", "--leader-election-namespace="+namespace,
 				"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=1s")
 		}
 		args = append(args, "--webhook-port="+strconv.Itoa(m.webhook))
 		args = append(args, h.o.ManagerArgs...)
+		if i < len(h.o.ReplicaArgs) {
+			args = append(args, h.o.ReplicaArgs[i]...)
+		}
+		m.bin, m.args, m.env = bin, args, append(os.Environ(), "KUBECONFIG="+kubeconfig)
 		if m.log, err = os.Create(filepath.Join(h.o.Out, m.name+".log")); err != nil {
 			return err
 		}
-		m.cmd = exec.Command(bin, args...)
-		m.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-		m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 		h.logf("starting %s: %s %s", m.name, bin, strings.Join(args, " "))
-		if err := m.cmd.Start(); err != nil {
-			return fmt.Errorf("starting the manager: %w", err)
+		if err := m.start(); err != nil {
+			return err
 		}
-		m.exited = make(chan struct{})
-		go func() { _ = m.cmd.Wait(); close(m.exited) }()
 		h.mgrs = append(h.mgrs, m)
 	}
 	if replicas > 1 {
@@ -285,10 +295,27 @@ func (h *harness) start(ctx context.Context) error {
 // managerProc is one manager process.
 type managerProc struct {
 	name                  string
+	bin                   string
+	args, env             []string
 	cmd                   *exec.Cmd
 	log                   *os.File
 	exited                chan struct{}
 	health, diag, webhook int
+}
+
+// start (re)starts the process with its arguments, appending to its log.
+func (m *managerProc) start() error {
+	m.cmd = exec.Command(m.bin, m.args...)
+	m.cmd.Env = m.env
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", m.name, err)
+	}
+	exited := make(chan struct{})
+	m.exited = exited
+	cmd := m.cmd
+	go func() { _ = cmd.Wait(); close(exited) }()
+	return nil
 }
 
 func (m *managerProc) metricsURL() string {
@@ -536,7 +563,7 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 		return err
 	}
 	cl := &clusterv1.Cluster{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: h.labelsOf(name, nil)},
 		Spec: clusterv1.ClusterSpec{InfrastructureRef: clusterv1.ContractVersionedObjectReference{
 			APIGroup: infrav1.GroupVersion.Group, Kind: "ProxmoxTalosCluster", Name: name,
 		}},
@@ -582,11 +609,22 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 	return h.create(ctx, &infrav1.ProxmoxTalosCluster{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            name,
-			Labels:          map[string]string{clusterv1.ClusterNameLabel: name},
+			Labels:          h.labelsOf(name, map[string]string{clusterv1.ClusterNameLabel: name}),
 			OwnerReferences: []metav1.OwnerReference{ownerRef(cl, "Cluster")},
 		},
 		Spec: spec,
 	})
+}
+
+// labelsOf adds the cluster's extra labels to base.
+func (h *harness) labelsOf(cluster string, base map[string]string) map[string]string {
+	if base == nil {
+		base = map[string]string{}
+	}
+	for k, v := range h.labels[cluster] {
+		base[k] = v
+	}
+	return base
 }
 
 func ownerRef(obj client.Object, kind string) metav1.OwnerReference {
@@ -636,7 +674,7 @@ func (h *harness) createMachine(ctx context.Context, rec *machineRecord, withDat
 	h.mu.Lock()
 	h.machines[rec.Name] = rec
 	h.mu.Unlock()
-	labels := map[string]string{clusterv1.ClusterNameLabel: rec.Cluster}
+	labels := h.labelsOf(rec.Cluster, map[string]string{clusterv1.ClusterNameLabel: rec.Cluster})
 	if err := h.create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: rec.Name + "-bootstrap-data", Labels: map[string]string{clusterv1.ClusterNameLabel: rec.Cluster}},
 		Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")},

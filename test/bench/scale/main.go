@@ -52,6 +52,18 @@ func main() {
 	// The harness's own client-go and controller-runtime logs are noise here; the
 	// manager's logs go to <out>/manager.log.
 	ctrllog.SetLogger(logr.Discard())
+	o.Checkpoint = func(rep *Report) {
+		f, err := os.Create(filepath.Join(o.Out, "before-teardown.md"))
+		if err != nil {
+			o.Logf("checkpoint: %v", err)
+			return
+		}
+		defer f.Close()
+		if err := writeReport(filepath.Join(o.Out, "before-teardown"), rep, f); err != nil {
+			o.Logf("checkpoint: %v", err)
+		}
+		o.Logf("figures written to %s (teardown and leak check follow)", f.Name())
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer cancel()
 	rep, err := run(ctx, o)

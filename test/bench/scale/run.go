@@ -326,6 +326,11 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	}
 	h.mu.Unlock()
 
+	if o.Checkpoint != nil {
+		// The figures are complete; teardown of a large run can take long.
+		o.Checkpoint(rep)
+	}
+
 	// Teardown: nothing may be left on Proxmox.
 	h.logf("deleting everything")
 	if err := h.teardown(ctx, clusters); err != nil {
