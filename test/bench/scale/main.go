@@ -125,7 +125,7 @@ func printTable(w io.Writer, rep *Report) {
 		keys := sortedKeys(endpoints)
 		fmt.Fprintf(w, "### Proxmox calls per VM create (machine created → Running, Node Ready)\n\n| endpoint | minimum |")
 		for _, p := range rep.Probes {
-			fmt.Fprintf(w, " %s %s |", p.Platform, cachedLabel(p.ImageCached))
+			fmt.Fprintf(w, " %s (%s) |", p.Machine, cachedLabel(p.ImageCached))
 		}
 		fmt.Fprintf(w, "\n|---|---|%s\n", strings.Repeat("---|", len(rep.Probes)))
 		for _, k := range keys {
@@ -165,8 +165,25 @@ func printTable(w io.Writer, rep *Report) {
 	}
 
 	fmt.Fprintf(w, "\n### Image downloads per (schematic, Talos version, storage)\n\n| platform | schematic | version | file | storage | downloads |\n|---|---|---|---|---|---|\n")
+	// Per-machine metal images would make a row per machine: past a few rows per platform
+	// the table summarizes them (report.json keeps every row).
+	rows := map[string][]imageDownload{}
 	for _, d := range rep.ImageDownloads {
-		fmt.Fprintf(w, "| %s | %s… | %s | %s | %s | %d |\n", d.Platform, d.Schematic[:min(12, len(d.Schematic))], d.Version, d.File, d.Storage, d.Downloads)
+		rows[d.Platform] = append(rows[d.Platform], d)
+	}
+	for _, p := range sortedKeys(rows) {
+		ds := rows[p]
+		if len(ds) <= 4 {
+			for _, d := range ds {
+				fmt.Fprintf(w, "| %s | %s… | %s | %s | %s | %d |\n", d.Platform, d.Schematic[:min(12, len(d.Schematic))], d.Version, d.File, d.Storage, d.Downloads)
+			}
+			continue
+		}
+		lo, hi := ds[0].Downloads, ds[0].Downloads
+		for _, d := range ds {
+			lo, hi = min(lo, d.Downloads), max(hi, d.Downloads)
+		}
+		fmt.Fprintf(w, "| %s | %d schematics (one per machine) | %s | %s | %s | %d–%d each |\n", p, len(ds), ds[0].Version, ds[0].File, ds[0].Storage, lo, hi)
 	}
 
 	m := rep.Manager

@@ -63,6 +63,7 @@ type HostInfo struct {
 // machine until it is Running with its Node Ready.
 type ProbeResult struct {
 	Platform    string         `json:"platform"`
+	Machine     string         `json:"machine"`
 	ImageCached bool           `json:"imageCached"`
 	Calls       map[string]int `json:"calls"`
 	Total       int            `json:"total"`
@@ -85,7 +86,7 @@ type PlatformStats struct {
 	Overhead Dist `json:"overheadSeconds"`
 	// ToRunning: bootstrap data ready → Running (Node Ready, boot ISO removed), seconds.
 	ToRunning Dist      `json:"toRunningSeconds"`
-	samples   []float64 // overhead samples for the plot
+	Samples   []float64 `json:"overheadSamples"` // for the plot
 }
 
 // Dist summarizes samples.
@@ -166,7 +167,7 @@ func run(ctx context.Context, o Options) (*Report, error) {
 				}
 				calls := diffCalls(h.pves[p].Stats().Calls, before)
 				// A metal image is per machine: never cached for a new machine.
-				rep.Probes = append(rep.Probes, ProbeResult{Platform: string(p), ImageCached: cached && p != infrav1.TalosPlatformMetal,
+				rep.Probes = append(rep.Probes, ProbeResult{Platform: string(p), Machine: rec.Name, ImageCached: cached && p != infrav1.TalosPlatformMetal,
 					Calls: calls, Total: total(calls), Seconds: time.Since(began).Seconds()})
 				h.logf("probe %s: %d Proxmox calls in %s", rec.Name, total(calls), time.Since(began).Round(time.Millisecond))
 			}
@@ -314,7 +315,7 @@ func run(ctx context.Context, o Options) (*Report, error) {
 			ps.SteadyByEndpoint[k] = float64(v) / onPlatform * hour
 		}
 		ps.SteadyCallsPerMachineHour = float64(total(steady)) / onPlatform * hour
-		ps.Overhead, ps.ToRunning, ps.samples = dist(over), dist(toRun), over
+		ps.Overhead, ps.ToRunning, ps.Samples = dist(over), dist(toRun), over
 		rep.Platforms = append(rep.Platforms, ps)
 	}
 	rep.ImageDownloads = h.imageDownloads()

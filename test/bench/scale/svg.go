@@ -38,7 +38,7 @@ func overheadSVG(rep *Report) []byte {
 	}
 	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">seconds</text>`+"\n", left+pw/2, h-12)
 	for i, p := range rep.Platforms {
-		s := append([]float64(nil), p.samples...)
+		s := append([]float64(nil), p.Samples...)
 		sort.Float64s(s)
 		if len(s) == 0 {
 			continue
@@ -83,7 +83,7 @@ func callsSVG(rep *Report) []byte {
 			name  string
 			calls map[string]int
 			total int
-		}{p.Platform + " " + cachedLabel(p.ImageCached), p.Calls, p.Total})
+		}{p.Machine + " (" + p.Platform + ", image " + cachedLabel(p.ImageCached) + ")", p.Calls, p.Total})
 	}
 	maxV := 1
 	for _, s := range series {
