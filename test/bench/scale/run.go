@@ -138,6 +138,14 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	}
 	fail := func(err error) (*Report, error) {
 		rep.Problems = append(rep.Problems, err.Error())
+		// The manager's footprint is worth knowing even when the run did not converge.
+		if len(h.mgrs) > 0 {
+			if rss, cpu, perr := procStats(h.mgrs[0].cmd.Process.Pid); perr == nil {
+				rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
+			}
+		}
+		rep.Host.LoadAfter = loadavg()
+		rep.Seconds = time.Since(rep.Started).Seconds()
 		return rep, err
 	}
 
