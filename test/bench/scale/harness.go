@@ -730,10 +730,20 @@ func (h *harness) releaseBootstrapData(ctx context.Context, name string) error {
 // waitMachines waits until every named machine satisfies done, as seen by the harness cache.
 func (h *harness) waitMachines(ctx context.Context, names []string, what string, done func(*infrav1.ProxmoxTalosMachine, *machineRecord) bool) error {
 	var stuck []string
+	lastLog := time.Now()
 	err := poll(ctx, h.o.Timeout, func() (bool, error) {
 		var list infrav1.ProxmoxTalosMachineList
 		if err := h.cache.List(ctx, &list, client.InNamespace(namespace)); err != nil {
 			return false, err
+		}
+		if time.Since(lastLog) > 30*time.Second {
+			// Progress of long runs: machines per step.
+			lastLog = time.Now()
+			steps := map[string]int{}
+			for i := range list.Items {
+				steps[string(list.Items[i].Status.Step)]++
+			}
+			h.logf("waiting for %s: %v", what, steps)
 		}
 		byName := map[string]*infrav1.ProxmoxTalosMachine{}
 		for i := range list.Items {
