@@ -801,14 +801,15 @@ func condSummary(cs []metav1.Condition) string {
 
 // counters is a snapshot of everything the run counts.
 type counters struct {
-	PVE       map[infrav1.TalosPlatform]map[string]int
-	MgmtAPI   float64 // manager requests to the management API server
-	Workload  int64   // requests through the workload proxies
-	Reconcile map[string]float64
+	PVE        map[infrav1.TalosPlatform]map[string]int
+	MgmtAPI    float64 // manager requests to the management API server
+	MgmtByVerb map[string]float64
+	Workload   int64 // requests through the workload proxies
+	Reconcile  map[string]float64
 }
 
 func (h *harness) snapshot() (counters, error) {
-	c := counters{PVE: map[infrav1.TalosPlatform]map[string]int{}, Reconcile: map[string]float64{}}
+	c := counters{PVE: map[infrav1.TalosPlatform]map[string]int{}, Reconcile: map[string]float64{}, MgmtByVerb: map[string]float64{}}
 	for p, s := range h.pves {
 		c.PVE[p] = s.Stats().Calls
 	}
@@ -832,6 +833,7 @@ func (h *harness) snapshot() (counters, error) {
 		case "rest_client_requests_total":
 			if labels["host"] == h.apiHost {
 				c.MgmtAPI += v
+				c.MgmtByVerb[labels["method"]+" "+labels["code"]] += v
 			}
 		case "controller_runtime_reconcile_total":
 			c.Reconcile[labels["controller"]] += v

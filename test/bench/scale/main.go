@@ -190,6 +190,9 @@ func printTable(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\n### Manager\n\n| figure | value |\n|---|---|\n")
 	fmt.Fprintf(w, "| peak RSS (VmHWM) | %.0f MiB |\n| CPU seconds (user+system, whole run) | %.1f |\n", m.PeakRSSMiB, m.CPUSeconds)
 	fmt.Fprintf(w, "| management API requests per machine, create | %.1f |\n| management API requests per machine per hour, steady | %.1f |\n", m.APIRequestsPerMachineCreate, m.APIRequestsPerMachineHour)
+	for _, k := range sortedKeys(m.APIRequestsByMethodCreate) {
+		fmt.Fprintf(w, "| … of which %s | %.1f |\n", k, m.APIRequestsByMethodCreate[k])
+	}
 	fmt.Fprintf(w, "| workload API requests per machine, create | %.1f |\n| workload API requests per machine per hour, steady | %.1f |\n", m.WorkloadRequestsPerMachineCreate, m.WorkloadRequestsPerMachineHour)
 	for _, k := range sortedKeys(m.ReconcilesPerMachineCreate) {
 		fmt.Fprintf(w, "| reconciles per machine, create (%s) | %.1f |\n", k, m.ReconcilesPerMachineCreate[k])

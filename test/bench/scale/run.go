@@ -103,6 +103,8 @@ type ManagerStats struct {
 	// APIRequestsPerMachineCreate: manager requests to the management API server from
 	// bootstrap data ready until Running, per machine (client-go rest_client_requests_total).
 	APIRequestsPerMachineCreate float64 `json:"apiRequestsPerMachineCreate"`
+	// APIRequestsByMethodCreate splits it by "METHOD code".
+	APIRequestsByMethodCreate map[string]float64 `json:"apiRequestsByMethodCreate"`
 	// APIRequestsPerMachineHour: the same in the steady window, per machine per hour.
 	APIRequestsPerMachineHour float64 `json:"apiRequestsPerMachineHour"`
 	// WorkloadRequestsPerMachineCreate: requests to the workload API servers.
@@ -283,6 +285,12 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	rep.Manager.APIRequestsPerMachineHour = (afterSteady.MgmtAPI - afterCreate.MgmtAPI) / nAll * hour
 	rep.Manager.WorkloadRequestsPerMachineCreate = float64(afterCreate.Workload-before.Workload) / float64(o.N)
 	rep.Manager.WorkloadRequestsPerMachineHour = float64(afterSteady.Workload-afterCreate.Workload) / nAll * hour
+	rep.Manager.APIRequestsByMethodCreate = map[string]float64{}
+	for k, v := range afterCreate.MgmtByVerb {
+		if d := v - before.MgmtByVerb[k]; d > 0 {
+			rep.Manager.APIRequestsByMethodCreate[k] = d / float64(o.N)
+		}
+	}
 	rep.Manager.ReconcilesPerMachineCreate = map[string]float64{}
 	for k, v := range afterCreate.Reconcile {
 		rep.Manager.ReconcilesPerMachineCreate[k] = (v - before.Reconcile[k]) / float64(o.N)
