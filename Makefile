@@ -79,6 +79,23 @@ fuzz: ## Fuzz every target (webhooks, network/META renderers, ISO, Proxmox decod
 bench: ## Run the benchmarks (Proxmox calls per VM and more).
 	go test -run '^$$' -bench . -benchmem ./...
 
+# Scale and cost benchmark (docs/performance.md). N machines over C clusters; PROFILE is
+# pvesim's profile (realistic for call counts, fast for the overhead with latency ~0).
+N ?= 10
+C ?= 2
+PROFILE ?= realistic
+WINDOW ?= 2m
+SYNC_PERIOD ?= 1m
+BENCH_ARGS ?=
+.PHONY: bench-scale
+bench-scale: ## Run the scale benchmark: make bench-scale N=100 C=20 PROFILE=fast (report in out/bench/).
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go run ./test/bench/scale \
+		-n $(N) -c $(C) -profile $(PROFILE) -window $(WINDOW) -sync-period $(SYNC_PERIOD) -out $(OUT_DIR)/bench $(BENCH_ARGS)
+
+.PHONY: bench-scale-ci
+bench-scale-ci: ## CI: the scale benchmark at small N and the scale-out tests (leader failover, watch-filter shards); no timed assertions.
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go test -count=1 -timeout 20m ./test/bench/scale/
+
 ##@ Templates and add-ons
 
 .PHONY: templates

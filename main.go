@@ -64,6 +64,7 @@ func init() {
 // options are the manager's command-line flags.
 type options struct {
 	leaderElect                 bool
+	leaderElectionNamespace     string
 	leaderElectionLeaseDuration time.Duration
 	leaderElectionRenewDeadline time.Duration
 	leaderElectionRetryPeriod   time.Duration
@@ -94,6 +95,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.showVersion, "version", false, "Print the version and exit.")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false,
 		"Enable leader election, so that only one manager replica reconciles at a time.")
+	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election Lease; empty: the pod's namespace (required outside a cluster).")
 	fs.DurationVar(&o.leaderElectionLeaseDuration, "leader-elect-lease-duration", 15*time.Second,
 		"How long non-leaders wait before forcing leadership.")
 	fs.DurationVar(&o.leaderElectionRenewDeadline, "leader-elect-renew-deadline", 10*time.Second,
@@ -188,6 +191,7 @@ func run(ctx context.Context, o *options) error {
 		Scheme:                     scheme,
 		LeaderElection:             o.leaderElect,
 		LeaderElectionID:           "controller-leader-election-capi-proxmox-talos",
+		LeaderElectionNamespace:    o.leaderElectionNamespace,
 		LeaseDuration:              &o.leaderElectionLeaseDuration,
 		RenewDeadline:              &o.leaderElectionRenewDeadline,
 		RetryPeriod:                &o.leaderElectionRetryPeriod,

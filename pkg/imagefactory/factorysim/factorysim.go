@@ -226,6 +226,20 @@ func (s *Server) Downloads(path string) int {
 	return s.downloads[path]
 }
 
+// AllDownloads returns a copy of the download counters, keyed by image path
+// ("/image/{id}/{v}/{file}"), for reports that do not know the paths in advance.
+func (s *Server) AllDownloads() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	out := make(map[string]int, len(s.downloads))
+	for k, v := range s.downloads {
+		out[k] = v
+	}
+
+	return out
+}
+
 // InjectedFailures counts responses failed by fault injection.
 func (s *Server) InjectedFailures() int {
 	s.mu.Lock()

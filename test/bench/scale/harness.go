@@ -1,0 +1,1094 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
+	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	"sigs.k8s.io/cluster-api/util/conditions"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory/factorysim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+)
+
+const (
+	namespace    = "bench"
+	talosVersion = "v1.13.9"
+	// clusterLabel marks each Node with its workload cluster; the per-cluster proxy shows a
+	// cluster only its own Nodes.
+	clusterLabel = "bench.capmoxt.test/cluster"
+)
+
+// Options are one run's parameters.
+type Options struct {
+	N, C int
+	// Profile is pvesim's profile: fast or realistic.
+	Profile string
+	// Platforms run side by side, each against its own pvesim (own counters): clusters are
+	// assigned round-robin.
+	Platforms []infrav1.TalosPlatform
+	// Probe measures the calls of single VM creates (image not cached, then cached) per
+	// platform before the scale phase, on its own cluster.
+	Probe bool
+	// NodeBoot is the time between "provisioned" and the Node registering Ready, standing
+	// in for Talos booting; negative: 60 Proxmox seconds scaled by the profile's time scale.
+	NodeBoot time.Duration
+	// Window is the steady-state measuring window.
+	Window time.Duration
+	// SyncPeriod is passed to the manager (--sync-period).
+	SyncPeriod time.Duration
+	// Timeout bounds convergence and teardown, each.
+	Timeout time.Duration
+	// ManagerArgs are extra manager flags.
+	ManagerArgs []string
+	// Replicas > 1 runs that many managers behind one webhook forwarder (the scale-out
+	// tests), with leader election when LeaderElect; ReplicaArgs[i] are replica i's extra
+	// flags (e.g. --watch-filter).
+	Replicas    int
+	LeaderElect bool
+	ReplicaArgs [][]string
+	// ManagerBin is a prebuilt manager; empty: build the repository root into Out.
+	ManagerBin string
+	Out        string
+	Logf       func(format string, args ...any)
+	// Checkpoint receives the report once the figures are complete, before teardown.
+	Checkpoint func(*Report)
+}
+
+// harness holds the processes and servers of one run.
+type harness struct {
+	o       Options
+	env     *envtest.Environment
+	cfg     *rest.Config
+	k8s     client.Client
+	cache   ctrlcache.Cache
+	factory *factorysim.Server
+	pves    map[infrav1.TalosPlatform]*pvesim.Server
+	mgrs    []*managerProc
+	closers []func() error
+
+	proxies []*workloadProxy
+	apiHost string
+	// labels are extra labels of a cluster's objects (Cluster, ProxmoxTalosCluster,
+	// Machines, ProxmoxTalosMachines), e.g. the watch-filter label of a shard.
+	labels map[string]map[string]string
+
+	mu       sync.Mutex
+	machines map[string]*machineRecord // by name
+	nodeErrs []error
+	scheme   *runtime.Scheme
+	stopped  bool
+}
+
+type machineRecord struct {
+	Name, Cluster string
+	Platform      infrav1.TalosPlatform
+	Probe         bool
+	DataReady     time.Time // bootstrap data set on the Machine
+	Provisioned   time.Time // harness saw status.initialization.provisioned
+	Running       time.Time // harness saw step Running with NodeReady
+	nodeScheduled bool
+}
+
+func newScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, infrav1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err) // static scheme registration cannot fail at run time
+		}
+	}
+	return s
+}
+
+func (h *harness) logf(format string, args ...any) { h.o.Logf(format, args...) }
+
+// start brings up the API server, the simulators and the manager.
+func (h *harness) start(ctx context.Context) error {
+	h.scheme = newScheme()
+	h.machines = map[string]*machineRecord{}
+	if err := os.MkdirAll(h.o.Out, 0o755); err != nil {
+		return err
+	}
+	bin := h.o.ManagerBin
+	if bin == "" {
+		bin = filepath.Join(h.o.Out, "manager")
+		h.logf("building the manager (go build -o %s .)", bin)
+		abs, _ := filepath.Abs(bin)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", abs, ".")
+		cmd.Dir = testenv.RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building the manager: %w\n%s", err, out)
+		}
+		bin = abs
+	}
+
+	env, err := testenv.New(testenv.Options{Webhooks: true})
+	if err != nil {
+		return err
+	}
+	h.env = env
+	h.logf("starting kube-apiserver and etcd (envtest)")
+	if h.cfg, err = env.Start(); err != nil {
+		return fmt.Errorf("starting envtest: %w", err)
+	}
+	fast := rest.CopyConfig(h.cfg)
+	fast.QPS, fast.Burst = 2000, 4000
+	if h.k8s, err = client.New(fast, client.Options{Scheme: h.scheme}); err != nil {
+		return err
+	}
+	u, err := url.Parse(h.cfg.Host)
+	if err != nil {
+		return err
+	}
+	h.apiHost = u.Host
+
+	h.factory = factorysim.New(factorysim.Options{})
+	if err := h.factory.Start(); err != nil {
+		return err
+	}
+	h.pves = map[infrav1.TalosPlatform]*pvesim.Server{}
+	for _, p := range h.o.Platforms {
+		cfg := pvesim.Config{
+			Version: "9.1.2",
+			Profile: h.o.Profile,
+			Nodes: []pvesim.NodeConfig{
+				// Big nodes: the benchmark measures the provider, not placement refusals.
+				{Name: "pve1", Memory: 8 << 40, CPUs: 256}, {Name: "pve2", Memory: 8 << 40, CPUs: 256}, {Name: "pve3", Memory: 8 << 40, CPUs: 256},
+			},
+			Storages: []pvesim.StorageConfig{
+				{Name: "local", Type: "dir", Content: "iso,import", Size: 64 << 40},
+				{Name: "local-lvm", Type: "lvmthin", Content: "images", Size: 64 << 40},
+				{Name: "images", Type: "dir", Content: "import", Shared: true, Size: 64 << 40},
+			},
+		}
+		if h.o.Profile == pvesim.ProfileFast {
+			// "Simulator latency zero": workers end at once; the status tick stays at its
+			// 1 ms floor. What remains is the provider's own time.
+			cfg.TaskDuration = pvesim.Duration(time.Microsecond)
+		}
+		s, err := pvesim.New(cfg)
+		if err != nil {
+			return fmt.Errorf("pvesim for %s: %w", p, err)
+		}
+		if err := s.StartTLS(); err != nil {
+			return err
+		}
+		h.pves[p] = s
+	}
+
+	// The manager loads its kubeconfig the usual way.
+	kubeconfig := filepath.Join(h.o.Out, "kubeconfig")
+	if err := clientcmd.WriteToFile(clientcmdapi.Config{
+		Clusters:       map[string]*clientcmdapi.Cluster{"env": {Server: h.cfg.Host, CertificateAuthorityData: h.cfg.CAData}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"env": {ClientCertificateData: h.cfg.CertData, ClientKeyData: h.cfg.KeyData}},
+		Contexts:       map[string]*clientcmdapi.Context{"env": {Cluster: "env", AuthInfo: "env"}},
+		CurrentContext: "env",
+	}, kubeconfig); err != nil {
+		return err
+	}
+	// The namespace comes first: with leader election it holds the Lease.
+	if err := h.k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil {
+		return err
+	}
+	wh := env.WebhookInstallOptions
+	replicas := max(h.o.Replicas, 1)
+	var webhookPorts []int
+	for i := 0; i < replicas; i++ {
+		m := &managerProc{name: fmt.Sprintf("manager-%d", i), health: freePort(), diag: freePort(), webhook: wh.LocalServingPort}
+		args := []string{
+			"--health-addr=127.0.0.1:" + strconv.Itoa(m.health),
+			"--diagnostics-address=127.0.0.1:" + strconv.Itoa(m.diag), "--insecure-diagnostics",
+			"--webhook-cert-dir=" + wh.LocalServingCertDir,
+			"--sync-period=" + h.o.SyncPeriod.String(),
+		}
+		if replicas > 1 {
+			// Each replica serves webhooks on its own port behind the forwarder, as pods do
+			// behind the webhook Service.
+			m.webhook = freePort()
+			webhookPorts = append(webhookPorts, m.webhook)
+		}
+		if h.o.LeaderElect {
+			args = append(args, "--leader-elect", "--leader-election-namespace="+namespace,
+				"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=1s")
+		}
+		args = append(args, "--webhook-port="+strconv.Itoa(m.webhook))
+		args = append(args, h.o.ManagerArgs...)
+		if i < len(h.o.ReplicaArgs) {
+			args = append(args, h.o.ReplicaArgs[i]...)
+		}
+		m.bin, m.args, m.env = bin, args, append(os.Environ(), "KUBECONFIG="+kubeconfig)
+		if m.log, err = os.Create(filepath.Join(h.o.Out, m.name+".log")); err != nil {
+			return err
+		}
+		h.logf("starting %s: %s %s", m.name, bin, strings.Join(args, " "))
+		if err := m.start(); err != nil {
+			return err
+		}
+		h.mgrs = append(h.mgrs, m)
+	}
+	if replicas > 1 {
+		if err := h.forwardWebhooks(wh.LocalServingPort, webhookPorts); err != nil {
+			return err
+		}
+	}
+	for _, m := range h.mgrs {
+		if err := waitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(m.health)+"/readyz", 2*time.Minute); err != nil {
+			return fmt.Errorf("%s not ready (see %s): %w", m.name, m.log.Name(), err)
+		}
+	}
+
+	if h.cache, err = ctrlcache.New(fast, ctrlcache.Options{Scheme: h.scheme, DefaultNamespaces: map[string]ctrlcache.Config{namespace: {}}}); err != nil {
+		return err
+	}
+	inf, err := h.cache.GetInformer(ctx, &infrav1.ProxmoxTalosMachine{})
+	if err != nil {
+		return err
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { h.observe(ctx, obj) },
+		UpdateFunc: func(_, obj any) { h.observe(ctx, obj) },
+	}); err != nil {
+		return err
+	}
+	go func() { _ = h.cache.Start(ctx) }()
+	if !h.cache.WaitForCacheSync(ctx) {
+		return errors.New("harness cache did not sync")
+	}
+	return nil
+}
+
+// managerProc is one manager process.
+type managerProc struct {
+	name                  string
+	bin                   string
+	args, env             []string
+	cmd                   *exec.Cmd
+	log                   *os.File
+	exited                chan struct{}
+	health, diag, webhook int
+}
+
+// start (re)starts the process with its arguments, appending to its log.
+func (m *managerProc) start() error {
+	m.cmd = exec.Command(m.bin, m.args...)
+	m.cmd.Env = m.env
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", m.name, err)
+	}
+	exited := make(chan struct{})
+	m.exited = exited
+	cmd := m.cmd
+	go func() { _ = cmd.Wait(); close(exited) }()
+	return nil
+}
+
+func (m *managerProc) metricsURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(m.diag) + "/metrics"
+}
+
+// stop ends the process: gracefully (SIGINT), or at once with kill (SIGKILL, a crash).
+func (m *managerProc) stop(kill bool) {
+	select {
+	case <-m.exited:
+		return
+	default:
+	}
+	if kill {
+		_ = m.cmd.Process.Kill()
+	} else {
+		_ = m.cmd.Process.Signal(os.Interrupt)
+	}
+	select {
+	case <-m.exited:
+	case <-time.After(30 * time.Second):
+		_ = m.cmd.Process.Kill()
+		<-m.exited
+	}
+}
+
+// forwardWebhooks listens on the port the API server calls webhooks on and forwards each
+// TCP connection (TLS passes through) to the first replica that accepts it: a Service in
+// front of the manager pods.
+func (h *harness) forwardWebhooks(port int, backends []int) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return fmt.Errorf("webhook forwarder: %w", err)
+	}
+	h.closers = append(h.closers, ln.Close)
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				var out net.Conn
+				for _, b := range backends {
+					if out, err = net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(b), time.Second); err == nil {
+						break
+					}
+				}
+				if out == nil {
+					return
+				}
+				defer out.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return nil
+}
+
+// stop ends everything start began; safe to call more than once.
+func (h *harness) stop() {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		return
+	}
+	h.stopped = true
+	h.mu.Unlock()
+	for _, m := range h.mgrs {
+		m.stop(false)
+		_ = m.log.Close()
+	}
+	for _, c := range h.closers {
+		_ = c()
+	}
+	for _, p := range h.proxies {
+		_ = p.srv.Close()
+	}
+	for _, s := range h.pves {
+		s.Close()
+	}
+	if h.factory != nil {
+		_ = h.factory.Close()
+	}
+	if h.env != nil {
+		_ = h.env.Stop()
+	}
+}
+
+// observe records a machine's milestones and registers its Node once it is provisioned,
+// after the boot delay, the way Talos's kubelet would.
+func (h *harness) observe(ctx context.Context, obj any) {
+	ptm, ok := obj.(*infrav1.ProxmoxTalosMachine)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rec := h.machines[ptm.Name]
+	if rec == nil {
+		return
+	}
+	if ptr.Deref(ptm.Status.Initialization.Provisioned, false) && rec.Provisioned.IsZero() {
+		rec.Provisioned = now
+	}
+	if ptm.Status.Step == infrav1.StepRunning && conditions.IsTrue(ptm, infrav1.NodeReadyCondition) && rec.Running.IsZero() {
+		rec.Running = now
+	}
+	if !rec.Provisioned.IsZero() && !rec.nodeScheduled {
+		rec.nodeScheduled = true
+		var ip string
+		for _, a := range ptm.Status.Addresses {
+			if a.Type == clusterv1.MachineInternalIP {
+				ip = a.Address
+			}
+		}
+		name, cluster := rec.Name, rec.Cluster
+		time.AfterFunc(h.nodeBoot(), func() {
+			if err := h.registerNode(ctx, name, cluster, ip); err != nil && ctx.Err() == nil {
+				h.mu.Lock()
+				h.nodeErrs = append(h.nodeErrs, err)
+				h.mu.Unlock()
+			}
+		})
+	}
+}
+
+func (h *harness) nodeBoot() time.Duration {
+	if h.o.NodeBoot >= 0 {
+		return h.o.NodeBoot
+	}
+	scale := 0.001
+	if h.o.Profile == pvesim.ProfileRealistic {
+		scale = 0.2
+	}
+	return time.Duration(60 * scale * float64(time.Second))
+}
+
+// registerNode creates the machine's Node, Ready, named like the Machine (the Talos
+// hostname), without a providerID (Talos sets none: the provider does).
+func (h *harness) registerNode(ctx context.Context, name, cluster, ip string) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{clusterLabel: cluster}}}
+	if err := h.k8s.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating Node %s: %w", name, err)
+	}
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastTransitionTime: metav1.Now(), LastHeartbeatTime: metav1.Now()}}
+	if ip != "" {
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	}
+	if err := h.k8s.Status().Update(ctx, n); err != nil {
+		return fmt.Errorf("marking Node %s Ready: %w", name, err)
+	}
+	return nil
+}
+
+// --- workload clusters ---
+
+// workloadProxy is one workload cluster's API server: a reverse proxy to the shared
+// envtest API server that shows the cluster only its own Nodes (lists and watches get the
+// cluster's label selector). One API server with C filtered views costs one process
+// instead of C, and keeps each workload cache as small as a real cluster's.
+type workloadProxy struct {
+	cluster  string
+	srv      *http.Server
+	url      string
+	requests atomic.Int64
+}
+
+func (h *harness) newWorkloadProxy(cluster string) (*workloadProxy, error) {
+	upstream, err := url.Parse(h.cfg.Host)
+	if err != nil {
+		return nil, err
+	}
+	transport, err := rest.TransportFor(h.cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &workloadProxy{cluster: cluster}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(upstream)
+			if r.In.Method == http.MethodGet && r.In.URL.Path == "/api/v1/nodes" {
+				q := r.Out.URL.Query()
+				sel := clusterLabel + "=" + cluster
+				if s := q.Get("labelSelector"); s != "" {
+					sel = s + "," + sel
+				}
+				q.Set("labelSelector", sel)
+				r.Out.URL.RawQuery = q.Encode()
+			}
+		},
+		Transport:     transport,
+		FlushInterval: -1, // watches stream
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p.url = "http://" + ln.Addr().String()
+	p.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.requests.Add(1)
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = p.srv.Serve(ln) }()
+	h.proxies = append(h.proxies, p)
+	return p, nil
+}
+
+// --- fixtures: what Cluster API and the bootstrap provider would create ---
+
+func (h *harness) create(ctx context.Context, obj client.Object) error {
+	obj.SetNamespace(namespace)
+	// The webhook server may still be starting.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := h.k8s.Create(ctx, obj)
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil || !strings.Contains(err.Error(), "webhook") {
+			return fmt.Errorf("creating %T %s: %w", obj, obj.GetName(), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// createCluster creates the credentials Secret, the Cluster, its kubeconfig Secret (the
+// workload proxy) and the ProxmoxTalosCluster owned by the Cluster. index picks the
+// cluster's address range (127.x.y.0/24, loopback only).
+func (h *harness) createCluster(ctx context.Context, name string, index int, platform infrav1.TalosPlatform) error {
+	pve := h.pves[platform]
+	if err := h.create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-proxmox"},
+		Data: map[string][]byte{
+			infrav1.CredentialsTokenIDKey:     []byte(pvesim.DefaultTokenID),
+			infrav1.CredentialsTokenSecretKey: []byte(pvesim.DefaultTokenSecret),
+			infrav1.CredentialsCABundleKey:    pve.CAPEM(),
+		},
+	}); err != nil {
+		return err
+	}
+	cl := &clusterv1.Cluster{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: h.labelsOf(name, nil)},
+		Spec: clusterv1.ClusterSpec{InfrastructureRef: clusterv1.ContractVersionedObjectReference{
+			APIGroup: infrav1.GroupVersion.Group, Kind: "ProxmoxTalosCluster", Name: name,
+		}},
+	}
+	if err := h.create(ctx, cl); err != nil {
+		return err
+	}
+	proxy, err := h.newWorkloadProxy(name)
+	if err != nil {
+		return err
+	}
+	kc, err := clientcmd.Write(clientcmdapi.Config{
+		Clusters:       map[string]*clientcmdapi.Cluster{name: {Server: proxy.url}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{name: {}},
+		Contexts:       map[string]*clientcmdapi.Context{name: {Cluster: name, AuthInfo: name}},
+		CurrentContext: name,
+	})
+	if err != nil {
+		return err
+	}
+	if err := h.create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-kubeconfig", Labels: map[string]string{clusterv1.ClusterNameLabel: name}},
+		Type:       clusterv1.ClusterSecretType,
+		Data:       map[string][]byte{"value": kc},
+	}); err != nil {
+		return err
+	}
+	a, b := 20+index/200, index%200+10
+	spec := infrav1.ProxmoxTalosClusterSpec{
+		Proxmox: infrav1.ProxmoxAPI{
+			URL:            strings.TrimSuffix(pve.URL(), "/api2/json"),
+			CredentialsRef: infrav1.SecretReference{Name: name + "-proxmox"},
+		},
+		ControlPlaneEndpointPool: "nodes",
+		IPPools: []infrav1.IPPool{{
+			Name: "nodes", Addresses: []string{fmt.Sprintf("127.%d.%d.10-127.%d.%d.250", a, b, a, b)}, Prefix: 24,
+			Gateway: fmt.Sprintf("127.%d.%d.1", a, b), DNSServers: []string{fmt.Sprintf("127.%d.%d.2", a, b)},
+		}},
+		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: h.factory.URL(), Platform: platform},
+		ImageStorage: "images",
+		ISOStorage:   "local",
+	}
+	return h.create(ctx, &infrav1.ProxmoxTalosCluster{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            name,
+			Labels:          h.labelsOf(name, map[string]string{clusterv1.ClusterNameLabel: name}),
+			OwnerReferences: []metav1.OwnerReference{ownerRef(cl, "Cluster")},
+		},
+		Spec: spec,
+	})
+}
+
+// labelsOf adds the cluster's extra labels to base.
+func (h *harness) labelsOf(cluster string, base map[string]string) map[string]string {
+	if base == nil {
+		base = map[string]string{}
+	}
+	for k, v := range h.labels[cluster] {
+		base[k] = v
+	}
+	return base
+}
+
+func ownerRef(obj client.Object, kind string) metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: clusterv1.GroupVersion.String(), Kind: kind, Name: obj.GetName(), UID: obj.GetUID()}
+}
+
+// markInfrastructureProvisioned waits for the ProxmoxTalosClusters to report provisioned
+// and does what Cluster API then does.
+func (h *harness) markInfrastructureProvisioned(ctx context.Context, names []string) error {
+	pending := map[string]bool{}
+	for _, n := range names {
+		pending[n] = true
+	}
+	var last string
+	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+		for n := range pending {
+			var infra infrav1.ProxmoxTalosCluster
+			if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &infra); err != nil {
+				return false, err
+			}
+			if !ptr.Deref(infra.Status.Initialization.Provisioned, false) {
+				last = fmt.Sprintf("%s: %s", n, condSummary(infra.Status.Conditions))
+				continue
+			}
+			var cl clusterv1.Cluster
+			if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &cl); err != nil {
+				return false, err
+			}
+			base := cl.DeepCopy()
+			cl.Status.Initialization.InfrastructureProvisioned = ptr.To(true)
+			if err := h.k8s.Status().Patch(ctx, &cl, client.MergeFrom(base)); err != nil {
+				return false, err
+			}
+			delete(pending, n)
+		}
+		return len(pending) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%d cluster(s) not provisioned (%s): %w", len(pending), last, err)
+	}
+	return nil
+}
+
+// createMachine creates the bootstrap data Secret, the Machine (with or without its
+// dataSecretName) and the ProxmoxTalosMachine owned by it.
+func (h *harness) createMachine(ctx context.Context, rec *machineRecord, withData bool) error {
+	h.mu.Lock()
+	h.machines[rec.Name] = rec
+	h.mu.Unlock()
+	labels := h.labelsOf(rec.Cluster, map[string]string{clusterv1.ClusterNameLabel: rec.Cluster})
+	if err := h.create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: rec.Name + "-bootstrap-data", Labels: map[string]string{clusterv1.ClusterNameLabel: rec.Cluster}},
+		Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")},
+	}); err != nil {
+		return err
+	}
+	m := &clusterv1.Machine{
+		ObjectMeta: metav1.ObjectMeta{Name: rec.Name, Labels: labels},
+		Spec: clusterv1.MachineSpec{
+			ClusterName: rec.Cluster,
+			InfrastructureRef: clusterv1.ContractVersionedObjectReference{
+				APIGroup: infrav1.GroupVersion.Group, Kind: "ProxmoxTalosMachine", Name: rec.Name,
+			},
+		},
+	}
+	if withData {
+		m.Spec.Bootstrap.DataSecretName = ptr.To(rec.Name + "-bootstrap-data")
+		h.mu.Lock()
+		rec.DataReady = time.Now()
+		h.mu.Unlock()
+	} else {
+		m.Spec.Bootstrap.ConfigRef = clusterv1.ContractVersionedObjectReference{APIGroup: "bootstrap.cluster.x-k8s.io", Kind: "TalosConfig", Name: rec.Name}
+	}
+	if err := h.create(ctx, m); err != nil {
+		return err
+	}
+	return h.create(ctx, &infrav1.ProxmoxTalosMachine{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: rec.Name, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{ownerRef(m, "Machine")},
+		},
+		Spec: infrav1.ProxmoxTalosMachineSpec{
+			MemoryMiB:      2048,
+			NetworkDevices: []infrav1.NetworkDevice{{Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"}}},
+		},
+	})
+}
+
+// releaseBootstrapData does what the bootstrap provider does when its data is ready.
+func (h *harness) releaseBootstrapData(ctx context.Context, name string) error {
+	var m clusterv1.Machine
+	if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &m); err != nil {
+		return err
+	}
+	base := m.DeepCopy()
+	m.Spec.Bootstrap.DataSecretName = ptr.To(name + "-bootstrap-data")
+	h.mu.Lock()
+	h.machines[name].DataReady = time.Now()
+	h.mu.Unlock()
+	return h.k8s.Patch(ctx, &m, client.MergeFrom(base))
+}
+
+// waitMachines waits until every named machine satisfies done, as seen by the harness cache.
+func (h *harness) waitMachines(ctx context.Context, names []string, what string, done func(*infrav1.ProxmoxTalosMachine, *machineRecord) bool) error {
+	var stuck []string
+	lastLog := time.Now()
+	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+		var list infrav1.ProxmoxTalosMachineList
+		if err := h.cache.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+			return false, err
+		}
+		if time.Since(lastLog) > 30*time.Second {
+			// Progress of long runs: machines per step.
+			lastLog = time.Now()
+			steps := map[string]int{}
+			for i := range list.Items {
+				steps[string(list.Items[i].Status.Step)]++
+			}
+			h.logf("waiting for %s: %v", what, steps)
+		}
+		byName := map[string]*infrav1.ProxmoxTalosMachine{}
+		for i := range list.Items {
+			byName[list.Items[i].Name] = &list.Items[i]
+		}
+		stuck = stuck[:0]
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, n := range names {
+			if p := byName[n]; p == nil || !done(p, h.machines[n]) {
+				stuck = append(stuck, n)
+			}
+		}
+		return len(stuck) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%d of %d machines not %s: %s: %w", len(stuck), len(names), what, h.describe(ctx, stuck), err)
+	}
+	return nil
+}
+
+// describe summarizes up to 5 machines' steps and conditions for an error.
+func (h *harness) describe(ctx context.Context, names []string) string {
+	var parts []string
+	for i, n := range names {
+		if i == 5 {
+			parts = append(parts, fmt.Sprintf("… and %d more", len(names)-5))
+			break
+		}
+		var p infrav1.ProxmoxTalosMachine
+		if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &p); err != nil {
+			parts = append(parts, n+": "+err.Error())
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s step %s [%s]", n, p.Status.Step, condSummary(p.Status.Conditions)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func running(p *infrav1.ProxmoxTalosMachine, _ *machineRecord) bool {
+	return p.Status.Step == infrav1.StepRunning && conditions.IsTrue(p, infrav1.NodeReadyCondition)
+}
+
+func condSummary(cs []metav1.Condition) string {
+	var parts []string
+	for _, c := range cs {
+		if c.Status != metav1.ConditionTrue {
+			parts = append(parts, fmt.Sprintf("%s=%s(%s: %s)", c.Type, c.Status, c.Reason, c.Message))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// --- counters ---
+
+// counters is a snapshot of everything the run counts.
+type counters struct {
+	PVE        map[infrav1.TalosPlatform]map[string]int
+	MgmtAPI    float64 // manager requests to the management API server
+	MgmtByVerb map[string]float64
+	Workload   int64 // requests through the workload proxies
+	Reconcile  map[string]float64
+}
+
+func (h *harness) snapshot() (counters, error) {
+	c := counters{PVE: map[infrav1.TalosPlatform]map[string]int{}, Reconcile: map[string]float64{}, MgmtByVerb: map[string]float64{}}
+	for p, s := range h.pves {
+		c.PVE[p] = s.Stats().Calls
+	}
+	for _, p := range h.proxies {
+		c.Workload += p.requests.Load()
+	}
+	resp, err := http.Get(h.mgrs[0].metricsURL()) //nolint:noctx // loopback diagnostics
+	if err != nil {
+		return c, fmt.Errorf("reading manager metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		name, labels, v, ok := parseMetric(line)
+		if !ok {
+			continue
+		}
+		switch name {
+		case "rest_client_requests_total":
+			if labels["host"] == h.apiHost {
+				c.MgmtAPI += v
+				c.MgmtByVerb[labels["method"]+" "+labels["code"]] += v
+			}
+		case "controller_runtime_reconcile_total":
+			c.Reconcile[labels["controller"]] += v
+		}
+	}
+	return c, sc.Err()
+}
+
+var reMetric = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([0-9.eE+-]+|NaN|\+Inf|-Inf)$`)
+var reLabel = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+
+// parseMetric reads one sample line of the Prometheus text format.
+func parseMetric(line string) (string, map[string]string, float64, bool) {
+	m := reMetric.FindStringSubmatch(line)
+	if m == nil {
+		return "", nil, 0, false
+	}
+	v, err := strconv.ParseFloat(m[3], 64)
+	if err != nil {
+		return "", nil, 0, false
+	}
+	labels := map[string]string{}
+	for _, l := range reLabel.FindAllStringSubmatch(m[2], -1) {
+		labels[l[1]] = l[2]
+	}
+	return m[1], labels, v, true
+}
+
+func diffCalls(after, before map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+func total(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// procStats reads the manager's peak RSS (VmHWM) and CPU seconds (utime+stime).
+func procStats(pid int) (peakRSS uint64, cpu float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			peakRSS = kb << 10
+		}
+	}
+	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name (which may hold spaces) start at field 3 (state);
+	// utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+	rest := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(rest) < 13 {
+		return 0, 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseFloat(rest[11], 64)
+	st, _ := strconv.ParseFloat(rest[12], 64)
+	return peakRSS, (ut + st) / 100, nil
+}
+
+// --- leaks ---
+
+// inventoryProblems lists what a pvesim holds that it should not: more than one VM per
+// machine during the run (wantVMs > 0), anything at all after teardown (wantVMs == 0).
+func inventoryProblems(s *pvesim.Server, machines []string, clusterOf map[string]string) []string {
+	inv := s.Inventory()
+	var out []string
+	if len(machines) > 0 {
+		count := map[string]int{}
+		for _, vm := range inv.VMs {
+			for _, n := range machines {
+				if hasTag(vm.Tags, machine.MachineTag(n)) && hasTag(vm.Tags, machine.ClusterTag(clusterOf[n])) {
+					count[n]++
+				}
+			}
+		}
+		for _, n := range machines {
+			if count[n] != 1 {
+				out = append(out, fmt.Sprintf("machine %s has %d VMs", n, count[n]))
+			}
+		}
+		if len(inv.VMs) != len(machines) {
+			out = append(out, fmt.Sprintf("%d VMs for %d machines", len(inv.VMs), len(machines)))
+		}
+		return out
+	}
+	for _, vm := range inv.VMs {
+		out = append(out, fmt.Sprintf("VM %d (%s) left", vm.VMID, strings.Join(vm.Tags, ";")))
+	}
+	for _, content := range []string{"iso", "import", "images"} {
+		for _, v := range inv.VolumesByContent(content) {
+			out = append(out, "volume "+v.VolID+" left")
+		}
+	}
+	return out
+}
+
+func hasTag(tags []string, tag string) bool {
+	for _, t := range tags {
+		if strings.EqualFold(t, tag) {
+			return true
+		}
+	}
+	return false
+}
+
+// teardown deletes what Cluster API would delete (machines, then clusters) and waits for
+// the provider to remove its finalizers.
+func (h *harness) teardown(ctx context.Context, clusters []string) error {
+	var ptms infrav1.ProxmoxTalosMachineList
+	if err := h.k8s.List(ctx, &ptms, client.InNamespace(namespace)); err != nil {
+		return err
+	}
+	if err := parallel(ctx, len(ptms.Items), func(i int) error {
+		return client.IgnoreNotFound(h.k8s.Delete(ctx, &ptms.Items[i]))
+	}); err != nil {
+		return err
+	}
+	for _, n := range clusters {
+		if err := client.IgnoreNotFound(h.k8s.Delete(ctx, &infrav1.ProxmoxTalosCluster{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: n}})); err != nil {
+			return err
+		}
+	}
+	var left int
+	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+		var m infrav1.ProxmoxTalosMachineList
+		var c infrav1.ProxmoxTalosClusterList
+		if err := h.k8s.List(ctx, &m, client.InNamespace(namespace)); err != nil {
+			return false, err
+		}
+		if err := h.k8s.List(ctx, &c, client.InNamespace(namespace)); err != nil {
+			return false, err
+		}
+		left = len(m.Items) + len(c.Items)
+		return left == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%d ProxmoxTalosMachines/Clusters still present after teardown: %w", left, err)
+	}
+	return nil
+}
+
+// --- helpers ---
+
+func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := cond()
+		if err != nil && ctx.Err() != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("timed out after %s (last error: %w)", timeout, err)
+			}
+			return fmt.Errorf("timed out after %s", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// parallel runs f(0..n-1) on 16 workers and returns the first error.
+func parallel(ctx context.Context, n int, f func(int) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		next  atomic.Int64
+	)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := f(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitHTTP(ctx context.Context, u string, timeout time.Duration) error {
+	return poll(ctx, timeout, func() (bool, error) {
+		resp, err := http.Get(u) //nolint:noctx // loopback probe
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, fmt.Errorf("status %d", resp.StatusCode)
+	})
+}
+
+// imageDownloads maps "platform schematic(12) version storage" to factory downloads: each
+// platform has its own pvesim with one image storage, so a factory path per platform is
+// one (schematic, Talos version, storage).
+func (h *harness) imageDownloads() []imageDownload {
+	var out []imageDownload
+	for path, n := range h.factory.AllDownloads() {
+		// /image/{schematic}/{version}/{file}
+		parts := strings.Split(strings.TrimPrefix(path, "/image/"), "/")
+		if len(parts) != 3 || !strings.HasSuffix(parts[2], "."+imagefactory.DiskImageFormat) {
+			continue
+		}
+		platform := "nocloud"
+		if strings.HasPrefix(parts[2], imagefactory.PlatformMetal) {
+			platform = imagefactory.PlatformMetal
+		}
+		out = append(out, imageDownload{Platform: platform, Schematic: parts[0], Version: parts[1], File: parts[2], Storage: "images", Downloads: n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Platform != out[j].Platform {
+			return out[i].Platform < out[j].Platform
+		}
+		return out[i].Schematic < out[j].Schematic
+	})
+	return out
+}

@@ -1,0 +1,461 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/utils/ptr"
+
+	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+)
+
+// MinimumSequence is the least a VM create needs with a cached image: the create and its
+// task, the boot ISO upload, the start and its task.
+var MinimumSequence = []string{
+	"POST /nodes/{node}/qemu",
+	"GET /nodes/{node}/tasks/{upid}/status",
+	"POST /nodes/{node}/storage/{storage}/upload",
+	"POST /nodes/{node}/qemu/{vmid}/status/start",
+	"GET /nodes/{node}/tasks/{upid}/status",
+}
+
+// Report is one run's result (written as JSON under out/bench/).
+type Report struct {
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Host     HostInfo  `json:"host"`
+	N        int       `json:"n"`
+	C        int       `json:"c"`
+	Profile  string    `json:"profile"`
+	NodeBoot string    `json:"nodeBoot"`
+	Window   string    `json:"steadyWindow"`
+	Sync     string    `json:"syncPeriod"`
+	MgrArgs  []string  `json:"managerArgs,omitempty"`
+
+	MinimumSequence []string        `json:"minimumSequence"`
+	Probes          []ProbeResult   `json:"probes,omitempty"`
+	Platforms       []PlatformStats `json:"platforms"`
+	ImageDownloads  []imageDownload `json:"imageDownloads"`
+	Manager         ManagerStats    `json:"manager"`
+	// Ratios are metal / nocloud.
+	Ratios map[string]float64 `json:"ratiosMetalToNocloud,omitempty"`
+
+	Converged bool     `json:"converged"`
+	Problems  []string `json:"problems,omitempty"`
+}
+
+// HostInfo is the machine the numbers were measured on.
+type HostInfo struct {
+	CPUs       int     `json:"cpus"`
+	CPUModel   string  `json:"cpuModel"`
+	MemoryGiB  float64 `json:"memoryGiB"`
+	LoadBefore string  `json:"loadavgBefore"`
+	LoadAfter  string  `json:"loadavgAfter"`
+}
+
+// ProbeResult is one VM created alone on its platform's Proxmox: calls from creating the
+// machine until it is Running with its Node Ready.
+type ProbeResult struct {
+	Platform    string         `json:"platform"`
+	Machine     string         `json:"machine"`
+	ImageCached bool           `json:"imageCached"`
+	Calls       map[string]int `json:"calls"`
+	Total       int            `json:"total"`
+	Seconds     float64        `json:"seconds"`
+}
+
+// PlatformStats are the scale phase's figures for the machines of one platform.
+type PlatformStats struct {
+	Platform string `json:"platform"`
+	Machines int    `json:"machines"`
+	Clusters int    `json:"clusters"`
+	// CreateCallsPerVM: Proxmox calls from bootstrap data ready until all are Running,
+	// divided by the machines (every image download included).
+	CreateCallsPerVM      float64            `json:"createCallsPerVM"`
+	CreateCallsByEndpoint map[string]float64 `json:"createCallsByEndpointPerVM"`
+	// SteadyCallsPerMachineHour: calls in the steady window, per machine, scaled to an hour.
+	SteadyCallsPerMachineHour float64            `json:"steadyCallsPerMachineHour"`
+	SteadyByEndpoint          map[string]float64 `json:"steadyByEndpointPerMachineHour"`
+	// Overhead: bootstrap data ready → provisioned, seconds.
+	Overhead Dist `json:"overheadSeconds"`
+	// ToRunning: bootstrap data ready → Running (Node Ready, boot ISO removed), seconds.
+	ToRunning Dist      `json:"toRunningSeconds"`
+	Samples   []float64 `json:"overheadSamples"` // for the plot
+}
+
+// Dist summarizes samples.
+type Dist struct {
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// ManagerStats are the manager process's figures.
+type ManagerStats struct {
+	PeakRSSMiB float64 `json:"peakRSSMiB"`
+	CPUSeconds float64 `json:"cpuSeconds"`
+	// APIRequestsPerMachineCreate: manager requests to the management API server from
+	// bootstrap data ready until Running, per machine (client-go rest_client_requests_total).
+	APIRequestsPerMachineCreate float64 `json:"apiRequestsPerMachineCreate"`
+	// APIRequestsByMethodCreate splits it by "METHOD code".
+	APIRequestsByMethodCreate map[string]float64 `json:"apiRequestsByMethodCreate"`
+	// APIRequestsPerMachineHour: the same in the steady window, per machine per hour.
+	APIRequestsPerMachineHour float64 `json:"apiRequestsPerMachineHour"`
+	// WorkloadRequestsPerMachineCreate: requests to the workload API servers.
+	WorkloadRequestsPerMachineCreate float64            `json:"workloadRequestsPerMachineCreate"`
+	WorkloadRequestsPerMachineHour   float64            `json:"workloadRequestsPerMachineHour"`
+	ReconcilesPerMachineCreate       map[string]float64 `json:"reconcilesPerMachineCreate"`
+}
+
+type imageDownload struct {
+	Platform  string `json:"platform"`
+	Schematic string `json:"schematic"`
+	Version   string `json:"talosVersion"`
+	File      string `json:"file"`
+	Storage   string `json:"storage"`
+	Downloads int    `json:"downloads"`
+}
+
+// run performs one benchmark run. The report is returned even when the run fails
+// (converged false, problems listed), with the error.
+func run(ctx context.Context, o Options) (*Report, error) {
+	rep := &Report{
+		Started: time.Now().UTC(), N: o.N, C: o.C, Profile: o.Profile, MinimumSequence: MinimumSequence,
+		Window: o.Window.String(), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, Host: hostInfo(),
+	}
+	if o.N < o.C || o.C < 1 {
+		return rep, fmt.Errorf("need N >= C >= 1, got N=%d C=%d", o.N, o.C)
+	}
+	h := &harness{o: o}
+	rep.NodeBoot = h.nodeBoot().String()
+	defer h.stop()
+	if err := h.start(ctx); err != nil {
+		return rep, err
+	}
+	fail := func(err error) (*Report, error) {
+		rep.Problems = append(rep.Problems, err.Error())
+		// The manager's footprint is worth knowing even when the run did not converge.
+		if len(h.mgrs) > 0 {
+			if rss, cpu, perr := procStats(h.mgrs[0].cmd.Process.Pid); perr == nil {
+				rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
+			}
+		}
+		rep.Host.LoadAfter = loadavg()
+		rep.Seconds = time.Since(rep.Started).Seconds()
+		return rep, err
+	}
+
+	// Probes: one VM at a time on a quiet Proxmox, so the counters belong to it.
+	var clusters []string
+	index := 0
+	if o.Probe {
+		for _, p := range o.Platforms {
+			name := "probe-" + string(p)
+			if err := h.createCluster(ctx, name, index, p); err != nil {
+				return fail(err)
+			}
+			index++
+			clusters = append(clusters, name)
+			if err := h.markInfrastructureProvisioned(ctx, []string{name}); err != nil {
+				return fail(err)
+			}
+			for k, cached := range []bool{false, true} {
+				before := h.pves[p].Stats().Calls
+				began := time.Now()
+				rec := &machineRecord{Name: fmt.Sprintf("%s-m%d", name, k), Cluster: name, Platform: p, Probe: true}
+				if err := h.createMachine(ctx, rec, true); err != nil {
+					return fail(err)
+				}
+				if err := h.waitMachines(ctx, []string{rec.Name}, "Running", running); err != nil {
+					return fail(err)
+				}
+				calls := diffCalls(h.pves[p].Stats().Calls, before)
+				// A metal image is per machine: never cached for a new machine.
+				rep.Probes = append(rep.Probes, ProbeResult{Platform: string(p), Machine: rec.Name, ImageCached: cached && p != infrav1.TalosPlatformMetal,
+					Calls: calls, Total: total(calls), Seconds: time.Since(began).Seconds()})
+				h.logf("probe %s: %d Proxmox calls in %s", rec.Name, total(calls), time.Since(began).Round(time.Millisecond))
+			}
+		}
+	}
+
+	// Scale phase: C clusters, N machines, platforms round-robin by cluster.
+	h.logf("creating %d clusters", o.C)
+	scaleClusters := make([]string, o.C)
+	platformOf := map[string]infrav1.TalosPlatform{}
+	for i := range scaleClusters {
+		scaleClusters[i] = fmt.Sprintf("c%03d", i)
+		platformOf[scaleClusters[i]] = o.Platforms[i%len(o.Platforms)]
+	}
+	if err := parallel(ctx, o.C, func(i int) error {
+		return h.createCluster(ctx, scaleClusters[i], index+i, platformOf[scaleClusters[i]])
+	}); err != nil {
+		return fail(err)
+	}
+	clusters = append(clusters, scaleClusters...)
+	if err := h.markInfrastructureProvisioned(ctx, scaleClusters); err != nil {
+		return fail(err)
+	}
+	h.logf("creating %d machines (bootstrap data not ready yet)", o.N)
+	recs := make([]*machineRecord, o.N)
+	names := make([]string, o.N)
+	for j := range recs {
+		cl := scaleClusters[j%o.C]
+		recs[j] = &machineRecord{Name: fmt.Sprintf("%s-m%d", cl, j/o.C), Cluster: cl, Platform: platformOf[cl]}
+		names[j] = recs[j].Name
+	}
+	if err := parallel(ctx, o.N, func(j int) error { return h.createMachine(ctx, recs[j], false) }); err != nil {
+		return fail(err)
+	}
+	if err := h.waitMachines(ctx, names, "waiting for bootstrap data", func(p *infrav1.ProxmoxTalosMachine, _ *machineRecord) bool {
+		return p.Status.Step == infrav1.StepWaitingForBootstrapData
+	}); err != nil {
+		return fail(err)
+	}
+
+	h.logf("releasing bootstrap data of %d machines", o.N)
+	before, err := h.snapshot()
+	if err != nil {
+		return fail(err)
+	}
+	if err := parallel(ctx, o.N, func(j int) error { return h.releaseBootstrapData(ctx, names[j]) }); err != nil {
+		return fail(err)
+	}
+	if err := h.waitMachines(ctx, names, "provisioned", func(p *infrav1.ProxmoxTalosMachine, r *machineRecord) bool {
+		return ptr.Deref(p.Status.Initialization.Provisioned, false)
+	}); err != nil {
+		return fail(err)
+	}
+	h.logf("all provisioned; waiting for Running")
+	if err := h.waitMachines(ctx, names, "Running", running); err != nil {
+		return fail(err)
+	}
+	afterCreate, err := h.snapshot()
+	if err != nil {
+		return fail(err)
+	}
+	rep.Converged = true
+	h.logf("all %d machines Running; steady-state window %s", o.N, o.Window)
+
+	all := append([]string(nil), names...)
+	clusterOf := map[string]string{}
+	h.mu.Lock()
+	for n, r := range h.machines {
+		clusterOf[n] = r.Cluster
+		if r.Probe {
+			all = append(all, n)
+		}
+	}
+	h.mu.Unlock()
+	for p, s := range h.pves {
+		var mine []string
+		for _, n := range all {
+			if h.machines[n].Platform == p {
+				mine = append(mine, n)
+			}
+		}
+		rep.Problems = append(rep.Problems, inventoryProblems(s, mine, clusterOf)...)
+	}
+
+	select {
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	case <-time.After(o.Window):
+	}
+	afterSteady, err := h.snapshot()
+	if err != nil {
+		return fail(err)
+	}
+	rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid)
+	if err != nil {
+		return fail(err)
+	}
+	rep.Manager.PeakRSSMiB = float64(rss) / (1 << 20)
+	rep.Manager.CPUSeconds = cpu
+
+	// Figures.
+	hour := time.Hour.Seconds() / o.Window.Seconds()
+	nAll := float64(len(all))
+	rep.Manager.APIRequestsPerMachineCreate = (afterCreate.MgmtAPI - before.MgmtAPI) / float64(o.N)
+	rep.Manager.APIRequestsPerMachineHour = (afterSteady.MgmtAPI - afterCreate.MgmtAPI) / nAll * hour
+	rep.Manager.WorkloadRequestsPerMachineCreate = float64(afterCreate.Workload-before.Workload) / float64(o.N)
+	rep.Manager.WorkloadRequestsPerMachineHour = float64(afterSteady.Workload-afterCreate.Workload) / nAll * hour
+	rep.Manager.APIRequestsByMethodCreate = map[string]float64{}
+	for k, v := range afterCreate.MgmtByVerb {
+		if d := v - before.MgmtByVerb[k]; d > 0 {
+			rep.Manager.APIRequestsByMethodCreate[k] = d / float64(o.N)
+		}
+	}
+	rep.Manager.ReconcilesPerMachineCreate = map[string]float64{}
+	for k, v := range afterCreate.Reconcile {
+		rep.Manager.ReconcilesPerMachineCreate[k] = (v - before.Reconcile[k]) / float64(o.N)
+	}
+	for _, p := range o.Platforms {
+		ps := PlatformStats{Platform: string(p), CreateCallsByEndpoint: map[string]float64{}, SteadyByEndpoint: map[string]float64{}}
+		for _, c := range scaleClusters {
+			if platformOf[c] == p {
+				ps.Clusters++
+			}
+		}
+		var over, toRun []float64
+		var onPlatform float64
+		h.mu.Lock()
+		for _, r := range h.machines {
+			if r.Platform != p {
+				continue
+			}
+			onPlatform++
+			if r.Probe {
+				continue
+			}
+			ps.Machines++
+			over = append(over, r.Provisioned.Sub(r.DataReady).Seconds())
+			toRun = append(toRun, r.Running.Sub(r.DataReady).Seconds())
+		}
+		h.mu.Unlock()
+		if ps.Machines == 0 {
+			continue
+		}
+		created := diffCalls(afterCreate.PVE[p], before.PVE[p])
+		for k, v := range created {
+			ps.CreateCallsByEndpoint[k] = float64(v) / float64(ps.Machines)
+		}
+		ps.CreateCallsPerVM = float64(total(created)) / float64(ps.Machines)
+		steady := diffCalls(afterSteady.PVE[p], afterCreate.PVE[p])
+		for k, v := range steady {
+			ps.SteadyByEndpoint[k] = float64(v) / onPlatform * hour
+		}
+		ps.SteadyCallsPerMachineHour = float64(total(steady)) / onPlatform * hour
+		ps.Overhead, ps.ToRunning, ps.Samples = dist(over), dist(toRun), over
+		rep.Platforms = append(rep.Platforms, ps)
+	}
+	rep.ImageDownloads = h.imageDownloads()
+	rep.Ratios = ratios(rep)
+
+	h.mu.Lock()
+	for _, err := range h.nodeErrs {
+		rep.Problems = append(rep.Problems, err.Error())
+	}
+	h.mu.Unlock()
+
+	if o.Checkpoint != nil {
+		// The figures are complete; teardown of a large run can take long.
+		o.Checkpoint(rep)
+	}
+
+	// Teardown: nothing may be left on Proxmox.
+	h.logf("deleting everything")
+	if err := h.teardown(ctx, clusters); err != nil {
+		return fail(err)
+	}
+	for p, s := range h.pves {
+		for _, problem := range inventoryProblems(s, nil, nil) {
+			rep.Problems = append(rep.Problems, string(p)+": "+problem)
+		}
+	}
+	if rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid); err == nil {
+		rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
+	}
+	rep.Host.LoadAfter = loadavg()
+	rep.Seconds = time.Since(rep.Started).Seconds()
+	if len(rep.Problems) > 0 {
+		return rep, errors.New("run finished with problems:\n  " + strings.Join(rep.Problems, "\n  "))
+	}
+	return rep, nil
+}
+
+func dist(s []float64) Dist {
+	if len(s) == 0 {
+		return Dist{}
+	}
+	c := append([]float64(nil), s...)
+	sort.Float64s(c)
+	q := func(p float64) float64 {
+		i := int(p*float64(len(c))+0.999999) - 1
+		return c[max(0, min(i, len(c)-1))]
+	}
+	return Dist{P50: q(0.5), P99: q(0.99), Max: c[len(c)-1]}
+}
+
+func ratios(rep *Report) map[string]float64 {
+	var noc, met *PlatformStats
+	for i := range rep.Platforms {
+		switch infrav1.TalosPlatform(rep.Platforms[i].Platform) {
+		case infrav1.TalosPlatformNoCloud:
+			noc = &rep.Platforms[i]
+		case infrav1.TalosPlatformMetal:
+			met = &rep.Platforms[i]
+		}
+	}
+	if noc == nil || met == nil {
+		return nil
+	}
+	downloads := map[string]float64{}
+	for _, d := range rep.ImageDownloads {
+		downloads[d.Platform] += float64(d.Downloads)
+	}
+	// Per machine, probes included (they downloaded too).
+	perMachine := func(p string) float64 {
+		n := 0
+		for _, pr := range rep.Probes {
+			if pr.Platform == p {
+				n++
+			}
+		}
+		for _, ps := range rep.Platforms {
+			if ps.Platform == p {
+				n += ps.Machines
+			}
+		}
+		return downloads[p] / float64(max(n, 1))
+	}
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	return map[string]float64{
+		"imageDownloadsPerMachine": div(perMachine("metal"), perMachine("nocloud")),
+		"createCallsPerVM":         div(met.CreateCallsPerVM, noc.CreateCallsPerVM),
+		"steadyCallsPerMachine":    div(met.SteadyCallsPerMachineHour, noc.SteadyCallsPerMachineHour),
+		"overheadP50":              div(met.Overhead.P50, noc.Overhead.P50),
+		"toRunningP50":             div(met.ToRunning.P50, noc.ToRunning.P50),
+	}
+}
+
+func hostInfo() HostInfo {
+	h := HostInfo{CPUs: runtime.NumCPU(), LoadBefore: loadavg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				h.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb float64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %f kB", &kb); err == nil {
+			h.MemoryGiB = kb / (1 << 20)
+		}
+	}
+	return h
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
