@@ -51,7 +51,7 @@ const (
 	talosVersion = "v1.13.9"
 	// clusterLabel marks each Node with its workload cluster; the per-cluster proxy shows a
 	// cluster only its own Nodes.
-	clusterLabel = "bench.capmoxt.test/cluster"
+	clusterLabel = "bench.capi-proxmox-talos.test/cluster"
 )
 
 // Options are one run's parameters.
