@@ -602,7 +602,8 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 			Name: "nodes", Addresses: []string{fmt.Sprintf("127.%d.%d.10-127.%d.%d.250", a, b, a, b)}, Prefix: 24,
 			Gateway: fmt.Sprintf("127.%d.%d.1", a, b), DNSServers: []string{fmt.Sprintf("127.%d.%d.2", a, b)},
 		}},
-		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: h.factory.URL(), Platform: platform},
+		// factorysim serves plain http on loopback: the documented opt-in.
+		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: h.factory.URL(), InsecureAllowHTTP: true, Platform: platform},
 		ImageStorage: "images",
 		ISOStorage:   "local",
 	}
