@@ -33,10 +33,7 @@ import (
 //     Warning event; spec.providerID keeps its value.
 func TestCloudControllerManagerProviderID(t *testing.T) {
 	f := newFixture(t, "ccm")
-	assets, err := testenv.AssetsDir()
-	if err != nil {
-		t.Skip(err)
-	}
+	assets := testenv.RequireAssets(t)
 	wenv := &envtest.Environment{BinaryAssetsDirectory: assets}
 	wcfg, err := wenv.Start()
 	if err != nil {

@@ -6,6 +6,7 @@ package docs
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -129,7 +130,7 @@ func loadSchema(t *testing.T, version string) map[string]map[string]apiParam {
 	if err != nil {
 		// Like pvesim's conformance tests: the schemas live beside the repository
 		// (../shared/pve-api), not in it, so a clean clone skips.
-		t.Skipf("Proxmox API schema %s not found (expected <repo>/../shared/pve-api): %v", p, err)
+		testenv.SkipOrFail(t, "Proxmox API schema %s not found (expected <repo>/../shared/pve-api): %v", p, err)
 	}
 	var roots []apiNode
 	if err := json.Unmarshal(raw, &roots); err != nil {

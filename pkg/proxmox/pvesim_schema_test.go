@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -40,7 +41,7 @@ func schemaFile(t *testing.T, version string) string {
 	}
 	f := filepath.Join(dir, "..", "shared", "pve-api", "pve-"+version+"-apidata.json")
 	if _, err := os.Stat(f); err != nil {
-		t.Skipf("PVE schema %s not found; skipping response checks", f)
+		testenv.SkipOrFail(t, "PVE schema %s not found (expected <repo>/../shared/pve-api)", f)
 	}
 	return f
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -332,7 +333,7 @@ func TestUploadNoTruncation(t *testing.T) {
 func schemaPrivileges(t *testing.T, version string) []string {
 	dir, ok, err := apischema.SchemaDir()
 	if err != nil || !ok {
-		t.Skipf("PVE schema files not found at %s", dir)
+		testenv.SkipOrFail(t, "PVE schema files not found at %s (expected <repo>/../shared/pve-api)", dir)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "pve-"+version+"-apidata.json"))
 	if err != nil {
@@ -501,7 +502,7 @@ func TestPrivilegesLikeAccessControl(t *testing.T) {
 func TestCheckReturnsCatchesMismatches(t *testing.T) {
 	dir, ok, err := apischema.SchemaDir()
 	if err != nil || !ok {
-		t.Skipf("PVE schema files not found at %s", dir)
+		testenv.SkipOrFail(t, "PVE schema files not found at %s (expected <repo>/../shared/pve-api)", dir)
 	}
 	file := filepath.Join(dir, "pve-9.1-apidata.json")
 	s := startSim(t, Config{})
@@ -583,7 +584,7 @@ func TestRequestBodiesLikePveproxy(t *testing.T) {
 func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
 	dir, ok, err := apischema.SchemaDir()
 	if err != nil || !ok {
-		t.Skipf("PVE schema files not found at %s", dir)
+		testenv.SkipOrFail(t, "PVE schema files not found at %s (expected <repo>/../shared/pve-api)", dir)
 	}
 	for _, v := range []struct{ sim, schema string }{{"8.4.1", "8.4"}, {"9.1.2", "9.1"}} {
 		t.Run(v.schema, func(t *testing.T) {

@@ -25,9 +25,7 @@ import (
 // the Lease and finishes every machine with exactly one VM each (nothing created twice,
 // nothing lost), and teardown leaves nothing on Proxmox.
 func TestLeaderFailover(t *testing.T) {
-	if _, err := testenv.AssetsDir(); err != nil {
-		t.Skip(err)
-	}
+	testenv.RequireAssets(t)
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
@@ -130,9 +128,7 @@ func (h *harness) leader() (int, error) {
 // finalizer, no step) — each manager reconciles only its shard. Shard b's manager then
 // comes back and finishes its machine.
 func TestWatchFilterShards(t *testing.T) {
-	if _, err := testenv.AssetsDir(); err != nil {
-		t.Skip(err)
-	}
+	testenv.RequireAssets(t)
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()

@@ -23,9 +23,7 @@ import (
 // teardown must leave nothing on Proxmox. No timed assertion: only convergence, leaks and
 // counts that do not depend on the machine's speed.
 func TestBenchScaleSmall(t *testing.T) {
-	if _, err := testenv.AssetsDir(); err != nil {
-		t.Skip(err)
-	}
+	testenv.RequireAssets(t)
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	out := t.TempDir()

@@ -189,7 +189,7 @@ func TestFlavorConfigsAccepted(t *testing.T) {
 			f := loadFlavor(t, file)
 			lookup, ids := schematics(t, f.extensions)
 			for _, typ := range []machine.Type{machine.TypeControlPlane, machine.TypeWorker} {
-				ud := f.userData(t, typ, "https://10.0.3.1:6443")
+				ud := f.userData(t, typ, "https://127.10.3.1:6443") // parsed only, never dialed
 				sim := &Sim{opts: Options{Schematics: lookup, Logf: t.Logf}}
 				ev := bootEvent(t, 1, "n", "127.10.142.1", f.platform, f.talosVersion, ids[strings.Join(f.extensions, ",")], ud)
 				spec, err := sim.parseSpec(ev)
