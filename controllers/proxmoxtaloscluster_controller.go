@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -40,6 +41,12 @@ type ProxmoxTalosClusterReconciler struct {
 	WatchFilterValue string
 	// Timing bounds requeue delays while waiting (zero: defaults).
 	Timing backoff.Timing
+	// ImageGCGrace is how long a Talos image must be unused by every machine on its
+	// storage before it is deleted (zero: cluster.DefaultImageGCGrace); negative turns the
+	// collection of unused images off.
+	ImageGCGrace time.Duration
+
+	imageGC *cluster.ImageGC
 }
 
 // +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosclusters,verbs=get;list;watch;update;patch
@@ -59,6 +66,9 @@ func (r *ProxmoxTalosClusterReconciler) SetupWithManager(ctx context.Context, mg
 		return errors.New("ProxmoxTalosClusterReconciler needs Client and Proxmox")
 	}
 	log := ctrl.LoggerFrom(ctx).WithValues("controller", "proxmoxtaloscluster")
+	if r.ImageGCGrace >= 0 {
+		r.imageGC = &cluster.ImageGC{Grace: r.ImageGCGrace, Reader: mgr.GetAPIReader()}
+	}
 	gvk := infrav1.GroupVersion.WithKind("ProxmoxTalosCluster")
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&infrav1.ProxmoxTalosCluster{}).
@@ -140,7 +150,7 @@ func (r *ProxmoxTalosClusterReconciler) Reconcile(ctx context.Context, req ctrl.
 		}
 	}()
 
-	steps := &cluster.Reconciler{Client: r.Client, Recorder: r.Recorder, Proxmox: r.Proxmox, Timing: r.Timing}
+	steps := &cluster.Reconciler{Client: r.Client, Recorder: r.Recorder, Proxmox: r.Proxmox, Timing: r.Timing, ImageGC: r.imageGC}
 	scope := cluster.NewScope(owner, infra)
 	if !infra.DeletionTimestamp.IsZero() {
 		return steps.ReconcileDelete(ctx, scope)

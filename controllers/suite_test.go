@@ -131,6 +131,9 @@ var proxmoxFactory = clients.NewProxmoxFactory(clients.ProxmoxOptions{
 
 var testTiming = backoff.Timing{Min: 100 * time.Millisecond, Max: time.Second}
 
+// testImageGCGrace is how long an unused Talos image waits before it is collected.
+const testImageGCGrace = 500 * time.Millisecond
+
 var managerRuns atomic.Int32
 
 // startManager runs both controllers against the management API server until stop.
@@ -157,6 +160,7 @@ func startManager(t *testing.T) *manager {
 	}
 	if err := (&ProxmoxTalosClusterReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("proxmoxtaloscluster"), Proxmox: proxmoxFactory, Timing: testTiming,
+		ImageGCGrace: testImageGCGrace,
 	}).SetupWithManager(ctx, mgr, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -300,6 +304,8 @@ type machineOpts struct {
 	vmID          *int32
 	// ipv4 replaces net0's default source (the cluster pool "nodes").
 	ipv4 *infrav1.AddressSource
+	// talos overrides the cluster's Talos image settings (a Talos upgrade's new template).
+	talos *infrav1.TalosImageSpec
 }
 
 // createMachine creates the bootstrap data Secret, the Machine and the
@@ -338,6 +344,7 @@ func (f *fixture) createMachine(name string, o machineOpts) {
 		Spec: infrav1.ProxmoxTalosMachineSpec{
 			VMID:      o.vmID,
 			MemoryMiB: 2048,
+			Talos:     o.talos,
 			NetworkDevices: []infrav1.NetworkDevice{{
 				Name: "net0", IPv4: cmp.Or(o.ipv4, &infrav1.AddressSource{FromPool: "nodes"}),
 			}},

@@ -36,6 +36,9 @@ type Reconciler struct {
 	// PreflightInterval is how often a passed preflight is repeated (a revoked privilege or
 	// a removed storage shows up on the cluster, not only on the next machine). Default 10m.
 	PreflightInterval time.Duration
+	// ImageGC collects Talos images no machine uses any more (image_gc.go); nil turns the
+	// collection off. It outlives the Reconciler, which is built for each pass.
+	ImageGC *ImageGC
 }
 
 // Scope is one pass over one cluster.
@@ -74,7 +77,7 @@ func (r *Reconciler) ReconcileNormal(ctx context.Context, s *Scope) (ctrl.Result
 			return res, err
 		}
 	}
-	return ctrl.Result{}, nil
+	return r.reconcileImageGC(ctx, s), nil
 }
 
 // reconcileProvisioned publishes the contract's milestone. It is one-way: a Proxmox

@@ -54,6 +54,9 @@ type Client interface {
 	UploadISO(ctx context.Context, node, storage, filename string, data []byte) (string, error)
 	// DeleteVolume deletes a volume ("storage:iso/x.iso"); missing = success.
 	DeleteVolume(ctx context.Context, node, volid string) error
+	// StartDeleteVolume sends the delete and returns the task's UPID (imgdel) without
+	// waiting; "" with a nil error when the volume is already gone.
+	StartDeleteVolume(ctx context.Context, node, volid string) (string, error)
 
 	// CreateVM creates a VM from spec and waits for the task. Reconcilers use
 	// StartCreateVM instead; CreateVM is for tools and tests.

@@ -416,6 +416,27 @@ func (c *PVEClient) DeleteVolume(ctx context.Context, node, volid string) error 
 	})
 }
 
+// StartDeleteVolume implements Client. A reconciler records the UPID and polls it with
+// TaskStatus instead of holding a worker for the task.
+func (c *PVEClient) StartDeleteVolume(ctx context.Context, node, volid string) (string, error) {
+	storage, _, ok := strings.Cut(volid, ":")
+	if !ok || storage == "" {
+		return "", fmt.Errorf("%w: %q is not a volume id (storage:content/file)", ErrInvalidConfig, volid)
+	}
+	path := "/nodes/" + url.PathEscape(node) + "/storage/" + url.PathEscape(storage) + "/content/" + url.PathEscape(volid)
+	var upid string
+	err := c.run(ctx, "StartDeleteVolume", func(ctx context.Context) error {
+		return c.do(ctx, http.MethodDelete, path, nil, nil, &upid)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("delete volume %s on %s: %w", volid, node, err)
+	}
+	return upid, nil
+}
+
 func (c *PVEClient) deleteVolume(ctx context.Context, node, volid string) error {
 	storage, _, ok := strings.Cut(volid, ":")
 	if !ok || storage == "" {
