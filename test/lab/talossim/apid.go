@@ -1,6 +1,7 @@
 package talossim
 
 import (
+	"cmp"
 	"context"
 	"strings"
 
@@ -96,12 +97,17 @@ func unary[T proto.Message](ctx context.Context, a *apiServer, fn func(n *node) 
 	return out, nil
 }
 
-// Version reports the Talos version the lab images carry.
+// Version reports the Talos version of the image the node booted from (what a Talos
+// upgrade changes) and its platform.
 func (a *apiServer) Version(ctx context.Context, _ *emptypb.Empty) (*machine.VersionResponse, error) {
 	msgs, err := unary(ctx, a, func(n *node) (*machine.Version, error) {
+		mode := "cloud"
+		if n.spec.platform == "metal" {
+			mode = "metal"
+		}
 		return &machine.Version{
-			Version:  &machine.VersionInfo{Tag: "v1.14.1", Arch: "amd64", Os: "linux", GoVersion: "go1.26"},
-			Platform: &machine.PlatformInfo{Name: "nocloud", Mode: "cloud"},
+			Version:  &machine.VersionInfo{Tag: cmp.Or(n.spec.talosVersion, "unknown"), Arch: "amd64", Os: "linux", GoVersion: "go1.26"},
+			Platform: &machine.PlatformInfo{Name: cmp.Or(n.spec.platform, "nocloud"), Mode: mode},
 		}, nil
 	})
 	return &machine.VersionResponse{Messages: msgs}, err

@@ -308,3 +308,25 @@ func loadConfigKindOnly(kind string) (any, error) {
 	_, err := loadConfig(doc, "", "nocloud", func(string) {})
 	return nil, err
 }
+
+// TestNodeReportsBootedVersions: the same machine config booted from images of two Talos
+// versions (the default flavor's and the next minor's, a Talos upgrade) reports each image's
+// Talos version in the Node's osImage and apid's Version, and the kubelet image tag of the
+// config as the kubeletVersion.
+func TestNodeReportsBootedVersions(t *testing.T) {
+	f := loadFlavor(t, "cluster-template.yaml")
+	lookup, ids := schematics(t, f.extensions)
+	ud := f.userData(t, machine.TypeWorker, "https://127.10.3.1:6443") // parsed only, never dialed
+	for _, version := range []string{f.talosVersion, "v1.14.0"} {
+		t.Run(version, func(t *testing.T) {
+			g := NewWithT(t)
+			sim := &Sim{opts: Options{Schematics: lookup, Logf: t.Logf}}
+			spec, err := sim.parseSpec(bootEvent(t, 1, "n", "127.10.142.1", f.platform, version, ids[strings.Join(f.extensions, ",")], ud))
+			g.Expect(err).NotTo(HaveOccurred())
+			info := nodeInfo(spec)
+			g.Expect(info.OSImage).To(Equal("Talos (" + version + ")"))
+			g.Expect(info.KubeletVersion).To(Equal("v1.35.0"), "the kubelet image tag of the machine config")
+			g.Expect(spec.talosVersion).To(Equal(version), "apid's Version reports it")
+		})
+	}
+}

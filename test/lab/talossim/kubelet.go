@@ -84,10 +84,18 @@ func (n *node) register(cs kubernetes.Interface, ready bool) error {
 		{Type: corev1.NodeInternalIP, Address: n.spec.addr.String()},
 		{Type: corev1.NodeHostName, Address: n.spec.hostname},
 	}
-	obj.Status.NodeInfo = corev1.NodeSystemInfo{OSImage: "Talos (" + cmp.Or(n.spec.talosVersion, "unknown") + ")", OperatingSystem: "linux",
-		Architecture: "amd64", KubeletVersion: n.spec.kubeletVersion, ContainerRuntimeVersion: "containerd://2.1.0"}
+	obj.Status.NodeInfo = nodeInfo(n.spec)
 	_, err = nodes.UpdateStatus(ctx, obj, metav1.UpdateOptions{})
 	return err
+}
+
+// nodeInfo is what a Talos kubelet reports: the kubelet version is the tag of the kubelet
+// image its machine config names (a Kubernetes upgrade changes it), the OS image names the
+// Talos version of the image the node booted from (a Talos upgrade changes it), as
+// "Talos (v1.14.0)".
+func nodeInfo(spec *nodeSpec) corev1.NodeSystemInfo {
+	return corev1.NodeSystemInfo{OSImage: "Talos (" + cmp.Or(spec.talosVersion, "unknown") + ")", OperatingSystem: "linux",
+		Architecture: "amd64", KubeletVersion: spec.kubeletVersion, ContainerRuntimeVersion: "containerd://2.1.0"}
 }
 
 // deleteNode removes the Node object of a powered-off machine, if the API is up.
