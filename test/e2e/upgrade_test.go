@@ -259,6 +259,12 @@ func waitReplaced(ctx context.Context, l *lab.Lab, before map[string]bool, check
 			g.Expect(before).NotTo(HaveKey(m.Name), "old Machine still present")
 			check(g, m)
 		}
+		// Every new Machine has its Node and is ready: the Cluster turns Available while a
+		// worker is still missing, so Available alone does not end a rollout.
+		st, err := l.Status(ctx)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(st.CPReady).To(Equal(l.ControlPlanes), st.Describe())
+		g.Expect(st.WReady).To(Equal(l.Workers), st.Describe())
 	}, timeout, "3s").Should(Succeed())
 	st := waitAvailable(ctx, l, 5*time.Minute)
 	Expect(st.CPReady).To(Equal(l.ControlPlanes))
