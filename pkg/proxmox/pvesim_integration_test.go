@@ -373,3 +373,30 @@ func TestSimTLSVerification(t *testing.T) {
 	_, err = c.Nodes(ctx)
 	g.Expect(err).NotTo(HaveOccurred(), "explicitly insecure")
 }
+
+// TestSimStartDeleteVolume: the delete returns the imgdel task without waiting; the volume is
+// gone once the task ended OK; a missing volume is "" and no error, a bad id is refused.
+func TestSimStartDeleteVolume(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{})
+	c, ctx := env.client, context.Background()
+	vol, err := c.UploadISO(ctx, "pve1", "local", "talos-test.iso", make([]byte, 4096))
+	g.Expect(err).NotTo(HaveOccurred())
+	upid, err := c.StartDeleteVolume(ctx, "pve1", vol)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(upid).To(HavePrefix("UPID:pve1:"))
+	g.Eventually(func(g Gomega) {
+		st, err := c.TaskStatus(ctx, upid)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(st.Running).To(BeFalse())
+		g.Expect(st.Type).To(Equal("imgdel"))
+		g.Expect(st.Err()).NotTo(HaveOccurred())
+	}, 10*time.Second, 10*time.Millisecond).Should(Succeed())
+	g.Expect(env.sim.Inventory().VolumesByContent("iso")).To(BeEmpty())
+
+	upid, err = c.StartDeleteVolume(ctx, "pve1", vol)
+	g.Expect(err).NotTo(HaveOccurred(), "a missing volume is already deleted")
+	g.Expect(upid).To(BeEmpty())
+	_, err = c.StartDeleteVolume(ctx, "pve1", "no-colon")
+	g.Expect(err).To(MatchError(ErrInvalidConfig))
+}
