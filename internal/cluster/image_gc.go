@@ -243,7 +243,10 @@ func (r *Reconciler) collectImages(ctx context.Context, s *Scope, st *gcStore, n
 			name := v.VolID[strings.Index(v.VolID, "/")+1:]
 			id := v.VolID + "@" + node.Name
 			if live[name] {
-				delete(st.unused, id)
+				// A machine the cache does not show yet uses it: look again after another
+				// grace period (its creation does not trigger a pass of this cluster).
+				st.unused[id] = now
+				soon(r.ImageGC.grace())
 				continue
 			}
 			upid, err := s.pve.StartDeleteVolume(ctx, node.Name, v.VolID)
