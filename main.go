@@ -85,6 +85,7 @@ type options struct {
 	healthAddr                  string
 	proxmoxLimits               proxmox.Limits
 	proxmoxRequestTimeout       time.Duration
+	imageGCGrace                time.Duration
 	managerOptions              flags.ManagerOptions
 	logOptions                  *logs.Options
 	showVersion                 bool
@@ -140,6 +141,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		"Concurrent storage-touching tasks (create, delete, resize) on one Proxmox node; more collide on PVE's storage lock.")
 	fs.DurationVar(&o.proxmoxRequestTimeout, "proxmox-request-timeout", 30*time.Second,
 		"Timeout of one Proxmox VE API request.")
+	fs.DurationVar(&o.imageGCGrace, "image-gc-grace", 30*time.Second,
+		"How long a Talos image must be unused by every machine on its Proxmox storage before it is deleted; negative keeps unused images until the last cluster on the storage is deleted.")
 	flags.AddManagerOptions(fs, &o.managerOptions)
 }
 
@@ -282,6 +285,7 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 		Recorder:         mgr.GetEventRecorder("proxmoxtaloscluster-controller"),
 		Proxmox:          proxmoxFactory,
 		WatchFilterValue: o.watchFilterValue,
+		ImageGCGrace:     o.imageGCGrace,
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.clusterConcurrency}); err != nil {
 		return fmt.Errorf("setting up the ProxmoxTalosCluster controller: %w", err)
 	}
