@@ -81,17 +81,17 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 		st := waitAvailable(ctx, l, 8*time.Minute)
 		Expect(st.CPReady).To(Equal(l.ControlPlanes))
 		Expect(st.WReady).To(Equal(l.Workers))
-		Expect(talosImageVersions(l)).To(Equal([]string{upgradeTalosFrom}), "one shared image")
-		checkNodes(ctx, l, upgradeK8sFrom, upgradeTalosFrom)
+		Expect(talosImageVersionsInPVE(l)).To(Equal([]string{upgradeTalosFrom}), "one shared image")
+		expectNodeVersions(ctx, l, upgradeK8sFrom, upgradeTalosFrom)
 		AddReportEntry("duration", "create: "+time.Since(start).Round(time.Second).String())
 	})
 
 	It("upgrades Kubernetes: TalosControlPlane and MachineDeployment versions, one machine at a time", func() {
 		start := time.Now()
-		before := machineNames(ctx, l)
-		mon := startRolloutMonitor(ctx, l)
+		before := currentMachineNames(ctx, l)
+		mon := startSurgeMonitor(ctx, l)
 
-		tcp := getTCP(ctx, l)
+		tcp := talosControlPlaneOf(ctx, l)
 		base := tcp.DeepCopy()
 		Expect(unstructured.SetNestedField(tcp.Object, upgradeK8sTo, "spec", "version")).To(Succeed())
 		Expect(l.Mgmt.Client.Patch(ctx, tcp, client.MergeFrom(base))).To(Succeed())
@@ -101,26 +101,26 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 		Expect(l.Mgmt.Client.Patch(ctx, md, client.MergeFrom(mdBase))).To(Succeed())
 		GinkgoWriter.Printf("Kubernetes %s -> %s\n", upgradeK8sFrom, upgradeK8sTo)
 
-		waitReplaced(ctx, l, before, func(g Gomega, m clusterv1.Machine) {
+		waitEveryMachineReplaced(ctx, l, before, func(g Gomega, m clusterv1.Machine) {
 			g.Expect(m.Spec.Version).To(Equal(upgradeK8sTo), "Machine %s", m.Name)
 		}, 15*time.Minute)
 		mon.stopAndCheck(l)
-		checkNodes(ctx, l, upgradeK8sTo, upgradeTalosFrom)
+		expectNodeVersions(ctx, l, upgradeK8sTo, upgradeTalosFrom)
 		AddReportEntry("duration", "Kubernetes upgrade: "+time.Since(start).Round(time.Second).String())
 	})
 
 	It("upgrades Talos: new machine templates roll every machine onto the new image; the old image is deleted", func() {
 		start := time.Now()
-		before := machineNames(ctx, l)
-		mon := startRolloutMonitor(ctx, l)
+		before := currentMachineNames(ctx, l)
+		mon := startSurgeMonitor(ctx, l)
 		suffix := "-talos-" + strings.ReplaceAll(strings.TrimPrefix(upgradeTalosTo, "v"), ".", "-")
 
 		// Templates are immutable: copies under new names, with the new Talos version.
-		cpTemplate := copyMachineTemplate(ctx, l, l.ClusterName+"-control-plane", l.ClusterName+"-control-plane"+suffix, upgradeTalosTo)
-		wTemplate := copyMachineTemplate(ctx, l, l.ClusterName+"-workers", l.ClusterName+"-workers"+suffix, upgradeTalosTo)
-		wConfig := copyTalosConfigTemplate(ctx, l, l.ClusterName+"-workers", l.ClusterName+"-workers"+suffix, upgradeTalosTo)
+		cpTemplate := copyMachineTemplateWithTalos(ctx, l, l.ClusterName+"-control-plane", l.ClusterName+"-control-plane"+suffix, upgradeTalosTo)
+		wTemplate := copyMachineTemplateWithTalos(ctx, l, l.ClusterName+"-workers", l.ClusterName+"-workers"+suffix, upgradeTalosTo)
+		wConfig := copyTalosConfigTemplateWithVersion(ctx, l, l.ClusterName+"-workers", l.ClusterName+"-workers"+suffix, upgradeTalosTo)
 
-		tcp := getTCP(ctx, l)
+		tcp := talosControlPlaneOf(ctx, l)
 		base := tcp.DeepCopy()
 		Expect(unstructured.SetNestedField(tcp.Object, cpTemplate, "spec", "infrastructureTemplate", "name")).To(Succeed())
 		Expect(unstructured.SetNestedField(tcp.Object, upgradeTalosTo, "spec", "controlPlaneConfig", "controlplane", "talosVersion")).To(Succeed())
@@ -132,19 +132,19 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 		Expect(l.Mgmt.Client.Patch(ctx, md, client.MergeFrom(mdBase))).To(Succeed())
 		GinkgoWriter.Printf("Talos %s -> %s\n", upgradeTalosFrom, upgradeTalosTo)
 
-		waitReplaced(ctx, l, before, func(g Gomega, m clusterv1.Machine) {
+		waitEveryMachineReplaced(ctx, l, before, func(g Gomega, m clusterv1.Machine) {
 			ptm := &infrav1.ProxmoxTalosMachine{}
 			g.Expect(l.Mgmt.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.InfrastructureRef.Name}, ptm)).To(Succeed())
 			g.Expect(ptm.Spec.Talos).NotTo(BeNil(), "ProxmoxTalosMachine %s", ptm.Name)
 			g.Expect(ptm.Spec.Talos.Version).To(Equal(upgradeTalosTo), "ProxmoxTalosMachine %s", ptm.Name)
 		}, 15*time.Minute)
 		mon.stopAndCheck(l)
-		checkNodes(ctx, l, upgradeK8sTo, upgradeTalosTo)
+		expectNodeVersions(ctx, l, upgradeK8sTo, upgradeTalosTo)
 
 		// The old shared image goes once no machine uses it (after the collector's grace).
 		gcStart := time.Now()
 		Eventually(func(g Gomega) {
-			g.Expect(talosImageVersions(l)).To(Equal([]string{upgradeTalosTo}))
+			g.Expect(talosImageVersionsInPVE(l)).To(Equal([]string{upgradeTalosTo}))
 		}, "3m", "2s").Should(Succeed())
 		AddReportEntry("image GC", fmt.Sprintf("the %s image was deleted %s after the rollout ended", upgradeTalosFrom, time.Since(gcStart).Round(time.Second)))
 		AddReportEntry("duration", "Talos upgrade: "+time.Since(start).Round(time.Second).String())
@@ -159,8 +159,8 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 	})
 })
 
-// talosImageVersions lists the Talos versions of the provider's images in pvesim, sorted.
-func talosImageVersions(l *lab.Lab) []string {
+// talosImageVersionsInPVE lists the Talos versions of the provider's images in pvesim, sorted.
+func talosImageVersionsInPVE(l *lab.Lab) []string {
 	seen := map[string]bool{}
 	for _, v := range l.PVE.Inventory().VolumesByContent("import") {
 		if ref, err := imagefactory.ParseStorageName(v.VolID[strings.Index(v.VolID, "/")+1:]); err == nil {
@@ -175,7 +175,7 @@ func talosImageVersions(l *lab.Lab) []string {
 	return out
 }
 
-func getTCP(ctx context.Context, l *lab.Lab) *unstructured.Unstructured {
+func talosControlPlaneOf(ctx context.Context, l *lab.Lab) *unstructured.Unstructured {
 	GinkgoHelper()
 	tcp := &unstructured.Unstructured{}
 	tcp.SetAPIVersion("controlplane.cluster.x-k8s.io/v1alpha3")
@@ -184,9 +184,9 @@ func getTCP(ctx context.Context, l *lab.Lab) *unstructured.Unstructured {
 	return tcp
 }
 
-// copyMachineTemplate creates a ProxmoxTalosMachineTemplate named to with from's spec and
+// copyMachineTemplateWithTalos creates a ProxmoxTalosMachineTemplate named to with from's spec and
 // the Talos version talos, and returns its name.
-func copyMachineTemplate(ctx context.Context, l *lab.Lab, from, to, talos string) string {
+func copyMachineTemplateWithTalos(ctx context.Context, l *lab.Lab, from, to, talos string) string {
 	GinkgoHelper()
 	old := &infrav1.ProxmoxTalosMachineTemplate{}
 	Expect(l.Mgmt.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: from}, old)).To(Succeed())
@@ -202,9 +202,9 @@ func copyMachineTemplate(ctx context.Context, l *lab.Lab, from, to, talos string
 	return to
 }
 
-// copyTalosConfigTemplate creates a TalosConfigTemplate named to with from's spec and the
+// copyTalosConfigTemplateWithVersion creates a TalosConfigTemplate named to with from's spec and the
 // config generated for Talos version talos, and returns its name.
-func copyTalosConfigTemplate(ctx context.Context, l *lab.Lab, from, to, talos string) string {
+func copyTalosConfigTemplateWithVersion(ctx context.Context, l *lab.Lab, from, to, talos string) string {
 	GinkgoHelper()
 	old := &unstructured.Unstructured{}
 	old.SetAPIVersion("bootstrap.cluster.x-k8s.io/v1alpha3")
@@ -222,8 +222,8 @@ func copyTalosConfigTemplate(ctx context.Context, l *lab.Lab, from, to, talos st
 	return to
 }
 
-// machineNames lists the cluster's Machines.
-func machineNames(ctx context.Context, l *lab.Lab) map[string]bool {
+// currentMachineNames lists the cluster's Machines.
+func currentMachineNames(ctx context.Context, l *lab.Lab) map[string]bool {
 	GinkgoHelper()
 	out := map[string]bool{}
 	Eventually(func(g Gomega) {
@@ -235,9 +235,9 @@ func machineNames(ctx context.Context, l *lab.Lab) map[string]bool {
 	return out
 }
 
-// waitReplaced waits until every Machine of before is gone, the pools are full again with
+// waitEveryMachineReplaced waits until every Machine of before is gone, the pools are full again with
 // Machines that pass check, and the Cluster is Available with every Machine ready.
-func waitReplaced(ctx context.Context, l *lab.Lab, before map[string]bool, check func(Gomega, clusterv1.Machine), timeout time.Duration) {
+func waitEveryMachineReplaced(ctx context.Context, l *lab.Lab, before map[string]bool, check func(Gomega, clusterv1.Machine), timeout time.Duration) {
 	GinkgoHelper()
 	start := time.Now()
 	last := ""
@@ -272,9 +272,9 @@ func waitReplaced(ctx context.Context, l *lab.Lab, before map[string]bool, check
 	GinkgoWriter.Printf("rollout done in %s\n", time.Since(start).Round(time.Second))
 }
 
-// checkNodes checks that the workload cluster has exactly one Node per Machine, each
+// expectNodeVersions checks that the workload cluster has exactly one Node per Machine, each
 // reporting the kubelet version k8s and the Talos version talos of the image it booted.
-func checkNodes(ctx context.Context, l *lab.Lab, k8s, talos string) {
+func expectNodeVersions(ctx context.Context, l *lab.Lab, k8s, talos string) {
 	GinkgoHelper()
 	wl := workloadClient(ctx, l)
 	Eventually(func(g Gomega) {
@@ -289,9 +289,9 @@ func checkNodes(ctx context.Context, l *lab.Lab, k8s, talos string) {
 	AddReportEntry("nodes", fmt.Sprintf("%d Nodes report kubelet %s on Talos %s", l.ControlPlanes+l.Workers, k8s, talos))
 }
 
-// rolloutMonitor samples the pools while a rollout runs: how many Machines each pool has
+// surgeMonitor samples the pools while a rollout runs: how many Machines each pool has
 // that are not being deleted, and how many VMs Proxmox holds.
-type rolloutMonitor struct {
+type surgeMonitor struct {
 	stop chan struct{}
 	done chan struct{}
 	mu   sync.Mutex
@@ -301,8 +301,8 @@ type rolloutMonitor struct {
 	samples  int
 }
 
-func startRolloutMonitor(ctx context.Context, l *lab.Lab) *rolloutMonitor {
-	m := &rolloutMonitor{stop: make(chan struct{}), done: make(chan struct{}), min: map[string]int{}, max: map[string]int{}}
+func startSurgeMonitor(ctx context.Context, l *lab.Lab) *surgeMonitor {
+	m := &surgeMonitor{stop: make(chan struct{}), done: make(chan struct{}), min: map[string]int{}, max: map[string]int{}}
 	go func() {
 		defer close(m.done)
 		defer GinkgoRecover()
@@ -318,7 +318,7 @@ func startRolloutMonitor(ctx context.Context, l *lab.Lab) *rolloutMonitor {
 	return m
 }
 
-func (m *rolloutMonitor) sample(ctx context.Context, l *lab.Lab) {
+func (m *surgeMonitor) sample(ctx context.Context, l *lab.Lab) {
 	machines := &clusterv1.MachineList{}
 	if err := l.Mgmt.Client.List(ctx, machines, client.InNamespace(l.Namespace),
 		client.MatchingLabels{clusterv1.ClusterNameLabel: l.ClusterName}); err != nil {
@@ -355,7 +355,7 @@ func (m *rolloutMonitor) sample(ctx context.Context, l *lab.Lab) {
 // stopAndCheck ends the sampling and checks that each pool was rolled one machine at a
 // time: never more live Machines than replicas (no surge: the pool has no spare address),
 // never fewer than replicas-1, never more VMs than replicas in total.
-func (m *rolloutMonitor) stopAndCheck(l *lab.Lab) {
+func (m *surgeMonitor) stopAndCheck(l *lab.Lab) {
 	GinkgoHelper()
 	close(m.stop)
 	<-m.done
