@@ -26,8 +26,8 @@ func TestStatus(t *testing.T) {
 			cpu: "2", memory: "4Gi", ephemeral: "19234Mi", arch: "amd64",
 		},
 		{
-			name: "sockets multiply cores",
-			spec: infrav1.ProxmoxTalosMachineSpec{Sockets: 2, Cores: 3, MemoryMiB: 6144, BootDisk: infrav1.Disk{SizeGiB: 50}},
+			name:    "sockets multiply cores",
+			spec:    infrav1.ProxmoxTalosMachineSpec{Sockets: 2, Cores: 3, MemoryMiB: 6144, BootDisk: infrav1.Disk{SizeGiB: 50}},
 			cluster: &infrav1.TalosImageSpec{Architecture: "amd64"},
 			cpu:     "6", memory: "6Gi", ephemeral: "49954Mi", arch: "amd64",
 		},
