@@ -59,14 +59,14 @@ func (r *ProxmoxTalosMachineTemplateReconciler) SetupWithManager(ctx context.Con
 		For(&infrav1.ProxmoxTalosMachineTemplate{}).
 		WithOptions(options).
 		WithEventFilter(predicates.ResourceHasFilterLabel(mgr.GetScheme(), log, r.WatchFilterValue)).
-		// Only what can change a template's answer: the Talos settings (generation) and the
-		// link to the Cluster (owner reference and label, which Cluster API adds after
-		// creation); status patches are ignored.
 		// A Cluster created after its templates (or pointed at another infrastructure object)
-		// changes their answer too; its status updates do not.
+		// changes their answer; its status updates do not.
 		Watches(&clusterv1.Cluster{}, handler.EnqueueRequestsFromMapFunc(r.clusterToTemplates),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{}),
 		).
+		// Of a ProxmoxTalosCluster, only what can change a template's answer: its Talos
+		// settings (generation) and its link to the Cluster (owner reference and label,
+		// which Cluster API adds after creation); status patches are ignored.
 		Watches(&infrav1.ProxmoxTalosCluster{}, handler.EnqueueRequestsFromMapFunc(r.clusterToTemplates),
 			builder.WithPredicates(predicate.Funcs{
 				UpdateFunc: func(e event.UpdateEvent) bool {
