@@ -61,6 +61,7 @@ build() {
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand now: work is local
   trap "chmod -R u+w '${work}' 2>/dev/null; rm -rf '${work}'" EXIT
+  cd "${work}" # outside any module: the download must not touch the caller's go.mod/go.sum
   log "downloading ${CA_MOD}@${CA_VERSION}"
   gowrap mod download -json "${CA_MOD}@${CA_VERSION}" > "${work}/dl.json" ||
     die "cannot download ${CA_MOD}@${CA_VERSION}: $(cat "${work}/dl.json")"
