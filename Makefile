@@ -61,11 +61,15 @@ envtest-assets: ## Build (once, cached) kube-apiserver and etcd for envtest.
 lab-binaries: ## Build (once, cached) the CAPI core manager, clusterctl, CABPT and CACPPT.
 	@hack/lab-binaries.sh >/dev/null
 
+.PHONY: autoscaler-contract
+autoscaler-contract: ## Build (once, cached) the cluster autoscaler's Cluster API provider tests with our contract test (test/autoscaler runs them).
+	@hack/autoscaler-contract.sh >/dev/null
+
 # `KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh)" go test` would go on when the script fails
 # (a failed command substitution inside an assignment does not stop the command); assign first
 # and stop on failure, so the suite never runs (and skips) without assets.
 .PHONY: test
-test: verify-gen lint lab-binaries ## Run every test against a real kube-apiserver (builds envtest assets and clusterctl once).
+test: verify-gen lint lab-binaries autoscaler-contract ## Run every test against a real kube-apiserver (builds envtest assets and clusterctl once).
 	@assets=$$(hack/envtest-assets.sh) || { echo "make test: hack/envtest-assets.sh failed: no kube-apiserver/etcd, the envtest suites cannot run"; exit 1; }; \
 	  echo "KUBEBUILDER_ASSETS=$$assets go test $(GO_TEST_FLAGS) ./..."; \
 	  KUBEBUILDER_ASSETS="$$assets" go test $(GO_TEST_FLAGS) ./...

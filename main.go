@@ -299,5 +299,14 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.machineConcurrency}); err != nil {
 		return fmt.Errorf("setting up the ProxmoxTalosMachine controller: %w", err)
 	}
+	// Templates publish status.capacity/nodeInfo for the cluster autoscaler (scale from
+	// zero). The work is a few reads from the cache and at most one status patch, so a
+	// couple of workers keep up with any number of templates.
+	if err := (&controllers.ProxmoxTalosMachineTemplateReconciler{
+		Client:           mgr.GetClient(),
+		WatchFilterValue: o.watchFilterValue,
+	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: 2}); err != nil {
+		return fmt.Errorf("setting up the ProxmoxTalosMachineTemplate controller: %w", err)
+	}
 	return nil
 }

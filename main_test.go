@@ -123,4 +123,25 @@ func TestManagerWiring(t *testing.T) {
 		g.Expect(got.Finalizers).To(ContainElement(infrav1.ClusterFinalizer), "the cluster controller reconciled")
 	}, 30*time.Second, 200*time.Millisecond).Should(Succeed())
 
+	// The template controller is wired too: a worker template of the cluster publishes its
+	// capacity for the cluster autoscaler (scale from zero).
+	tmpl := &infrav1.ProxmoxTalosMachineTemplate{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "wiring-workers", Namespace: "default",
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: clusterv1.GroupVersion.String(), Kind: "Cluster", Name: "wiring", UID: cluster.UID,
+			}},
+		},
+		Spec: infrav1.ProxmoxTalosMachineTemplateSpec{Template: infrav1.ProxmoxTalosMachineTemplateResource{
+			Spec: infrav1.ProxmoxTalosMachineSpec{Cores: 3, MemoryMiB: 6144},
+		}},
+	}
+	g.Expect(c.Create(ctx, tmpl)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		got := &infrav1.ProxmoxTalosMachineTemplate{}
+		g.Expect(c.Get(ctx, client.ObjectKeyFromObject(tmpl), got)).To(Succeed())
+		g.Expect(got.Status.Capacity.Cpu().String()).To(Equal("3"))
+		g.Expect(got.Status.Capacity.Memory().String()).To(Equal("6Gi"))
+		g.Expect(got.Status.NodeInfo).To(Equal(infrav1.NodeInfo{Architecture: "amd64", OperatingSystem: "linux"}))
+	}, 30*time.Second, 200*time.Millisecond).Should(Succeed())
 }

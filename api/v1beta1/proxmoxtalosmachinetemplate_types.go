@@ -42,12 +42,14 @@ type NodeInfo struct {
 // ProxmoxTalosMachineTemplateStatus is the observed state of a ProxmoxTalosMachineTemplate.
 // +kubebuilder:validation:MinProperties=1
 type ProxmoxTalosMachineTemplateStatus struct {
-	// capacity is what one machine of this template offers (cpu, memory), so the cluster
-	// autoscaler can scale a MachineDeployment up from zero.
+	// capacity is what one machine of this template offers (cpu: sockets × cores; memory;
+	// ephemeral-storage: the boot disk less the Talos system partitions), so the cluster
+	// autoscaler can scale a MachineDeployment up from zero. Set by the controller.
 	// +optional
 	Capacity corev1.ResourceList `json:"capacity,omitempty"`
 
-	// nodeInfo describes the nodes of this template for the autoscaler.
+	// nodeInfo describes the nodes of this template for the autoscaler (architecture of the
+	// Talos image, operatingSystem linux). Set by the controller.
 	// +optional
 	NodeInfo NodeInfo `json:"nodeInfo,omitempty,omitzero"`
 }
