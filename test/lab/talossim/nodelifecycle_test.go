@@ -117,6 +117,7 @@ func TestNodeLossAndEtcdReplacement(t *testing.T) {
 	err = c1.EtcdRemoveMemberByID(talosclient.WithNodes(ctx, cp1), &machineapi.EtcdRemoveMemberByIDRequest{MemberId: members()["lab-cp-2"]})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(members()).To(SatisfyAll(HaveLen(2), HaveKey("lab-cp-1"), HaveKey("lab-cp-3")))
+	g.Expect(sim.EtcdMembers("lab")).To(Equal([]string{"lab-cp-1", "lab-cp-3"}))
 	err = c1.EtcdRemoveMemberByID(talosclient.WithNodes(ctx, cp1), &machineapi.EtcdRemoveMemberByIDRequest{MemberId: 42})
 	g.Expect(status.Code(err)).To(Equal(codes.NotFound), "a member removed twice: %v", err)
 
