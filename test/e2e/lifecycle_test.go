@@ -25,6 +25,7 @@ import (
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab/talossim"
 )
@@ -332,6 +333,9 @@ type machineInfo struct {
 	pveNode        string
 	address        string // without prefix length
 	volumes        []string
+	// bootISO is the volume id the machine's boot ISO has (or had: it is deleted once the
+	// Node is Ready).
+	bootISO string
 }
 
 // clusterMachines reads the lab cluster's Machines with their ProxmoxTalosMachines, by name.
@@ -364,6 +368,11 @@ func clusterMachines(ctx context.Context, l *lab.Lab) []machineInfo {
 			}
 			for _, v := range p.Spec.OwnedVolumes {
 				mi.volumes = append(mi.volumes, v.VolID)
+			}
+			if p.Spec.SMBIOSUUID != "" {
+				name, err := imagefactory.ISOName(imagefactory.ISOKindCIData, p.Namespace, p.Name, p.Spec.SMBIOSUUID)
+				Expect(err).NotTo(HaveOccurred())
+				mi.bootISO = "local:iso/" + name
 			}
 		}
 		out = append(out, mi)
@@ -515,7 +524,8 @@ func describeState(ms []machineInfo) string {
 	return strings.Join(parts, " ")
 }
 
-// expectVMGone: the machine's VM and every volume it recorded (its boot ISO) are gone.
+// expectVMGone: the machine's VM, its disks, its boot ISO and every volume it recorded are
+// gone.
 func expectVMGone(l *lab.Lab, m machineInfo) {
 	GinkgoHelper()
 	Expect(m.vmid).NotTo(BeZero(), "machine %s had no VM recorded", m.name)
@@ -525,10 +535,11 @@ func expectVMGone(l *lab.Lab, m machineInfo) {
 		inv := l.PVE.Inventory()
 		for _, v := range inv.Volumes {
 			g.Expect(m.volumes).NotTo(ContainElement(v.VolID), "volume of %s", m.name)
+			g.Expect(v.VolID).NotTo(Equal(m.bootISO), "boot ISO of %s", m.name)
 			g.Expect(v.VMID).NotTo(Equal(m.vmid), "disk %s of VM %d", v.VolID, m.vmid)
 		}
 	}, time.Minute, time.Second).Should(Succeed())
-	Expect(m.volumes).NotTo(BeEmpty(), "machine %s recorded no boot ISO", m.name)
+	Expect(m.bootISO).NotTo(BeEmpty(), "machine %s has no identity", m.name)
 }
 
 // expectAddressesFree: no ProxmoxTalosMachine holds the addresses any more.
