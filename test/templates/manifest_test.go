@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
@@ -310,6 +311,13 @@ func (m *manifest) checkHealthChecks(t *testing.T) {
 		}
 		if mhc.Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo == nil {
 			t.Errorf("MachineHealthCheck %s: no unhealthyLessThanOrEqualTo: an outage would replace every machine", name)
+		}
+	}
+	// CAPI rounds a percentage down: the check must let one of the documented default two
+	// workers be replaced (40% would let none, and nothing would ever be remediated).
+	if w := m.mhcs[clusterName+"-workers"].Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo; w != nil {
+		if n, err := intstr.GetScaledValueFromIntOrPercent(w, defaultWorkers, false); err != nil || n < 1 {
+			t.Errorf("workers MachineHealthCheck unhealthyLessThanOrEqualTo %s allows %d of %d workers to be remediated (%v), want at least 1", w, n, defaultWorkers, err)
 		}
 	}
 	if cp := m.mhcs[clusterName+"-control-plane"].Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo; cp != nil && cp.String() != "1" {
@@ -778,6 +786,9 @@ var valueAt = map[string]func(m *manifest) []string{
 		return nil
 	},
 }
+
+// defaultWorkers is WORKER_MACHINE_COUNT's documented default.
+const defaultWorkers = 2
 
 // healthCheckNames are the flavors' MachineHealthChecks.
 var healthCheckNames = []string{clusterName + "-workers", clusterName + "-control-plane"}
