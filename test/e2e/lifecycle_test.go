@@ -151,15 +151,18 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		wl := workloadClient(ctx, l)
 		waitNodeReady(ctx, wl, victim.nodeName, corev1.ConditionUnknown, 2*time.Minute)
 		unready := time.Since(lost)
-		waitReplaced(ctx, l, victim, before, l.Workers, 5*time.Minute)
+		replacement := waitReplaced(ctx, l, victim, before, l.Workers, 5*time.Minute)
 		expectVMGone(l, victim)
 		expectAddressesFree(ctx, l, victim.address)
 		expectNoZombie(ctx, l)
-		AddReportEntry("worker remediation", fmt.Sprintf("Node %s Unknown %s after the power-off; replaced and old VM %d gone after %s",
-			victim.nodeName, unready.Round(time.Second), victim.vmid, time.Since(lost).Round(time.Second)))
+		AddReportEntry("worker remediation", fmt.Sprintf("Node %s Unknown %s after the power-off; old VM %d gone and replacement %s (address %s; the old one was %s) Available after %s",
+			victim.nodeName, unready.Round(time.Second), victim.vmid, replacement.name, replacement.address, victim.address, time.Since(lost).Round(time.Second)))
 	})
 
-	It("replaces a worker whose Proxmox node went offline on a healthy node; the node back, the old VM is destroyed, never adopted", func() {
+	// Cluster API replaces a remediated MachineSet machine only once its deletion completed
+	// (machines being deleted count as replicas, cluster-api#3434), and the provider never
+	// forgets a VM it cannot reach: the deletion waits for the node, the replacement with it.
+	It("remediates a worker whose Proxmox node went offline: deletion waits for the node; back, the old VM is destroyed, never adopted, and the replacement joins", func() {
 		before := workers(ctx, l)
 		Expect(before).To(HaveLen(2))
 		victim := before[0]
@@ -176,38 +179,30 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		wl := workloadClient(ctx, l)
 		waitNodeReady(ctx, wl, victim.nodeName, corev1.ConditionUnknown, 2*time.Minute)
 
-		// The replacement runs on another node while the old machine's deletion waits for
-		// the offline node (its VM cannot be reached, so it cannot be destroyed).
-		var replacement machineInfo
+		// Remediation started: the Machine is being deleted, and the deletion says the node
+		// does not answer; the VM is still there, recorded, not forgotten.
 		Eventually(func(g Gomega) {
-			now := workers(ctx, l)
-			var avail []machineInfo
-			for _, m := range now {
-				if m.name != victim.name && m.available {
-					avail = append(avail, m)
-				}
-			}
-			g.Expect(avail).To(HaveLen(l.Workers))
-			for _, m := range avail {
-				if !slices.ContainsFunc(before, func(b machineInfo) bool { return b.name == m.name }) {
-					replacement = m
-				}
-			}
-			g.Expect(replacement.name).NotTo(BeEmpty())
-		}, 5*time.Minute, 3*time.Second).Should(Succeed())
-		Expect(replacement.pveNode).NotTo(Equal(down), "replacement placed on the offline node")
-		old := machineByName(ctx, l, victim.name)
-		Expect(old).NotTo(BeNil(), "the old Machine's deletion cannot finish while its node is offline")
-		Expect(old.deleting).To(BeTrue())
+			m := machineByName(ctx, l, victim.name)
+			g.Expect(m).NotTo(BeNil())
+			g.Expect(m.deleting).To(BeTrue(), "remediated by the MachineHealthCheck")
+			p := &infrav1.ProxmoxTalosMachine{}
+			g.Expect(l.Mgmt.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: victim.ptmName}, p)).To(Succeed())
+			c := meta.FindStatusCondition(p.Status.Conditions, infrav1.VMProvisionedCondition)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(c.Reason == infrav1.NodeOfflineReason || strings.Contains(c.Message, down)).To(BeTrue(),
+				"VMProvisioned names the offline node: %s: %s", c.Reason, c.Message)
+			GinkgoWriter.Printf("VMProvisioned of %s: %s: %s\n", victim.ptmName, c.Reason, c.Message)
+		}, 2*time.Minute, 2*time.Second).Should(Succeed())
 		_, stillThere := l.PVE.VM(victim.vmid)
 		Expect(stillThere).To(BeTrue())
-		replaced := time.Since(lost)
+		marked := time.Since(lost)
+		GinkgoWriter.Printf("after %s: %s\n", marked.Round(time.Second), describeState(clusterMachines(ctx, l)))
 
 		l.PVE.SetNodeOnline(down, true)
 		back = true
 		backAt := time.Now()
-		Eventually(func() *machineInfo { return machineByName(ctx, l, victim.name) }, 5*time.Minute, 3*time.Second).Should(BeNil(),
-			"the old Machine is deleted once its node is back")
+		replacement := waitReplaced(ctx, l, victim, before, l.Workers, 5*time.Minute)
 		expectVMGone(l, victim)
 		expectAddressesFree(ctx, l, victim.address)
 		// No zombie: the old VM does not come back, no machine takes it over, no stale Node.
@@ -217,8 +212,8 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		}, 10*time.Second, time.Second).Should(Succeed())
 		expectNoZombie(ctx, l)
 		waitAllNodesReady(ctx, wl, 2*time.Minute)
-		AddReportEntry("node loss", fmt.Sprintf("node %s offline: worker replaced on %s after %s; node back: old VM %d destroyed after %s",
-			down, replacement.pveNode, replaced.Round(time.Second), victim.vmid, time.Since(backAt).Round(time.Second)))
+		AddReportEntry("node loss", fmt.Sprintf("node %s offline: worker %s marked and in deletion after %s (VM kept, NodeOffline); node back: old VM %d destroyed and replacement %s on %s Available after %s",
+			down, victim.name, marked.Round(time.Second), victim.vmid, replacement.name, replacement.pveNode, time.Since(backAt).Round(time.Second)))
 	})
 
 	It("replaces a lost control plane: the MachineHealthCheck marks it, deleting its Machine brings a replacement and etcd drops the old member", func() {
@@ -326,6 +321,7 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 // machineInfo is one Machine with what the specs check about it.
 type machineInfo struct {
 	name, nodeName string
+	ptmName        string
 	controlPlane   bool
 	available      bool
 	deleting       bool
@@ -359,6 +355,7 @@ func clusterMachines(ctx context.Context, l *lab.Lab) []machineInfo {
 			mi.nodeName = m.Status.NodeRef.Name
 		}
 		if p := byName[m.Spec.InfrastructureRef.Name]; p != nil {
+			mi.ptmName = p.Name
 			if p.Spec.VMID != nil {
 				mi.vmid = int(*p.Spec.VMID)
 			}
