@@ -42,7 +42,7 @@ flavor() { # flavor NAME PLATFORM ENDPOINT_PATCH_FRAGMENT
     echo "# Flavor: ${name:-default} (platform ${platform}, $(basename "${endpoint_patch}" .yaml) control-plane endpoint)."
     echo "# Variables and their defaults: docs/templates.md."
     local first=1 part
-    for part in cluster control-plane workers addons; do
+    for part in cluster control-plane workers health-checks addons; do
       [[ ${first} == 1 ]] || echo "---"
       first=0
       emit "templates/src/${part}.yaml" ""

@@ -256,9 +256,18 @@ func (r *Reconciler) remediating(s *Scope) bool {
 	if s.Machine == nil {
 		return true
 	}
-	return conditions.IsFalse(s.Machine, clusterv1.MachineHealthCheckSucceededCondition) ||
-		conditions.Get(s.Machine, clusterv1.MachineOwnerRemediatedCondition) != nil ||
-		s.Machine.Annotations[clusterv1.RemediateMachineAnnotation] != ""
+	// The annotation counts by its presence, as for Cluster API: its documented form is
+	// `kubectl annotate machine <name> cluster.x-k8s.io/remediate-machine=""`.
+	if _, ok := s.Machine.Annotations[clusterv1.RemediateMachineAnnotation]; ok ||
+		conditions.IsFalse(s.Machine, clusterv1.MachineHealthCheckSucceededCondition) {
+		return true
+	}
+	// OwnerRemediated outlives a recovery: the MachineHealthCheck sets HealthCheckSucceeded
+	// back to True but leaves OwnerRemediated to the owner, and an owner that does not
+	// remediate (TalosControlPlane) never clears it. A machine whose check passed again is
+	// healthy, and its later deletion (a rollout) shuts it down gracefully.
+	return conditions.Get(s.Machine, clusterv1.MachineOwnerRemediatedCondition) != nil &&
+		!conditions.IsTrue(s.Machine, clusterv1.MachineHealthCheckSucceededCondition)
 }
 
 // deleteError reports a failed Proxmox call of the deletion and requeues with backoff.

@@ -212,21 +212,43 @@ func TestDeleteFollowsMovedVM(t *testing.T) {
 }
 
 // TestDeleteRemediatedMachineStopsHard: a machine deleted after a failed health check is
-// stopped, not shut down gracefully.
+// stopped, not shut down gracefully; one whose check failed once and passed again (the
+// MachineHealthCheck leaves OwnerRemediated behind, and TalosControlPlane never clears it) is
+// healthy and shuts down gracefully.
 func TestDeleteRemediatedMachineStopsHard(t *testing.T) {
-	g := NewWithT(t)
-	e := newSimEnv(t, 5*time.Millisecond)
-	e.createVM("pve1", 4550, "w-0", true, true)
-	s := e.scope("pve1", 4550)
-	s.Machine.Status.Conditions = []metav1.Condition{{Type: clusterv1.MachineHealthCheckSucceededCondition, Status: metav1.ConditionFalse, Reason: "UnhealthyNode"}}
-	var tasks []string
-	e.deleteUntil(s, 200, func() bool {
-		if t := s.PTM.Status.Task; t != nil && (len(tasks) == 0 || tasks[len(tasks)-1] != t.Type) {
-			tasks = append(tasks, t.Type)
-		}
-		return false
-	})
-	g.Expect(tasks).To(Equal([]string{taskStop, taskDestroy}))
+	unhealthy := metav1.Condition{Type: clusterv1.MachineHealthCheckSucceededCondition, Status: metav1.ConditionFalse, Reason: "UnhealthyNode"}
+	healthy := metav1.Condition{Type: clusterv1.MachineHealthCheckSucceededCondition, Status: metav1.ConditionTrue, Reason: "Succeeded"}
+	marked := metav1.Condition{Type: clusterv1.MachineOwnerRemediatedCondition, Status: metav1.ConditionFalse, Reason: "WaitingForRemediation"}
+	for _, tc := range []struct {
+		name        string
+		conditions  []metav1.Condition
+		annotations map[string]string
+		want        []string
+	}{
+		{"health check failed", []metav1.Condition{unhealthy}, nil, []string{taskStop, taskDestroy}},
+		{"marked for remediation", []metav1.Condition{unhealthy, marked}, nil, []string{taskStop, taskDestroy}},
+		{"marked, health not checked since", []metav1.Condition{marked}, nil, []string{taskStop, taskDestroy}},
+		{"remediate-machine annotation", []metav1.Condition{healthy}, map[string]string{clusterv1.RemediateMachineAnnotation: ""}, []string{taskStop, taskDestroy}},
+		{"recovered after a remediation mark", []metav1.Condition{healthy, marked}, nil, []string{taskShutdown, taskDestroy}},
+		{"healthy", []metav1.Condition{healthy}, nil, []string{taskShutdown, taskDestroy}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewWithT(t)
+			e := newSimEnv(t, 5*time.Millisecond)
+			e.createVM("pve1", 4550, "w-0", true, true)
+			s := e.scope("pve1", 4550)
+			s.Machine.Status.Conditions = tc.conditions
+			s.Machine.Annotations = tc.annotations
+			var tasks []string
+			e.deleteUntil(s, 200, func() bool {
+				if t := s.PTM.Status.Task; t != nil && (len(tasks) == 0 || tasks[len(tasks)-1] != t.Type) {
+					tasks = append(tasks, t.Type)
+				}
+				return false
+			})
+			g.Expect(tasks).To(Equal(tc.want))
+		})
+	}
 }
 
 // TestDeleteNodeOffline: the VM's node does not answer. Deletion says so (condition and

@@ -97,9 +97,11 @@ type Lab struct {
 // Addresses of the generated cluster: all of them in 127.0.0.0/8, which Linux routes locally,
 // so each simulated node and the workload API server listen on their "real" addresses.
 const (
-	EndpointIP       = "127.10.3.1"
-	ControlPlaneIPs  = "127.10.1.1-127.10.1.3"
-	WorkerIPs        = "127.10.2.1-127.10.2.2"
+	EndpointIP      = "127.10.3.1"
+	ControlPlaneIPs = "127.10.1.1-127.10.1.3"
+	// WorkerIPs leaves room for scaling the default two workers to four and for a
+	// replacement while a lost machine's deletion waits for its Proxmox node.
+	WorkerIPs        = "127.10.2.1-127.10.2.6"
 	NodeGateway      = "127.10.0.1"
 	NodeSubnet       = "127.10.0.0/16"
 	NodeDNS          = "127.10.0.53"
@@ -204,6 +206,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 		if sim, ok := l.Nodes.(*talossim.Sim); ok {
 			sim.SetSchematics(factorySchematics(l.Factory))
+			sim.SetHostReachable(hostReachable(l.PVE))
 		}
 		l.PVE.OnPowerOn(l.Nodes.OnPowerOn)
 		l.PVE.OnPowerOff(l.Nodes.OnPowerOff)

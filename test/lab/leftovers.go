@@ -84,7 +84,7 @@ func (l *Lab) Leftovers() []string {
 		}
 	}
 	addrs := []string{net.JoinHostPort(EndpointIP, "6443")}
-	for _, ip := range []string{"127.10.1.1", "127.10.1.2", "127.10.1.3", "127.10.2.1", "127.10.2.2"} {
+	for _, ip := range []string{"127.10.1.1", "127.10.1.2", "127.10.1.3", "127.10.2.1", "127.10.2.2", "127.10.2.3", "127.10.2.4", "127.10.2.5", "127.10.2.6"} {
 		addrs = append(addrs, net.JoinHostPort(ip, "50000"))
 	}
 	for _, a := range addrs {

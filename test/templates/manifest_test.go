@@ -12,10 +12,13 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/utils/ptr"
 	addonsv1 "sigs.k8s.io/cluster-api/api/addons/v1beta2"
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	sigsjson "sigs.k8s.io/json"
@@ -42,6 +45,7 @@ type manifest struct {
 	infraCluster  infrav1.ProxmoxTalosCluster
 	machineTmpls  map[string]infrav1.ProxmoxTalosMachineTemplate
 	md            clusterv1.MachineDeployment
+	mhcs          map[string]clusterv1.MachineHealthCheck
 	crs           map[string]addonsv1.ClusterResourceSet
 	controlPlane  map[string]any // TalosControlPlane (no Go types in this module: CACPPT is v1beta1-contract)
 	workerConfig  map[string]any // TalosConfigTemplate
@@ -63,6 +67,7 @@ var wantKinds = map[string]int{
 	"TalosConfigTemplate":         1,
 	"ClusterResourceSet":          5,
 	"ConfigMap":                   2,
+	"MachineHealthCheck":          2,
 }
 
 // wantAPIVersions pins each kind's API version.
@@ -76,6 +81,7 @@ var wantAPIVersions = map[string]string{
 	"TalosConfigTemplate":         "bootstrap.cluster.x-k8s.io/v1alpha3",
 	"ClusterResourceSet":          "addons.cluster.x-k8s.io/v1beta2",
 	"ConfigMap":                   "v1",
+	"MachineHealthCheck":          "cluster.x-k8s.io/v1beta2",
 }
 
 // externalConfigMaps are the ConfigMaps `make addons` produces (not in the templates).
@@ -184,7 +190,8 @@ func checkManifest(t *testing.T, flavor string, out []byte) *manifest {
 	if i := bytes.Index(out, []byte("${")); i >= 0 {
 		t.Fatalf("unresolved variable in the output: %q", out[i:min(len(out), i+60)])
 	}
-	m := &manifest{raw: out, machineTmpls: map[string]infrav1.ProxmoxTalosMachineTemplate{}, crs: map[string]addonsv1.ClusterResourceSet{}}
+	m := &manifest{raw: out, machineTmpls: map[string]infrav1.ProxmoxTalosMachineTemplate{}, crs: map[string]addonsv1.ClusterResourceSet{},
+		mhcs: map[string]clusterv1.MachineHealthCheck{}}
 	kinds := map[string]int{}
 	seen := map[string]bool{}
 	for _, doc := range splitYAML(t, "generated manifest", out) {
@@ -239,6 +246,10 @@ func checkManifest(t *testing.T, flavor string, out []byte) *manifest {
 			m.machineTmpls[o.Name] = mt
 		case "MachineDeployment":
 			strict(t, o, &m.md)
+		case "MachineHealthCheck":
+			var mhc clusterv1.MachineHealthCheck
+			strict(t, o, &mhc)
+			m.mhcs[o.Name] = mhc
 		case "ClusterResourceSet":
 			var crs addonsv1.ClusterResourceSet
 			strict(t, o, &crs)
@@ -257,8 +268,61 @@ func checkManifest(t *testing.T, flavor string, out []byte) *manifest {
 	m.checkInfrastructure(t, flavor)
 	m.checkTalos(t, flavor)
 	m.checkWorkers(t)
+	m.checkHealthChecks(t)
 	m.checkAddons(t)
 	return m
+}
+
+// checkHealthChecks: one MachineHealthCheck selects the MachineDeployment's Machines (the
+// label the MachineSet puts on them), one the control planes (CACPPT's label); both treat a
+// Node Ready=False or Unknown as unhealthy after a timeout (the values: valueAt) and at most
+// one control plane is remediated at a time.
+func (m *manifest) checkHealthChecks(t *testing.T) {
+	t.Helper()
+	selects := map[string]map[string]string{
+		clusterName + "-workers":       {clusterv1.MachineDeploymentNameLabel: m.md.Name},
+		clusterName + "-control-plane": {clusterv1.MachineControlPlaneLabel: ""},
+	}
+	for name, want := range selects {
+		mhc, ok := m.mhcs[name]
+		if !ok {
+			t.Errorf("no MachineHealthCheck %s", name)
+			continue
+		}
+		if mhc.Spec.ClusterName != clusterName {
+			t.Errorf("MachineHealthCheck %s: clusterName %q", name, mhc.Spec.ClusterName)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&mhc.Spec.Selector)
+		if err != nil || sel.Empty() || !sel.Matches(labels.Set(want)) {
+			t.Errorf("MachineHealthCheck %s: selector %v does not select Machines labelled %v (%v)", name, mhc.Spec.Selector, want, err)
+		}
+		if mhc.Spec.Checks.NodeStartupTimeoutSeconds == nil {
+			t.Errorf("MachineHealthCheck %s: no nodeStartupTimeoutSeconds", name)
+		}
+		var statuses []corev1.ConditionStatus
+		for _, c := range mhc.Spec.Checks.UnhealthyNodeConditions {
+			if c.Type != corev1.NodeReady || c.TimeoutSeconds == nil {
+				t.Errorf("MachineHealthCheck %s: unhealthy condition %s after %v, want Ready with a timeout", name, c.Type, c.TimeoutSeconds)
+			}
+			statuses = append(statuses, c.Status)
+		}
+		if !slices.Equal(statuses, []corev1.ConditionStatus{corev1.ConditionUnknown, corev1.ConditionFalse}) {
+			t.Errorf("MachineHealthCheck %s: Ready statuses %v, want Unknown and False", name, statuses)
+		}
+		if mhc.Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo == nil {
+			t.Errorf("MachineHealthCheck %s: no unhealthyLessThanOrEqualTo: an outage would replace every machine", name)
+		}
+	}
+	// CAPI rounds a percentage down: the check must let one of the documented default two
+	// workers be replaced (40% would let none, and nothing would ever be remediated).
+	if w := m.mhcs[clusterName+"-workers"].Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo; w != nil {
+		if n, err := intstr.GetScaledValueFromIntOrPercent(w, defaultWorkers, false); err != nil || n < 1 {
+			t.Errorf("workers MachineHealthCheck unhealthyLessThanOrEqualTo %s allows %d of %d workers to be remediated (%v), want at least 1", w, n, defaultWorkers, err)
+		}
+	}
+	if cp := m.mhcs[clusterName+"-control-plane"].Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo; cp != nil && cp.String() != "1" {
+		t.Errorf("control-plane MachineHealthCheck unhealthyLessThanOrEqualTo %s, want 1", cp)
+	}
 }
 
 func (m *manifest) has(kind, name string) bool {
@@ -699,7 +763,35 @@ var valueAt = map[string]func(m *manifest) []string{
 	"FLUX_GIT_URL":           func(m *manifest) []string { return fluxField(m, "GitRepository", "spec.url") },
 	"FLUX_GIT_BRANCH":        func(m *manifest) []string { return fluxField(m, "GitRepository", "spec.ref.branch") },
 	"FLUX_GIT_PATH":          func(m *manifest) []string { return fluxField(m, "Kustomization", "spec.path") },
+	"MHC_UNHEALTHY_TIMEOUT_SECONDS": func(m *manifest) []string {
+		var out []string
+		for _, name := range healthCheckNames {
+			for _, c := range m.mhcs[name].Spec.Checks.UnhealthyNodeConditions {
+				out = append(out, fmt.Sprint(ptr.Deref(c.TimeoutSeconds, -1)))
+			}
+		}
+		return out
+	},
+	"MHC_NODE_STARTUP_TIMEOUT_SECONDS": func(m *manifest) []string {
+		var out []string
+		for _, name := range healthCheckNames {
+			out = append(out, fmt.Sprint(ptr.Deref(m.mhcs[name].Spec.Checks.NodeStartupTimeoutSeconds, -1)))
+		}
+		return out
+	},
+	"WORKER_MHC_MAX_UNHEALTHY": func(m *manifest) []string {
+		if v := m.mhcs[clusterName+"-workers"].Spec.Remediation.TriggerIf.UnhealthyLessThanOrEqualTo; v != nil {
+			return []string{v.String()}
+		}
+		return nil
+	},
 }
+
+// defaultWorkers is WORKER_MACHINE_COUNT's documented default.
+const defaultWorkers = 2
+
+// healthCheckNames are the flavors' MachineHealthChecks.
+var healthCheckNames = []string{clusterName + "-workers", clusterName + "-control-plane"}
 
 func deref[T any](p *T) T {
 	var zero T

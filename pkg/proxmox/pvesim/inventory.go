@@ -158,3 +158,11 @@ func (s *Server) NodeMemoryUsed(node string) uint64 {
 	defer s.mu.Unlock()
 	return s.nodeMemUsed(node)
 }
+
+// NodeOnline reports whether a node is up (SetNodeOnline); an unknown node is not.
+func (s *Server) NodeOnline(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.nodes[node]
+	return ok && n.online
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"sort"
 	"sync"
 
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -226,5 +227,26 @@ func (c *cluster) removeMember(n *node, id uint64) error {
 		return status.Error(codes.NotFound, "etcdserver: member not found")
 	}
 	c.sim.logf("etcd member %x removed from cluster %s via %s", id, c.name, n.spec.hostname)
+	return nil
+}
+
+// EtcdMembers lists the etcd member hostnames of the bootstrapped cluster named name that
+// has running nodes, what `talosctl etcd members` shows through any of its control planes;
+// nil when there is none.
+func (s *Sim) EtcdMembers(name string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.nodes {
+		c := n.cluster
+		if c.name != name || !c.bootstrapped {
+			continue
+		}
+		out := make([]string, 0, len(c.members))
+		for _, m := range c.members {
+			out = append(out, m.hostname)
+		}
+		sort.Strings(out)
+		return out
+	}
 	return nil
 }

@@ -5,46 +5,114 @@ import (
 	"context"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
-// startKubelet registers the node once its cluster's API answers, then turns
-// it Ready after KubeletReadyDelay. No heartbeat is kept: the lab runs no
-// kube-controller-manager, so nothing would ever mark the Node NotReady.
+// nodeLeaseNamespace holds the kubelets' heartbeat Leases, one per Node, named after it.
+const nodeLeaseNamespace = "kube-node-lease"
+
+// startKubelet registers the node once its cluster's API answers, turns it Ready after
+// KubeletReadyDelay, then keeps heartbeating like a kubelet: it renews its Lease in
+// kube-node-lease every HeartbeatInterval and posts Ready again when the node lifecycle
+// controller (monitorNodes) had marked it Unknown. Nothing is sent while the VM's Proxmox
+// node is unreachable (Options.HostReachable); a stopped VM stops heartbeating with the node.
 func (n *node) startKubelet() {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		var cs kubernetes.Interface
 		for {
-			if cs = n.cluster.readyClient(); cs != nil {
+			if cs = n.cluster.readyClient(); cs != nil && n.sim.reachable(n.vmid) {
 				if err := n.register(cs, false); err == nil {
 					break
 				}
 			}
-			select {
-			case <-n.done:
+			if !n.sleep(250 * time.Millisecond) {
 				return
-			case <-time.After(250 * time.Millisecond):
 			}
 		}
-		select {
-		case <-n.done:
+		_ = n.renewLease(cs)
+		if !n.sleep(n.sim.opts.KubeletReadyDelay) {
 			return
-		case <-time.After(n.sim.opts.KubeletReadyDelay):
 		}
 		for n.register(cs, true) != nil {
-			select {
-			case <-n.done:
+			if !n.sleep(250 * time.Millisecond) {
 				return
-			case <-time.After(250 * time.Millisecond):
 			}
 		}
 		n.sim.logf("node %s: Node Ready", n.spec.hostname)
+		for n.sleep(n.sim.opts.HeartbeatInterval) {
+			// The workload API server may have been restarted (a new client).
+			if c := n.cluster.readyClient(); c != nil {
+				cs = c
+			}
+			if !n.sim.reachable(n.vmid) {
+				continue
+			}
+			if err := n.renewLease(cs); err != nil {
+				continue
+			}
+			n.repostIfNotReady(cs)
+		}
 	}()
+}
+
+// sleep waits d or until the node stops; false means stopped.
+func (n *node) sleep(d time.Duration) bool {
+	select {
+	case <-n.done:
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// renewLease creates or renews the node's heartbeat Lease, as the kubelet's lease controller.
+func (n *node) renewLease(cs kubernetes.Interface) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	leases := cs.CoordinationV1().Leases(nodeLeaseNamespace)
+	now := metav1.NewMicroTime(time.Now())
+	l, err := leases.Get(ctx, n.spec.hostname, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: n.spec.hostname, Namespace: nodeLeaseNamespace},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(n.spec.hostname),
+				LeaseDurationSeconds: ptr.To(int32(n.sim.opts.NodeMonitorGracePeriod.Seconds())), RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+// repostIfNotReady posts the kubelet's status again when the Node's Ready condition is not
+// True (the kubelet compares what it would post with what the API holds). A Node deleted
+// while the kubelet runs is not re-created: the kubelet registers only when it starts.
+func (n *node) repostIfNotReady(cs kubernetes.Interface) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	obj, err := cs.CoreV1().Nodes().Get(ctx, n.spec.hostname, metav1.GetOptions{})
+	if err != nil {
+		return
+	}
+	for _, c := range obj.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			return
+		}
+	}
+	if n.register(cs, true) == nil {
+		n.sim.logf("node %s: kubelet posts Ready again", n.spec.hostname)
+	}
 }
 
 // register creates or updates the Node like a Talos kubelet: name = hostname,
@@ -96,17 +164,4 @@ func (n *node) register(cs kubernetes.Interface, ready bool) error {
 func nodeInfo(spec *nodeSpec) corev1.NodeSystemInfo {
 	return corev1.NodeSystemInfo{OSImage: "Talos (" + cmp.Or(spec.talosVersion, "unknown") + ")", OperatingSystem: "linux",
 		Architecture: "amd64", KubeletVersion: spec.kubeletVersion, ContainerRuntimeVersion: "containerd://2.1.0"}
-}
-
-// deleteNode removes the Node object of a powered-off machine, if the API is up.
-func (c *cluster) deleteNode(name string) {
-	cs := c.readyClient()
-	if cs == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := cs.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		c.sim.logf("cluster %s: deleting Node %s: %v", c.name, name, err)
-	}
 }

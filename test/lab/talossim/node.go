@@ -1,6 +1,7 @@
 package talossim
 
 import (
+	"context"
 	"crypto/tls"
 	stdx509 "crypto/x509"
 	"errors"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -100,7 +103,21 @@ func (s *Sim) startAPID(n *node) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	// A node whose Proxmox node is offline cannot be reached: its apid times out.
+	unreachable := status.Errorf(codes.Unavailable, "connection error: desc = \"transport: Error while dialing: dial tcp %s: i/o timeout\"", addr)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if !s.reachable(n.vmid) {
+				return nil, unreachable
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if !s.reachable(n.vmid) {
+				return unreachable
+			}
+			return h(srv, ss)
+		}))
 	machine.RegisterMachineServiceServer(srv, &apiServer{sim: s, self: n})
 
 	s.mu.Lock()

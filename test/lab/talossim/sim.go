@@ -25,6 +25,17 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// KubeletReadyDelay is the delay between Node registration and Ready (default 1s).
 	KubeletReadyDelay time.Duration
+	// NodeMonitorGracePeriod is how long a Node may go without a kubelet heartbeat before
+	// the node lifecycle controller marks it Ready=Unknown (kube-controller-manager's
+	// --node-monitor-grace-period; default 50s as upstream, the lab uses seconds).
+	NodeMonitorGracePeriod time.Duration
+	// HeartbeatInterval is how often a kubelet renews its node Lease (upstream 10s;
+	// default a quarter of NodeMonitorGracePeriod).
+	HeartbeatInterval time.Duration
+	// HostReachable reports whether a VM's Proxmox node can be reached: false while the
+	// node is offline, when its guests can neither heartbeat nor answer apid. Nil means
+	// always reachable. The lab asks pvesim.
+	HostReachable func(vmid int) bool
 	// Schematics resolves the schematic ID in a VM's disk image name to the schematic, so a
 	// node knows its extensions (the lab asks factorysim). Required once images carry one.
 	Schematics SchematicLookup
@@ -67,6 +78,12 @@ func New(opts Options) (*Sim, error) {
 	if opts.KubeletReadyDelay <= 0 {
 		opts.KubeletReadyDelay = time.Second
 	}
+	if opts.NodeMonitorGracePeriod <= 0 {
+		opts.NodeMonitorGracePeriod = 50 * time.Second
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = opts.NodeMonitorGracePeriod / 4
+	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -86,7 +103,7 @@ func (s *Sim) logf(format string, args ...any) { s.opts.Logf("talossim: "+format
 // reboot/reset) is a reboot: the old incarnation shuts down first. Errors are
 // logged, not returned, because pvesim hooks cannot fail a start.
 func (s *Sim) OnPowerOn(ev pvesim.PowerEvent) {
-	s.shutdown(ev.VMID, false)
+	s.shutdown(ev.VMID)
 	spec, err := s.parseSpec(ev)
 	if err == nil {
 		err = s.boot(ev, spec)
@@ -149,14 +166,32 @@ func (s *Sim) installedExtensions(schematicID string) ([]string, error) {
 	return sc.Customization.SystemExtensions.OfficialExtensions, nil
 }
 
-// OnPowerOff stops the node: apid stops answering, its Node object is
-// deleted (a Talos node whose VM is gone disappears), and the last node of a
-// cluster to stop takes the workload API server and etcd down with it.
+// OnPowerOff stops the node: apid stops answering and the kubelet stops heartbeating. The
+// Node object stays, as in a real cluster: the node lifecycle controller turns it
+// Ready=Unknown after NodeMonitorGracePeriod, and whoever deletes the machine (Cluster API,
+// CACPPT) deletes the Node. An etcd member stays a member until it leaves or is removed. The
+// last node of a cluster to stop takes the workload API server and etcd down with it.
 func (s *Sim) OnPowerOff(ev pvesim.PowerEvent) {
 	s.mu.Lock()
 	delete(s.refused, ev.VMID)
 	s.mu.Unlock()
-	s.shutdown(ev.VMID, true)
+	s.shutdown(ev.VMID)
+}
+
+// reachable is Options.HostReachable, true without it.
+func (s *Sim) reachable(vmid int) bool {
+	s.mu.Lock()
+	f := s.opts.HostReachable
+	s.mu.Unlock()
+	return f == nil || f(vmid)
+}
+
+// SetHostReachable sets Options.HostReachable after New (the lab creates pvesim and the
+// node simulator independently).
+func (s *Sim) SetHostReachable(f func(vmid int) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.HostReachable = f
 }
 
 // Nodes lists the booted nodes, sorted by address.
@@ -187,7 +222,7 @@ func (s *Sim) Close() error {
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		s.shutdown(id, false)
+		s.shutdown(id)
 	}
 	s.mu.Lock()
 	clusters := make([]*cluster, 0, len(s.clusters))
@@ -271,9 +306,10 @@ func (s *Sim) clusterFor(spec *nodeSpec) *cluster {
 	return c
 }
 
-// shutdown stops a node; remove also deletes its Node object (power-off),
-// while a reboot keeps it, as a rebooting kubelet re-registers the same Node.
-func (s *Sim) shutdown(vmid int, remove bool) {
+// shutdown stops a node (power-off, reboot, simulator close). Its Node object stays: a
+// rebooting kubelet updates the same Node, a stopped one leaves it to the node lifecycle
+// controller.
+func (s *Sim) shutdown(vmid int) {
 	s.mu.Lock()
 	n, ok := s.nodes[vmid]
 	if ok {
@@ -293,9 +329,6 @@ func (s *Sim) shutdown(vmid int, remove bool) {
 		return
 	}
 	n.stop()
-	if remove {
-		n.cluster.deleteNode(n.spec.hostname)
-	}
 	s.logf("node %s (%s) stopped", n.spec.hostname, n.spec.addr)
 	if last {
 		n.cluster.stopWorkload()
@@ -305,16 +338,21 @@ func (s *Sim) shutdown(vmid int, remove bool) {
 // nodeByTarget resolves a `nodes` metadata entry (address or hostname) to a
 // running node, as apid would by dialing it.
 func (s *Sim) nodeByTarget(target string) *node {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	addr, _ := netip.ParseAddr(target)
+	s.mu.Lock()
+	var found *node
 	for _, n := range s.nodes {
 		if (addr.IsValid() && n.spec.addr == addr) || n.spec.hostname == target {
-			if n.apid == nil {
-				return nil
+			if n.apid != nil {
+				found = n
 			}
-			return n
+			break
 		}
 	}
-	return nil
+	s.mu.Unlock()
+	// Asked outside s.mu: HostReachable asks pvesim.
+	if found == nil || !s.reachable(found.vmid) {
+		return nil
+	}
+	return found
 }

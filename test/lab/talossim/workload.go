@@ -59,6 +59,7 @@ func (c *cluster) ensureWorkload() {
 			return
 		}
 		c.sim.logf("cluster %s: workload API server ready on %s after %s", c.name, c.endpoint.Host, time.Since(start).Round(time.Millisecond))
+		go c.monitorNodes(w.ctx, w.client)
 		c.sim.mu.Lock()
 		m := c.manifests
 		c.sim.mu.Unlock()
