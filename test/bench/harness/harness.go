@@ -36,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
@@ -88,6 +89,14 @@ type Options struct {
 	Logf       func(format string, args ...any)
 	// Checkpoint receives the report once the figures are complete, before teardown.
 	Checkpoint func(report any)
+
+	// Hooks for other programs (make chaos); nil keeps the benchmark's defaults.
+	// PVEConfig adjusts each pvesim's configuration before it starts.
+	PVEConfig func(*pvesim.Config)
+	// BootstrapData returns a machine's bootstrap data (default: a minimal worker config).
+	BootstrapData func(machine string) []byte
+	// ClusterSpec adjusts a ProxmoxTalosCluster's spec before it is created.
+	ClusterSpec func(cluster string, spec *infrav1.ProxmoxTalosClusterSpec)
 }
 
 // Harness holds the processes and servers of one run.
@@ -123,11 +132,14 @@ type MachineRecord struct {
 	Provisioned   time.Time // harness saw status.initialization.provisioned
 	Running       time.Time // harness saw step Running with NodeReady
 	nodeScheduled bool
+	// TalosVersion overrides the cluster's Talos version on the ProxmoxTalosMachine (a
+	// MachineDeployment rollout to a new version creates such machines).
+	TalosVersion string
 }
 
 func NewScheme() *runtime.Scheme {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, infrav1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err) // static scheme registration cannot fail at run time
 		}
@@ -200,6 +212,9 @@ func (h *Harness) Start(ctx context.Context) error {
 			// "Simulator latency zero": workers end at once; the status tick stays at its
 			// 1 ms floor. What remains is the provider's own time.
 			cfg.TaskDuration = pvesim.Duration(time.Microsecond)
+		}
+		if h.O.PVEConfig != nil {
+			h.O.PVEConfig(&cfg)
 		}
 		s, err := pvesim.New(cfg)
 		if err != nil {
@@ -316,6 +331,26 @@ func (m *Manager) Start() error {
 	cmd := m.Cmd
 	go func() { _ = cmd.Wait(); close(exited) }()
 	return nil
+}
+
+// Ready tells whether the process answers its readiness probe.
+func (m *Manager) Ready() bool {
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(m.health) + "/readyz") //nolint:noctx // loopback probe
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// Alive tells whether the process is running.
+func (m *Manager) Alive() bool {
+	select {
+	case <-m.Exited:
+		return false
+	default:
+		return true
+	}
 }
 
 func (m *Manager) MetricsURL() string {
@@ -585,8 +620,9 @@ func (h *Harness) CreateCluster(ctx context.Context, name string, index int, pla
 	if err := h.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-proxmox"},
 		Data: map[string][]byte{
-			infrav1.CredentialsTokenIDKey:     []byte(pvesim.DefaultTokenID),
-			infrav1.CredentialsTokenSecretKey: []byte(pvesim.DefaultTokenSecret),
+			// The simulator's first token (the default one unless PVEConfig set others).
+			infrav1.CredentialsTokenIDKey:     []byte(pve.Config().Tokens[0].ID),
+			infrav1.CredentialsTokenSecretKey: []byte(pve.Config().Tokens[0].Secret),
 			infrav1.CredentialsCABundleKey:    pve.CAPEM(),
 		},
 	}); err != nil {
@@ -636,6 +672,9 @@ func (h *Harness) CreateCluster(ctx context.Context, name string, index int, pla
 		Talos:        infrav1.TalosImageSpec{Version: TalosVersion, FactoryURL: h.Factory.URL(), InsecureAllowHTTP: true, Platform: platform},
 		ImageStorage: "images",
 		ISOStorage:   "local",
+	}
+	if h.O.ClusterSpec != nil {
+		h.O.ClusterSpec(name, &spec)
 	}
 	return h.Create(ctx, &infrav1.ProxmoxTalosCluster{
 		ObjectMeta: metav1.ObjectMeta{
@@ -706,9 +745,13 @@ func (h *Harness) CreateMachine(ctx context.Context, rec *MachineRecord, withDat
 	h.Machines[rec.Name] = rec
 	h.Mu.Unlock()
 	labels := h.labelsOf(rec.Cluster, map[string]string{clusterv1.ClusterNameLabel: rec.Cluster})
+	data := []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")
+	if h.O.BootstrapData != nil {
+		data = h.O.BootstrapData(rec.Name)
+	}
 	if err := h.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: rec.Name + "-bootstrap-data", Labels: map[string]string{clusterv1.ClusterNameLabel: rec.Cluster}},
-		Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")},
+		Data:       map[string][]byte{"value": data},
 	}); err != nil {
 		return err
 	}
@@ -732,6 +775,10 @@ func (h *Harness) CreateMachine(ctx context.Context, rec *MachineRecord, withDat
 	if err := h.Create(ctx, m); err != nil {
 		return err
 	}
+	var talos *infrav1.TalosImageSpec
+	if rec.TalosVersion != "" {
+		talos = &infrav1.TalosImageSpec{Version: rec.TalosVersion}
+	}
 	return h.Create(ctx, &infrav1.ProxmoxTalosMachine{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: rec.Name, Labels: labels,
@@ -740,6 +787,7 @@ func (h *Harness) CreateMachine(ctx context.Context, rec *MachineRecord, withDat
 		Spec: infrav1.ProxmoxTalosMachineSpec{
 			MemoryMiB:      2048,
 			NetworkDevices: []infrav1.NetworkDevice{{Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"}}},
+			Talos:          talos,
 		},
 	})
 }
