@@ -28,6 +28,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -216,7 +218,8 @@ func (s *Scanner) ScanStatuses(ctx context.Context, c client.Client, kinds []sch
 		list := &unstructured.UnstructuredList{}
 		list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
 		if err := c.List(ctx, list); err != nil {
-			if strings.Contains(err.Error(), "no matches for kind") {
+			// Not served (another lab, CRDs deleted by clusterctl delete --include-crd).
+			if meta.IsNoMatchError(err) || apierrors.IsNotFound(err) || strings.Contains(err.Error(), "no matches for kind") {
 				continue
 			}
 			return out, objects, fmt.Errorf("listing %s: %w", gvk.Kind, err)
@@ -364,16 +367,49 @@ func privateKeys(src string, b []byte) []Needle {
 	return out
 }
 
+// StatusKinds are the provider's and Cluster API's objects whose status a scan reads (kinds
+// whose API is not served are skipped).
+var StatusKinds = []schema.GroupVersionKind{
+	{Group: "infrastructure.cluster.x-k8s.io", Version: "v1beta1", Kind: "ProxmoxTalosMachine"},
+	{Group: "infrastructure.cluster.x-k8s.io", Version: "v1beta1", Kind: "ProxmoxTalosCluster"},
+	{Group: "infrastructure.cluster.x-k8s.io", Version: "v1beta1", Kind: "ProxmoxTalosMachineTemplate"},
+	{Group: "infrastructure.cluster.x-k8s.io", Version: "v1beta1", Kind: "ProxmoxTalosClusterTemplate"},
+	{Group: "cluster.x-k8s.io", Version: "v1beta2", Kind: "Cluster"},
+	{Group: "cluster.x-k8s.io", Version: "v1beta2", Kind: "Machine"},
+	{Group: "cluster.x-k8s.io", Version: "v1beta2", Kind: "MachineSet"},
+	{Group: "cluster.x-k8s.io", Version: "v1beta2", Kind: "MachineDeployment"},
+	{Group: "cluster.x-k8s.io", Version: "v1beta2", Kind: "MachineHealthCheck"},
+	{Group: "bootstrap.cluster.x-k8s.io", Version: "v1alpha3", Kind: "TalosConfig"},
+	{Group: "controlplane.cluster.x-k8s.io", Version: "v1alpha3", Kind: "TalosControlPlane"},
+	{Group: "ipam.cluster.x-k8s.io", Version: "v1beta2", Kind: "IPAddress"},
+	{Group: "ipam.cluster.x-k8s.io", Version: "v1beta2", Kind: "IPAddressClaim"},
+}
+
+// ReadNeedles reads the secret values of every Secret of the management API (see
+// FromSecrets). Bootstrap data and PKI Secrets go with their cluster: read them while the
+// cluster exists and pass them to Scan later.
+func ReadNeedles(ctx context.Context, c client.Client, credentialsKey string) ([]Needle, error) {
+	var list corev1.SecretList
+	if err := c.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing secrets: %w", err)
+	}
+	return FromSecrets(list.Items, credentialsKey), nil
+}
+
+// OnlyLogs is a ScanDir skip function that scans *.log files only: the other artifacts
+// (kubeconfigs, manifests, PKI) hold secrets on purpose.
+func OnlyLogs(rel string) bool { return !strings.HasSuffix(rel, ".log") }
+
 // Scan reads every Secret from the management API, then scans the files under dir (skip
 // excludes files that hold secrets on purpose), every Event and the status of every object
 // of kinds. extra are needles not held in a Secret. A failed listing is an error (a scan
 // that could not look is not a clean scan).
 func Scan(ctx context.Context, c client.Client, credentialsKey, dir string, skip func(string) bool, kinds []schema.GroupVersionKind, extra ...Needle) (Report, error) {
-	var list corev1.SecretList
-	if err := c.List(ctx, &list); err != nil {
-		return Report{}, fmt.Errorf("listing secrets: %w", err)
+	needles, err := ReadNeedles(ctx, c, credentialsKey)
+	if err != nil {
+		return Report{}, err
 	}
-	s := New(append(FromSecrets(list.Items, credentialsKey), extra...))
+	s := New(append(needles, extra...))
 	rep := Report{Needles: s.Kinds()}
 	if dir != "" {
 		f, n, err := s.ScanDir(dir, skip)
