@@ -542,28 +542,13 @@ func (r *run) deleteMachines(ctx context.Context, names []string) error {
 // tagged for one machine, at any moment, are duplicates.
 func (r *run) watchDuplicates(ctx context.Context) {
 	for {
-		inv := r.pve.Inventory()
-		byUUID, byTag := map[string]int{}, map[string]int{}
-		for _, vm := range inv.VMs {
-			if u := smbiosUUID(vm.Config["smbios1"]); u != "" {
-				byUUID[u]++
-			}
-			for _, t := range vm.Tags {
-				if strings.HasPrefix(t, machine.MachineTag("")) {
-					byTag[t]++
-				}
-			}
-		}
+		uuids, tags := duplicates(r.pve.Inventory())
 		r.mu.Lock()
-		for u, n := range byUUID {
-			if n > 1 {
-				r.dupUUID[u] = true
-			}
+		for _, u := range uuids {
+			r.dupUUID[u] = true
 		}
-		for t, n := range byTag {
-			if n > 1 {
-				r.dupTag[t] = true
-			}
+		for _, t := range tags {
+			r.dupTag[t] = true
 		}
 		r.mu.Unlock()
 		select {
@@ -572,6 +557,34 @@ func (r *run) watchDuplicates(ctx context.Context) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// duplicates returns the SMBIOS uuids and machine tags that more than one VM carries.
+func duplicates(inv pvesim.Inventory) (uuids, tags []string) {
+	byUUID, byTag := map[string]int{}, map[string]int{}
+	for _, vm := range inv.VMs {
+		if u := smbiosUUID(vm.Config["smbios1"]); u != "" {
+			byUUID[u]++
+		}
+		for _, t := range vm.Tags {
+			if strings.HasPrefix(strings.ToLower(t), machine.MachineTag("")) {
+				byTag[strings.ToLower(t)]++
+			}
+		}
+	}
+	for u, n := range byUUID {
+		if n > 1 {
+			uuids = append(uuids, u)
+		}
+	}
+	for t, n := range byTag {
+		if n > 1 {
+			tags = append(tags, t)
+		}
+	}
+	sort.Strings(uuids)
+	sort.Strings(tags)
+	return uuids, tags
 }
 
 func smbiosUUID(s string) string {
