@@ -57,6 +57,9 @@ type Options struct {
 	Duration time.Duration
 	// Kills is the least number of manager SIGKILLs.
 	Kills int
+	// DeleteKills is the least number of kills while a VM delete task runs (default 1):
+	// deletion is where zombie VMs and delete loops come from.
+	DeleteKills int
 	// Replicas > 1 runs that many managers with leader election; kills hit the leader.
 	Replicas int
 	// Fault rates.
@@ -79,6 +82,9 @@ func (o *Options) defaults() {
 	}
 	if o.Replicas < 1 {
 		o.Replicas = 1
+	}
+	if o.DeleteKills < 1 {
+		o.DeleteKills = 1
 	}
 	if o.NodeOffline == 0 {
 		o.NodeOffline = max(o.Duration/5, 10*time.Second)
@@ -245,8 +251,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if len(res.Kills) < o.Kills {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d kills, want at least %d (a longer DURATION spreads more)", len(res.Kills), o.Kills))
 	}
-	if len(res.Kills) > 0 && (res.killsBy("create") == 0 || res.killsBy("delete") == 0) && err == nil {
-		res.Problems = append(res.Problems, fmt.Sprintf("kills mid-create %d, mid-delete %d: want at least one of each", res.killsBy("create"), res.killsBy("delete")))
+	if len(res.Kills) > 0 && (res.killsBy("create") == 0 || res.killsBy("delete") < o.DeleteKills) && err == nil {
+		res.Problems = append(res.Problems, fmt.Sprintf("kills mid-create %d, mid-delete %d: want at least one mid-create and %d mid-delete", res.killsBy("create"), res.killsBy("delete"), o.DeleteKills))
 	}
 	if s := res.KillsSurvived(); s != len(res.Kills) {
 		res.Problems = append(res.Problems, fmt.Sprintf("only %d of %d kills survived", s, len(res.Kills)))
@@ -597,8 +603,9 @@ func smbiosUUID(s string) string {
 }
 
 // killer SIGKILLs a manager (the leader with replicas) at random moments within the
-// window: gaps drawn from the seeded RNG spread o.Kills over o.Duration. Until a kill has hit a running
-// create task and a running delete task, it also kills as soon as one is running.
+// window: gaps drawn from the seeded RNG spread o.Kills over o.Duration. Until a kill has
+// hit a running create task and o.DeleteKills a running delete task, it also kills as soon
+// as one is running.
 func (r *run) killer(ctx context.Context) {
 	mean := r.o.Duration / time.Duration(max(r.o.Kills, 1))
 	next := time.Now().Add(time.Duration((0.2 + 0.8*r.float()) * float64(mean)))
@@ -612,7 +619,7 @@ func (r *run) killer(ctx context.Context) {
 		// Scheduled kills stop with the window (so that a run's length stays bounded); the
 		// targeted ones go on until both a create and a delete were hit.
 		due := time.Now().After(next) && time.Since(r.start) < r.o.Duration
-		targeted := (during == "create" && r.res.killsBy("create") == 0) || (during == "delete" && r.res.killsBy("delete") == 0 && len(r.res.Kills) > 0)
+		targeted := (during == "create" && r.res.killsBy("create") == 0) || (during == "delete" && r.res.killsBy("delete") < r.o.DeleteKills && len(r.res.Kills) > 0)
 		if !due && !targeted {
 			continue
 		}

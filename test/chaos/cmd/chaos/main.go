@@ -28,6 +28,7 @@ func main() {
 	flag.IntVar(&o.Clusters, "clusters", 5, "clusters the machines are spread over")
 	flag.DurationVar(&o.Duration, "duration", 10*time.Minute, "chaos window: kills are spread over it; the clusters stay under faults at least this long before deletion")
 	flag.IntVar(&o.Kills, "kills", 10, "least number of manager SIGKILLs")
+	flag.IntVar(&o.DeleteKills, "delete-kills", 1, "least number of kills while a VM delete task runs")
 	flag.IntVar(&o.Replicas, "replicas", 1, "manager replicas (2: leader election, kills hit the leader)")
 	flag.Float64Var(&o.ErrorRate, "error-rate", 0.20, "share of Proxmox calls answered 500")
 	flag.Float64Var(&o.TaskFailureRate, "task-failure-rate", 0.05, "share of Proxmox tasks that fail")
