@@ -235,6 +235,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	defer r.h.Stop()
 	err := r.run(ctx)
 	res.Seconds = time.Since(started).Seconds()
+	if r.pve != nil && len(res.Faults) == 0 {
+		// A run that stopped early still reports what it injected.
+		res.Faults = r.pve.InjectedFaults()
+		res.ProxmoxCalls = harness.Total(r.pve.Stats().Calls)
+	}
 	if err != nil {
 		res.Problems = append(res.Problems, err.Error())
 	}
