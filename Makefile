@@ -100,6 +100,25 @@ bench-scale: ## Run the scale benchmark: make bench-scale N=100 C=20 PROFILE=fas
 bench-scale-ci: ## CI: the scale benchmark at small N and the scale-out tests (leader failover, watch-filter shards); no timed assertions.
 	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go test -count=1 -timeout 20m ./test/bench/scale/
 
+# Chaos (docs/reliability.md): MACHINES over CLUSTERS created, scaled, upgraded and deleted
+# while a schedule seeded by SEED injects Proxmox faults and at least KILLS manager SIGKILLs
+# spread over DURATION. REPLICAS=2 runs two managers with leader election (kills hit the leader).
+SEED ?= 1
+MACHINES ?= 30
+CLUSTERS ?= 5
+DURATION ?= 10m
+KILLS ?= 10
+REPLICAS ?= 1
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: ## Run the chaos run: make chaos SEED=7 MACHINES=30 CLUSTERS=5 DURATION=10m KILLS=10 [REPLICAS=2] (result in out/chaos/).
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go run ./test/chaos/cmd/chaos \
+		-seed $(SEED) -machines $(MACHINES) -clusters $(CLUSTERS) -duration $(DURATION) -kills $(KILLS) -replicas $(REPLICAS) -out $(OUT_DIR)/chaos $(CHAOS_ARGS)
+
+.PHONY: chaos-ci
+chaos-ci: ## CI's short chaos run (fixed seed, 8 machines, 3 kills; also part of make test): no duplicate, no leak, no secret.
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go test -count=1 -timeout 20m -v -run TestChaosCI ./test/chaos/
+
 ##@ Templates and add-ons
 
 .PHONY: templates

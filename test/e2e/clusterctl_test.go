@@ -41,6 +41,7 @@ var _ = Describe("clusterctl init, describe, upgrade plan, move and delete on th
 		cluster   *clusterv1.Cluster
 		artifacts string
 		ctx       = context.Background()
+		watch     = &secretWatch{}
 	)
 	const workersAfterScale = 3
 
@@ -212,7 +213,7 @@ var _ = Describe("clusterctl init, describe, upgrade plan, move and delete on th
 		}
 		proxy := framework.NewClusterProxy("target", target.Kubeconfig, lab.Scheme())
 		DeferCleanup(func() { proxy.Dispose(ctx) })
-		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts, watch)
 	})
 
 	It("clusterctl delete --infrastructure proxmox-talos removes our components", func() {
@@ -259,6 +260,17 @@ var _ = Describe("clusterctl init, describe, upgrade plan, move and delete on th
 		providers := inventory(ctx, m)
 		Expect(providers).NotTo(HaveKey(label))
 		Expect(providers).To(HaveLen(3))
+	})
+
+	It("leaves no secret (Proxmox token, bootstrap data, Talos PKI keys, Tailscale key) in any log, event or status", func() {
+		if source == nil {
+			Skip("the lab did not start")
+		}
+		clients := []client.Client{source.Client}
+		if target != nil {
+			clients = append(clients, target.Client)
+		}
+		watch.scanAll(ctx, artifacts, clients...)
 	})
 })
 

@@ -37,6 +37,7 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 		cluster   *clusterv1.Cluster
 		artifacts string
 		ctx       = context.Background()
+		watch     = &secretWatch{}
 	)
 
 	BeforeAll(func() {
@@ -187,7 +188,7 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 			cluster = &clusterv1.Cluster{}
 			cluster.Namespace, cluster.Name = l.Namespace, l.ClusterName
 		}
-		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts, watch)
 	})
 
 	// The ClusterClass route (docs/clusterclass.md) with the real CAPI topology controller and
@@ -208,7 +209,11 @@ var _ = Describe("The default flavor on the lab", Ordered, ContinueOnFailure, fu
 	It("ClusterClass: deletes the topology Cluster and leaves Proxmox empty", func() {
 		cl := &clusterv1.Cluster{}
 		cl.Namespace, cl.Name = topologyNamespace, topologyName
-		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts, watch)
+	})
+
+	It("leaves no secret (Proxmox token, bootstrap data, Talos PKI keys, Tailscale key) in any log, event or status", func() {
+		watch.scanAll(ctx, artifacts, l.Mgmt.Client)
 	})
 })
 
@@ -254,8 +259,11 @@ func hasKind(objs []*unstructured.Unstructured, kind string) bool {
 // deleteAndCheckEmpty deletes a Cluster and waits until pvesim holds nothing: no VM, no
 // disk, no boot ISO, and no Talos image (the last cluster using an image storage takes the
 // images with it).
-func deleteAndCheckEmpty(ctx context.Context, l *lab.Lab, proxy framework.ClusterProxy, cluster *clusterv1.Cluster, artifacts string) {
+func deleteAndCheckEmpty(ctx context.Context, l *lab.Lab, proxy framework.ClusterProxy, cluster *clusterv1.Cluster, artifacts string, watch *secretWatch) {
 	GinkgoHelper()
+	// The cluster's bootstrap and PKI Secrets and its objects' status go with it: read and
+	// scan them first.
+	watch.collect(ctx, proxy.GetClient())
 	framework.DeleteCluster(ctx, framework.DeleteClusterInput{Deleter: proxy.GetClient(), Cluster: cluster})
 	framework.WaitForClusterDeleted(ctx, framework.WaitForClusterDeletedInput{
 		ClusterProxy: proxy, Cluster: cluster, ArtifactFolder: artifacts,

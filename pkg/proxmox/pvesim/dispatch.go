@@ -106,6 +106,9 @@ func (s *Server) checkNodeReachable(node string) *apiError {
 	n, ok := s.nodes[node]
 	online := ok && n.online
 	proxyDown := ok && n.proxyDown
+	if ok && (!online || proxyDown) {
+		s.countFault(FaultNodeUnreachable)
+	}
 	s.mu.Unlock()
 	if !ok {
 		return errServer("hostname lookup '%s' failed - failed to get address info for: %s: Name or service not known", node, node)

@@ -38,6 +38,41 @@ type Fault struct {
 	ProxyErrorText string
 }
 
+// Kinds of injected faults, as counted by InjectedFaults.
+const (
+	// FaultHTTPError is a call answered 500 (Fault.ErrorRate).
+	FaultHTTPError = "http-5xx"
+	// FaultTaskFailure is a task whose worker stopped with an error (Fault.TaskFailureRate).
+	FaultTaskFailure = "task-failure"
+	// FaultLockTimeout is an operation that timed out on its lock (Fault.LockTimeoutRate).
+	FaultLockTimeout = "lock-timeout"
+	// FaultProxyError is a forwarded call answered 596 (Fault.ProxyErrorRate).
+	FaultProxyError = "proxy-596"
+	// FaultNodeUnreachable is a call answered 595 because its node is offline or its
+	// pveproxy stopped (SetNodeOnline, SetPveproxyRunning).
+	FaultNodeUnreachable = "node-unreachable-595"
+)
+
+// InjectedFaults counts the faults injected so far by kind (the Fault* constants), so a
+// chaos run can report what the provider went through.
+func (s *Server) InjectedFaults() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.injected))
+	for k, v := range s.injected {
+		out[k] = v
+	}
+	return out
+}
+
+// countFault records one injected fault; callers hold s.mu.
+func (s *Server) countFault(kind string) {
+	if s.injected == nil {
+		s.injected = map[string]int{}
+	}
+	s.injected[kind]++
+}
+
 // AddFault registers a fault; faults apply in order, all matching ones
 // count. The RNG is seeded from Config.Seed so outcomes are reproducible.
 func (s *Server) AddFault(f Fault) {
@@ -100,6 +135,7 @@ func (s *Server) injectProxyFault(method string, rt *route, node string) *apiErr
 			if text == "" {
 				text = "Connection timed out"
 			}
+			s.countFault(FaultProxyError)
 			return errStatus(596, "%s", text)
 		}
 	}
@@ -145,6 +181,7 @@ func (s *Server) injectRequestFault(method, tmpl, node string) *apiError {
 				text = "got no worker upid - start worker failed"
 			}
 			fail = errStatus(http.StatusInternalServerError, "%s", text)
+			s.countFault(FaultHTTPError)
 		}
 	}
 	s.mu.Unlock()
@@ -174,6 +211,7 @@ func (s *Server) taskFault(routeKey, node string) string {
 	for i := range s.faults {
 		f := &s.faults[i]
 		if f.matches(method, tmpl, node) && s.roll(f.TaskFailureRate) {
+			s.countFault(FaultTaskFailure)
 			if f.TaskErrorText != "" {
 				return f.TaskErrorText
 			}
@@ -191,6 +229,7 @@ func (s *Server) lockFault(routeKey, node, def string) string {
 	for i := range s.faults {
 		f := &s.faults[i]
 		if f.matches(method, tmpl, node) && s.roll(f.LockTimeoutRate) {
+			s.countFault(FaultLockTimeout)
 			if f.LockPath != "" {
 				return f.LockPath
 			}

@@ -55,6 +55,18 @@ func TestFaultInjection(t *testing.T) {
 	nodes := root(t, s, "GET", "/nodes", nil).body["data"].([]any)
 	g.Expect(nodes[1]).To(HaveKeyWithValue("status", "offline"))
 
+	// Every injected fault is counted by kind: 1 error, 1 task failure, 1 lock timeout,
+	// 1 offline node above.
+	g.Expect(s.InjectedFaults()).To(Equal(map[string]int{
+		FaultHTTPError: 1, FaultTaskFailure: 1, FaultLockTimeout: 1, FaultNodeUnreachable: 1,
+	}))
+	s.SetNodeOnline("pve2", true)
+	s.AddFault(Fault{ProxyErrorRate: 1})
+	g.Expect(root(t, s, "GET", "/nodes/pve2/qemu", nil).status).To(Equal(596))
+	g.Expect(root(t, s, "GET", "/nodes/pve1/qemu", nil).status).To(Equal(200), "pve1 receives the call: nothing to forward")
+	g.Expect(s.InjectedFaults()).To(HaveKeyWithValue(FaultProxyError, 1))
+	s.ClearFaults()
+
 	s.AddFault(Fault{Path: "/cluster/nextid", Latency: 30 * time.Millisecond})
 	start := time.Now()
 	root(t, s, "GET", "/cluster/nextid", nil)

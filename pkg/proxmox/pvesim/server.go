@@ -44,6 +44,8 @@ type Server struct {
 	pid    int
 	rng    *rand.Rand
 	faults []Fault
+	// injected counts injected faults by kind (InjectedFaults).
+	injected map[string]int
 
 	lockMu sync.Mutex
 	locks  map[string]string

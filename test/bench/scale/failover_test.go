@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/bench/harness"
 )
 
 // TestLeaderFailover runs two manager processes with leader election. The leader is
@@ -29,7 +28,7 @@ func TestLeaderFailover(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
-	h := &harness{o: Options{
+	h := &harness.Harness{O: harness.Options{
 		N: 6, C: 1, Profile: pvesim.ProfileRealistic, Replicas: 2, LeaderElect: true,
 		Platforms:  []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
 		NodeBoot:   -1,
@@ -38,20 +37,20 @@ func TestLeaderFailover(t *testing.T) {
 		Out:        t.TempDir(),
 		Logf:       t.Logf,
 	}}
-	defer h.stop()
-	g.Expect(h.start(ctx)).To(Succeed())
+	defer h.Stop()
+	g.Expect(h.Start(ctx)).To(Succeed())
 
 	var leader int
-	g.Eventually(func() (int, error) { var err error; leader, err = h.leader(); return leader, err }, time.Minute, 250*time.Millisecond).
+	g.Eventually(func() (int, error) { var err error; leader, err = h.Leader(); return leader, err }, time.Minute, 250*time.Millisecond).
 		Should(BeNumerically(">=", 0), "one replica leads")
-	t.Logf("leader: %s", h.mgrs[leader].name)
+	t.Logf("leader: %s", h.Mgrs[leader].Name)
 
-	g.Expect(h.createCluster(ctx, "lead", 0, infrav1.TalosPlatformNoCloud)).To(Succeed())
-	g.Expect(h.markInfrastructureProvisioned(ctx, []string{"lead"})).To(Succeed())
+	g.Expect(h.CreateCluster(ctx, "lead", 0, infrav1.TalosPlatformNoCloud)).To(Succeed())
+	g.Expect(h.MarkInfrastructureProvisioned(ctx, []string{"lead"})).To(Succeed())
 	var names []string
-	for i := 0; i < h.o.N; i++ {
-		rec := &machineRecord{Name: fmt.Sprintf("lead-m%d", i), Cluster: "lead", Platform: infrav1.TalosPlatformNoCloud}
-		g.Expect(h.createMachine(ctx, rec, true)).To(Succeed())
+	for i := 0; i < h.O.N; i++ {
+		rec := &harness.MachineRecord{Name: fmt.Sprintf("lead-m%d", i), Cluster: "lead", Platform: infrav1.TalosPlatformNoCloud}
+		g.Expect(h.CreateMachine(ctx, rec, true)).To(Succeed())
 		names = append(names, rec.Name)
 	}
 
@@ -59,7 +58,7 @@ func TestLeaderFailover(t *testing.T) {
 	// way or done) and some machine is not provisioned yet.
 	g.Eventually(func() bool {
 		var list infrav1.ProxmoxTalosMachineList
-		if err := h.k8s.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+		if err := h.K8s.List(ctx, &list, client.InNamespace(harness.Namespace)); err != nil {
 			return false
 		}
 		withVM, provisioned := 0, 0
@@ -73,53 +72,23 @@ func TestLeaderFailover(t *testing.T) {
 		}
 		return withVM > 0 && provisioned < len(names)
 	}, 2*time.Minute, 50*time.Millisecond).Should(BeTrue())
-	h.mgrs[leader].stop(true)
-	t.Logf("killed %s", h.mgrs[leader].name)
+	h.Mgrs[leader].Stop(true)
+	t.Logf("killed %s", h.Mgrs[leader].Name)
 	killedAt := time.Now()
 
-	g.Eventually(func() (int, error) { return h.leader() }, time.Minute, 250*time.Millisecond).
+	g.Eventually(func() (int, error) { return h.Leader() }, time.Minute, 250*time.Millisecond).
 		Should(Equal(1-leader), "the other replica takes over")
-	t.Logf("%s leads after %s", h.mgrs[1-leader].name, time.Since(killedAt).Round(time.Millisecond))
+	t.Logf("%s leads after %s", h.Mgrs[1-leader].Name, time.Since(killedAt).Round(time.Millisecond))
 
-	g.Expect(h.waitMachines(ctx, names, "Running", running)).To(Succeed(), "no lost work")
+	g.Expect(h.WaitMachines(ctx, names, "Running", harness.Running)).To(Succeed(), "no lost work")
 	clusterOf := map[string]string{}
 	for _, n := range names {
 		clusterOf[n] = "lead"
 	}
-	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty(), "exactly one VM per machine")
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty(), "exactly one VM per machine")
 
-	g.Expect(h.teardown(ctx, []string{"lead"})).To(Succeed())
-	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty(), "nothing left on Proxmox")
-}
-
-// leader returns the index of the replica that reports leader_election_master_status 1,
-// -1 when none does (a dead replica reports nothing).
-func (h *harness) leader() (int, error) {
-	leader := -1
-	for i, m := range h.mgrs {
-		select {
-		case <-m.exited:
-			continue
-		default:
-		}
-		resp, err := http.Get(m.metricsURL()) //nolint:noctx // loopback diagnostics
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if name, _, v, ok := parseMetric(sc.Text()); ok && name == "leader_election_master_status" && v == 1 {
-				if leader >= 0 {
-					resp.Body.Close()
-					return -1, fmt.Errorf("two leaders: %s and %s", h.mgrs[leader].name, m.name)
-				}
-				leader = i
-			}
-		}
-		resp.Body.Close()
-	}
-	return leader, nil
+	g.Expect(h.Teardown(ctx, []string{"lead"})).To(Succeed())
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty(), "nothing left on Proxmox")
 }
 
 // TestWatchFilterShards runs two manager processes, each with its own --watch-filter (Cluster
@@ -132,7 +101,7 @@ func TestWatchFilterShards(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
-	h := &harness{o: Options{
+	h := &harness.Harness{O: harness.Options{
 		C: 2, Profile: pvesim.ProfileFast, Replicas: 2,
 		ReplicaArgs: [][]string{{"--watch-filter=shard-a"}, {"--watch-filter=shard-b"}},
 		Platforms:   []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
@@ -141,41 +110,41 @@ func TestWatchFilterShards(t *testing.T) {
 		Timeout:     5 * time.Minute,
 		Out:         t.TempDir(),
 		Logf:        t.Logf,
-	}, labels: map[string]map[string]string{
+	}, Labels: map[string]map[string]string{
 		"sa": {clusterv1.WatchLabel: "shard-a"},
 		"sb": {clusterv1.WatchLabel: "shard-b"},
 	}}
-	defer h.stop()
-	g.Expect(h.start(ctx)).To(Succeed())
+	defer h.Stop()
+	g.Expect(h.Start(ctx)).To(Succeed())
 
 	for i, c := range []string{"sa", "sb"} {
-		g.Expect(h.createCluster(ctx, c, i, infrav1.TalosPlatformNoCloud)).To(Succeed())
+		g.Expect(h.CreateCluster(ctx, c, i, infrav1.TalosPlatformNoCloud)).To(Succeed())
 	}
-	g.Expect(h.markInfrastructureProvisioned(ctx, []string{"sa", "sb"})).To(Succeed(), "each shard's manager reconciles its cluster")
+	g.Expect(h.MarkInfrastructureProvisioned(ctx, []string{"sa", "sb"})).To(Succeed(), "each shard's manager reconciles its cluster")
 	newMachine := func(name, cluster string) {
-		g.Expect(h.createMachine(ctx, &machineRecord{Name: name, Cluster: cluster, Platform: infrav1.TalosPlatformNoCloud}, true)).To(Succeed())
+		g.Expect(h.CreateMachine(ctx, &harness.MachineRecord{Name: name, Cluster: cluster, Platform: infrav1.TalosPlatformNoCloud}, true)).To(Succeed())
 	}
 	newMachine("sa-m0", "sa")
 	newMachine("sb-m0", "sb")
-	g.Expect(h.waitMachines(ctx, []string{"sa-m0", "sb-m0"}, "Running", running)).To(Succeed())
+	g.Expect(h.WaitMachines(ctx, []string{"sa-m0", "sb-m0"}, "Running", harness.Running)).To(Succeed())
 
 	// Shard b's manager goes away: its new machine must be left alone by shard a's.
-	h.mgrs[1].stop(false)
+	h.Mgrs[1].Stop(false)
 	newMachine("sa-m1", "sa")
 	newMachine("sb-m1", "sb")
-	g.Expect(h.waitMachines(ctx, []string{"sa-m1"}, "Running", running)).To(Succeed())
+	g.Expect(h.WaitMachines(ctx, []string{"sa-m1"}, "Running", harness.Running)).To(Succeed())
 	g.Consistently(func(g Gomega) {
 		var m infrav1.ProxmoxTalosMachine
-		g.Expect(h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "sb-m1"}, &m)).To(Succeed())
+		g.Expect(h.K8s.Get(ctx, client.ObjectKey{Namespace: harness.Namespace, Name: "sb-m1"}, &m)).To(Succeed())
 		g.Expect(m.Finalizers).To(BeEmpty(), "shard a's manager touched a shard-b machine")
 		g.Expect(m.Status.Step).To(BeEmpty())
 	}, 5*time.Second, 250*time.Millisecond).Should(Succeed())
 
-	g.Expect(h.mgrs[1].start()).To(Succeed())
-	g.Expect(h.waitMachines(ctx, []string{"sb-m1"}, "Running", running)).To(Succeed(), "shard b's manager finishes its machine")
+	g.Expect(h.Mgrs[1].Start()).To(Succeed())
+	g.Expect(h.WaitMachines(ctx, []string{"sb-m1"}, "Running", harness.Running)).To(Succeed(), "shard b's manager finishes its machine")
 	names := []string{"sa-m0", "sa-m1", "sb-m0", "sb-m1"}
 	clusterOf := map[string]string{"sa-m0": "sa", "sa-m1": "sa", "sb-m0": "sb", "sb-m1": "sb"}
-	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty())
-	g.Expect(h.teardown(ctx, []string{"sa", "sb"})).To(Succeed())
-	g.Expect(inventoryProblems(h.pves[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty())
+	g.Expect(h.Teardown(ctx, []string{"sa", "sb"})).To(Succeed())
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
 }

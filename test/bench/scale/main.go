@@ -24,10 +24,11 @@ import (
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/bench/harness"
 )
 
 func main() {
-	o := Options{Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }}
+	o := harness.Options{Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }}
 	var platforms, mgrArgs string
 	flag.IntVar(&o.N, "n", 10, "ProxmoxTalosMachines in the scale phase")
 	flag.IntVar(&o.C, "c", 2, "clusters they are spread over")
@@ -52,7 +53,8 @@ func main() {
 	// The harness's own client-go and controller-runtime logs are noise here; the
 	// manager's logs go to <out>/manager.log.
 	ctrllog.SetLogger(logr.Discard())
-	o.Checkpoint = func(rep *Report) {
+	o.Checkpoint = func(v any) {
+		rep := v.(*Report)
 		f, err := os.Create(filepath.Join(o.Out, "before-teardown.md"))
 		if err != nil {
 			o.Logf("checkpoint: %v", err)
@@ -167,7 +169,7 @@ func printTable(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\n### Image downloads per (schematic, Talos version, storage)\n\n| platform | schematic | version | file | storage | downloads |\n|---|---|---|---|---|---|\n")
 	// Per-machine metal images would make a row per machine: past a few rows per platform
 	// the table summarizes them (report.json keeps every row).
-	rows := map[string][]imageDownload{}
+	rows := map[string][]harness.ImageDownload{}
 	for _, d := range rep.ImageDownloads {
 		rows[d.Platform] = append(rows[d.Platform], d)
 	}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/bench/harness"
 )
 
 // MinimumSequence is the least a VM create needs with a cached image: the create and its
@@ -38,11 +39,11 @@ type Report struct {
 	Sync     string    `json:"syncPeriod"`
 	MgrArgs  []string  `json:"managerArgs,omitempty"`
 
-	MinimumSequence []string        `json:"minimumSequence"`
-	Probes          []ProbeResult   `json:"probes,omitempty"`
-	Platforms       []PlatformStats `json:"platforms"`
-	ImageDownloads  []imageDownload `json:"imageDownloads"`
-	Manager         ManagerStats    `json:"manager"`
+	MinimumSequence []string                `json:"minimumSequence"`
+	Probes          []ProbeResult           `json:"probes,omitempty"`
+	Platforms       []PlatformStats         `json:"platforms"`
+	ImageDownloads  []harness.ImageDownload `json:"imageDownloads"`
+	Manager         ManagerStats            `json:"manager"`
 	// Ratios are metal / nocloud.
 	Ratios map[string]float64 `json:"ratiosMetalToNocloud,omitempty"`
 
@@ -113,18 +114,9 @@ type ManagerStats struct {
 	ReconcilesPerMachineCreate       map[string]float64 `json:"reconcilesPerMachineCreate"`
 }
 
-type imageDownload struct {
-	Platform  string `json:"platform"`
-	Schematic string `json:"schematic"`
-	Version   string `json:"talosVersion"`
-	File      string `json:"file"`
-	Storage   string `json:"storage"`
-	Downloads int    `json:"downloads"`
-}
-
 // run performs one benchmark run. The report is returned even when the run fails
 // (converged false, problems listed), with the error.
-func run(ctx context.Context, o Options) (*Report, error) {
+func run(ctx context.Context, o harness.Options) (*Report, error) {
 	rep := &Report{
 		Started: time.Now().UTC(), N: o.N, C: o.C, Profile: o.Profile, MinimumSequence: MinimumSequence,
 		Window: o.Window.String(), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, Host: hostInfo(),
@@ -132,17 +124,17 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	if o.N < o.C || o.C < 1 {
 		return rep, fmt.Errorf("need N >= C >= 1, got N=%d C=%d", o.N, o.C)
 	}
-	h := &harness{o: o}
-	rep.NodeBoot = h.nodeBoot().String()
-	defer h.stop()
-	if err := h.start(ctx); err != nil {
+	h := &harness.Harness{O: o}
+	rep.NodeBoot = h.NodeBoot().String()
+	defer h.Stop()
+	if err := h.Start(ctx); err != nil {
 		return rep, err
 	}
 	fail := func(err error) (*Report, error) {
 		rep.Problems = append(rep.Problems, err.Error())
 		// The manager's footprint is worth knowing even when the run did not converge.
-		if len(h.mgrs) > 0 {
-			if rss, cpu, perr := procStats(h.mgrs[0].cmd.Process.Pid); perr == nil {
+		if len(h.Mgrs) > 0 {
+			if rss, cpu, perr := harness.ProcStats(h.Mgrs[0].Cmd.Process.Pid); perr == nil {
 				rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
 			}
 		}
@@ -151,115 +143,115 @@ func run(ctx context.Context, o Options) (*Report, error) {
 		return rep, err
 	}
 
-	// Probes: one VM at a time on a quiet Proxmox, so the counters belong to it.
+	// Probes: one VM at a time on a quiet Proxmox, so the Counters belong to it.
 	var clusters []string
 	index := 0
 	if o.Probe {
 		for _, p := range o.Platforms {
 			name := "probe-" + string(p)
-			if err := h.createCluster(ctx, name, index, p); err != nil {
+			if err := h.CreateCluster(ctx, name, index, p); err != nil {
 				return fail(err)
 			}
 			index++
 			clusters = append(clusters, name)
-			if err := h.markInfrastructureProvisioned(ctx, []string{name}); err != nil {
+			if err := h.MarkInfrastructureProvisioned(ctx, []string{name}); err != nil {
 				return fail(err)
 			}
 			for k, cached := range []bool{false, true} {
-				before := h.pves[p].Stats().Calls
+				before := h.PVEs[p].Stats().Calls
 				began := time.Now()
-				rec := &machineRecord{Name: fmt.Sprintf("%s-m%d", name, k), Cluster: name, Platform: p, Probe: true}
-				if err := h.createMachine(ctx, rec, true); err != nil {
+				rec := &harness.MachineRecord{Name: fmt.Sprintf("%s-m%d", name, k), Cluster: name, Platform: p, Probe: true}
+				if err := h.CreateMachine(ctx, rec, true); err != nil {
 					return fail(err)
 				}
-				if err := h.waitMachines(ctx, []string{rec.Name}, "Running", running); err != nil {
+				if err := h.WaitMachines(ctx, []string{rec.Name}, "Running", harness.Running); err != nil {
 					return fail(err)
 				}
-				calls := diffCalls(h.pves[p].Stats().Calls, before)
+				calls := harness.DiffCalls(h.PVEs[p].Stats().Calls, before)
 				// A metal image is per machine: never cached for a new machine.
 				rep.Probes = append(rep.Probes, ProbeResult{Platform: string(p), Machine: rec.Name, ImageCached: cached && p != infrav1.TalosPlatformMetal,
-					Calls: calls, Total: total(calls), Seconds: time.Since(began).Seconds()})
-				h.logf("probe %s: %d Proxmox calls in %s", rec.Name, total(calls), time.Since(began).Round(time.Millisecond))
+					Calls: calls, Total: harness.Total(calls), Seconds: time.Since(began).Seconds()})
+				h.Logf("probe %s: %d Proxmox calls in %s", rec.Name, harness.Total(calls), time.Since(began).Round(time.Millisecond))
 			}
 		}
 	}
 
 	// Scale phase: C clusters, N machines, platforms round-robin by cluster.
-	h.logf("creating %d clusters", o.C)
+	h.Logf("creating %d clusters", o.C)
 	scaleClusters := make([]string, o.C)
 	platformOf := map[string]infrav1.TalosPlatform{}
 	for i := range scaleClusters {
 		scaleClusters[i] = fmt.Sprintf("c%03d", i)
 		platformOf[scaleClusters[i]] = o.Platforms[i%len(o.Platforms)]
 	}
-	if err := parallel(ctx, o.C, func(i int) error {
-		return h.createCluster(ctx, scaleClusters[i], index+i, platformOf[scaleClusters[i]])
+	if err := harness.Parallel(ctx, o.C, func(i int) error {
+		return h.CreateCluster(ctx, scaleClusters[i], index+i, platformOf[scaleClusters[i]])
 	}); err != nil {
 		return fail(err)
 	}
 	clusters = append(clusters, scaleClusters...)
-	if err := h.markInfrastructureProvisioned(ctx, scaleClusters); err != nil {
+	if err := h.MarkInfrastructureProvisioned(ctx, scaleClusters); err != nil {
 		return fail(err)
 	}
-	h.logf("creating %d machines (bootstrap data not ready yet)", o.N)
-	recs := make([]*machineRecord, o.N)
+	h.Logf("creating %d machines (bootstrap data not ready yet)", o.N)
+	recs := make([]*harness.MachineRecord, o.N)
 	names := make([]string, o.N)
 	for j := range recs {
 		cl := scaleClusters[j%o.C]
-		recs[j] = &machineRecord{Name: fmt.Sprintf("%s-m%d", cl, j/o.C), Cluster: cl, Platform: platformOf[cl]}
+		recs[j] = &harness.MachineRecord{Name: fmt.Sprintf("%s-m%d", cl, j/o.C), Cluster: cl, Platform: platformOf[cl]}
 		names[j] = recs[j].Name
 	}
-	if err := parallel(ctx, o.N, func(j int) error { return h.createMachine(ctx, recs[j], false) }); err != nil {
+	if err := harness.Parallel(ctx, o.N, func(j int) error { return h.CreateMachine(ctx, recs[j], false) }); err != nil {
 		return fail(err)
 	}
-	if err := h.waitMachines(ctx, names, "waiting for bootstrap data", func(p *infrav1.ProxmoxTalosMachine, _ *machineRecord) bool {
+	if err := h.WaitMachines(ctx, names, "waiting for bootstrap data", func(p *infrav1.ProxmoxTalosMachine, _ *harness.MachineRecord) bool {
 		return p.Status.Step == infrav1.StepWaitingForBootstrapData
 	}); err != nil {
 		return fail(err)
 	}
 
-	h.logf("releasing bootstrap data of %d machines", o.N)
-	before, err := h.snapshot()
+	h.Logf("releasing bootstrap data of %d machines", o.N)
+	before, err := h.Snapshot()
 	if err != nil {
 		return fail(err)
 	}
-	if err := parallel(ctx, o.N, func(j int) error { return h.releaseBootstrapData(ctx, names[j]) }); err != nil {
+	if err := harness.Parallel(ctx, o.N, func(j int) error { return h.ReleaseBootstrapData(ctx, names[j]) }); err != nil {
 		return fail(err)
 	}
-	if err := h.waitMachines(ctx, names, "provisioned", func(p *infrav1.ProxmoxTalosMachine, r *machineRecord) bool {
+	if err := h.WaitMachines(ctx, names, "provisioned", func(p *infrav1.ProxmoxTalosMachine, r *harness.MachineRecord) bool {
 		return ptr.Deref(p.Status.Initialization.Provisioned, false)
 	}); err != nil {
 		return fail(err)
 	}
-	h.logf("all provisioned; waiting for Running")
-	if err := h.waitMachines(ctx, names, "Running", running); err != nil {
+	h.Logf("all provisioned; waiting for Running")
+	if err := h.WaitMachines(ctx, names, "Running", harness.Running); err != nil {
 		return fail(err)
 	}
-	afterCreate, err := h.snapshot()
+	afterCreate, err := h.Snapshot()
 	if err != nil {
 		return fail(err)
 	}
 	rep.Converged = true
-	h.logf("all %d machines Running; steady-state window %s", o.N, o.Window)
+	h.Logf("all %d machines Running; steady-state window %s", o.N, o.Window)
 
 	all := append([]string(nil), names...)
 	clusterOf := map[string]string{}
-	h.mu.Lock()
-	for n, r := range h.machines {
+	h.Mu.Lock()
+	for n, r := range h.Machines {
 		clusterOf[n] = r.Cluster
 		if r.Probe {
 			all = append(all, n)
 		}
 	}
-	h.mu.Unlock()
-	for p, s := range h.pves {
+	h.Mu.Unlock()
+	for p, s := range h.PVEs {
 		var mine []string
 		for _, n := range all {
-			if h.machines[n].Platform == p {
+			if h.Machines[n].Platform == p {
 				mine = append(mine, n)
 			}
 		}
-		rep.Problems = append(rep.Problems, inventoryProblems(s, mine, clusterOf)...)
+		rep.Problems = append(rep.Problems, harness.InventoryProblems(s, mine, clusterOf)...)
 	}
 
 	select {
@@ -267,11 +259,11 @@ func run(ctx context.Context, o Options) (*Report, error) {
 		return fail(ctx.Err())
 	case <-time.After(o.Window):
 	}
-	afterSteady, err := h.snapshot()
+	afterSteady, err := h.Snapshot()
 	if err != nil {
 		return fail(err)
 	}
-	rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid)
+	rss, cpu, err := harness.ProcStats(h.Mgrs[0].Cmd.Process.Pid)
 	if err != nil {
 		return fail(err)
 	}
@@ -304,8 +296,8 @@ func run(ctx context.Context, o Options) (*Report, error) {
 		}
 		var over, toRun []float64
 		var onPlatform float64
-		h.mu.Lock()
-		for _, r := range h.machines {
+		h.Mu.Lock()
+		for _, r := range h.Machines {
 			if r.Platform != p {
 				continue
 			}
@@ -317,31 +309,31 @@ func run(ctx context.Context, o Options) (*Report, error) {
 			over = append(over, r.Provisioned.Sub(r.DataReady).Seconds())
 			toRun = append(toRun, r.Running.Sub(r.DataReady).Seconds())
 		}
-		h.mu.Unlock()
+		h.Mu.Unlock()
 		if ps.Machines == 0 {
 			continue
 		}
-		created := diffCalls(afterCreate.PVE[p], before.PVE[p])
+		created := harness.DiffCalls(afterCreate.PVE[p], before.PVE[p])
 		for k, v := range created {
 			ps.CreateCallsByEndpoint[k] = float64(v) / float64(ps.Machines)
 		}
-		ps.CreateCallsPerVM = float64(total(created)) / float64(ps.Machines)
-		steady := diffCalls(afterSteady.PVE[p], afterCreate.PVE[p])
+		ps.CreateCallsPerVM = float64(harness.Total(created)) / float64(ps.Machines)
+		steady := harness.DiffCalls(afterSteady.PVE[p], afterCreate.PVE[p])
 		for k, v := range steady {
 			ps.SteadyByEndpoint[k] = float64(v) / onPlatform * hour
 		}
-		ps.SteadyCallsPerMachineHour = float64(total(steady)) / onPlatform * hour
+		ps.SteadyCallsPerMachineHour = float64(harness.Total(steady)) / onPlatform * hour
 		ps.Overhead, ps.ToRunning, ps.Samples = dist(over), dist(toRun), over
 		rep.Platforms = append(rep.Platforms, ps)
 	}
-	rep.ImageDownloads = h.imageDownloads()
+	rep.ImageDownloads = h.ImageDownloads()
 	rep.Ratios = ratios(rep)
 
-	h.mu.Lock()
-	for _, err := range h.nodeErrs {
+	h.Mu.Lock()
+	for _, err := range h.NodeErrs {
 		rep.Problems = append(rep.Problems, err.Error())
 	}
-	h.mu.Unlock()
+	h.Mu.Unlock()
 
 	if o.Checkpoint != nil {
 		// The figures are complete; teardown of a large run can take long.
@@ -349,16 +341,16 @@ func run(ctx context.Context, o Options) (*Report, error) {
 	}
 
 	// Teardown: nothing may be left on Proxmox.
-	h.logf("deleting everything")
-	if err := h.teardown(ctx, clusters); err != nil {
+	h.Logf("deleting everything")
+	if err := h.Teardown(ctx, clusters); err != nil {
 		return fail(err)
 	}
-	for p, s := range h.pves {
-		for _, problem := range inventoryProblems(s, nil, nil) {
+	for p, s := range h.PVEs {
+		for _, problem := range harness.InventoryProblems(s, nil, nil) {
 			rep.Problems = append(rep.Problems, string(p)+": "+problem)
 		}
 	}
-	if rss, cpu, err := procStats(h.mgrs[0].cmd.Process.Pid); err == nil {
+	if rss, cpu, err := harness.ProcStats(h.Mgrs[0].Cmd.Process.Pid); err == nil {
 		rep.Manager.PeakRSSMiB, rep.Manager.CPUSeconds = float64(rss)/(1<<20), cpu
 	}
 	rep.Host.LoadAfter = loadavg()

@@ -16,6 +16,7 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/bench/harness"
 )
 
 // TestBenchScaleSmall is the CI run of the benchmark at small N: the real manager binary
@@ -27,7 +28,7 @@ func TestBenchScaleSmall(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	out := t.TempDir()
-	rep, err := run(context.Background(), Options{
+	rep, err := run(context.Background(), harness.Options{
 		N: 4, C: 2, Profile: pvesim.ProfileFast, Probe: true,
 		Platforms:  []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud, infrav1.TalosPlatformMetal},
 		NodeBoot:   -1,
@@ -51,7 +52,7 @@ func TestBenchScaleSmall(t *testing.T) {
 	for _, p := range rep.Platforms {
 		g.Expect(p.Machines).To(Equal(2), p.Platform)
 		g.Expect(p.Clusters).To(Equal(1), p.Platform)
-		g.Expect(p.CreateCallsByEndpoint).To(HaveKey("POST /nodes/{node}/qemu"), "the counters saw the creates")
+		g.Expect(p.CreateCallsByEndpoint).To(HaveKey("POST /nodes/{node}/qemu"), "the Counters saw the creates")
 		g.Expect(p.CreateCallsByEndpoint["POST /nodes/{node}/qemu"]).To(BeNumerically(">=", 1.0), "at least one create per VM")
 	}
 	// Probes: one create each, never fewer calls than the minimum sequence.
@@ -104,7 +105,7 @@ func TestParseMetric(t *testing.T) {
 	} {
 		t.Run(tc.line, func(t *testing.T) {
 			g := NewWithT(t)
-			name, labels, v, ok := parseMetric(tc.line)
+			name, labels, v, ok := harness.ParseMetric(tc.line)
 			g.Expect(ok).To(Equal(tc.ok))
 			if !tc.ok {
 				return

@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"bufio"
@@ -36,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
@@ -47,11 +48,11 @@ import (
 )
 
 const (
-	namespace    = "bench"
-	talosVersion = "v1.13.9"
-	// clusterLabel marks each Node with its workload cluster; the per-cluster proxy shows a
+	Namespace    = "bench"
+	TalosVersion = "v1.13.9"
+	// ClusterLabel marks each Node with its workload cluster; the per-cluster proxy shows a
 	// cluster only its own Nodes.
-	clusterLabel = "bench.capi-proxmox-talos.test/cluster"
+	ClusterLabel = "bench.capi-proxmox-talos.test/cluster"
 )
 
 // Options are one run's parameters.
@@ -59,7 +60,7 @@ type Options struct {
 	N, C int
 	// Profile is pvesim's profile: fast or realistic.
 	Profile string
-	// Platforms run side by side, each against its own pvesim (own counters): clusters are
+	// Platforms run side by side, each against its own pvesim (own Counters): clusters are
 	// assigned round-robin.
 	Platforms []infrav1.TalosPlatform
 	// Probe measures the calls of single VM creates (image not cached, then cached) per
@@ -87,35 +88,43 @@ type Options struct {
 	Out        string
 	Logf       func(format string, args ...any)
 	// Checkpoint receives the report once the figures are complete, before teardown.
-	Checkpoint func(*Report)
+	Checkpoint func(report any)
+
+	// Hooks for other programs (make chaos); nil keeps the benchmark's defaults.
+	// PVEConfig adjusts each pvesim's configuration before it starts.
+	PVEConfig func(*pvesim.Config)
+	// BootstrapData returns a machine's bootstrap data (default: a minimal worker config).
+	BootstrapData func(machine string) []byte
+	// ClusterSpec adjusts a ProxmoxTalosCluster's spec before it is created.
+	ClusterSpec func(cluster string, spec *infrav1.ProxmoxTalosClusterSpec)
 }
 
-// harness holds the processes and servers of one run.
-type harness struct {
-	o       Options
-	env     *envtest.Environment
-	cfg     *rest.Config
-	k8s     client.Client
-	cache   ctrlcache.Cache
-	factory *factorysim.Server
-	pves    map[infrav1.TalosPlatform]*pvesim.Server
-	mgrs    []*managerProc
+// Harness holds the processes and servers of one run.
+type Harness struct {
+	O       Options
+	Env     *envtest.Environment
+	Cfg     *rest.Config
+	K8s     client.Client
+	Cache   ctrlcache.Cache
+	Factory *factorysim.Server
+	PVEs    map[infrav1.TalosPlatform]*pvesim.Server
+	Mgrs    []*Manager
 	closers []func() error
 
 	proxies []*workloadProxy
 	apiHost string
-	// labels are extra labels of a cluster's objects (Cluster, ProxmoxTalosCluster,
+	// Labels are extra labels of a cluster's objects (Cluster, ProxmoxTalosCluster,
 	// Machines, ProxmoxTalosMachines), e.g. the watch-filter label of a shard.
-	labels map[string]map[string]string
+	Labels map[string]map[string]string
 
-	mu       sync.Mutex
-	machines map[string]*machineRecord // by name
-	nodeErrs []error
-	scheme   *runtime.Scheme
+	Mu       sync.Mutex
+	Machines map[string]*MachineRecord // by name
+	NodeErrs []error
+	Scheme   *runtime.Scheme
 	stopped  bool
 }
 
-type machineRecord struct {
+type MachineRecord struct {
 	Name, Cluster string
 	Platform      infrav1.TalosPlatform
 	Probe         bool
@@ -123,11 +132,14 @@ type machineRecord struct {
 	Provisioned   time.Time // harness saw status.initialization.provisioned
 	Running       time.Time // harness saw step Running with NodeReady
 	nodeScheduled bool
+	// TalosVersion overrides the cluster's Talos version on the ProxmoxTalosMachine (a
+	// MachineDeployment rollout to a new version creates such machines).
+	TalosVersion string
 }
 
-func newScheme() *runtime.Scheme {
+func NewScheme() *runtime.Scheme {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, infrav1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
 		if err := add(s); err != nil {
 			panic(err) // static scheme registration cannot fail at run time
 		}
@@ -135,19 +147,19 @@ func newScheme() *runtime.Scheme {
 	return s
 }
 
-func (h *harness) logf(format string, args ...any) { h.o.Logf(format, args...) }
+func (h *Harness) Logf(format string, args ...any) { h.O.Logf(format, args...) }
 
 // start brings up the API server, the simulators and the manager.
-func (h *harness) start(ctx context.Context) error {
-	h.scheme = newScheme()
-	h.machines = map[string]*machineRecord{}
-	if err := os.MkdirAll(h.o.Out, 0o755); err != nil {
+func (h *Harness) Start(ctx context.Context) error {
+	h.Scheme = NewScheme()
+	h.Machines = map[string]*MachineRecord{}
+	if err := os.MkdirAll(h.O.Out, 0o755); err != nil {
 		return err
 	}
-	bin := h.o.ManagerBin
+	bin := h.O.ManagerBin
 	if bin == "" {
-		bin = filepath.Join(h.o.Out, "manager")
-		h.logf("building the manager (go build -o %s .)", bin)
+		bin = filepath.Join(h.O.Out, "manager")
+		h.Logf("building the manager (go build -o %s .)", bin)
 		abs, _ := filepath.Abs(bin)
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", abs, ".")
 		cmd.Dir = testenv.RepoRoot()
@@ -161,31 +173,31 @@ func (h *harness) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.env = env
-	h.logf("starting kube-apiserver and etcd (envtest)")
-	if h.cfg, err = env.Start(); err != nil {
+	h.Env = env
+	h.Logf("starting kube-apiserver and etcd (envtest)")
+	if h.Cfg, err = env.Start(); err != nil {
 		return fmt.Errorf("starting envtest: %w", err)
 	}
-	fast := rest.CopyConfig(h.cfg)
+	fast := rest.CopyConfig(h.Cfg)
 	fast.QPS, fast.Burst = 2000, 4000
-	if h.k8s, err = client.New(fast, client.Options{Scheme: h.scheme}); err != nil {
+	if h.K8s, err = client.New(fast, client.Options{Scheme: h.Scheme}); err != nil {
 		return err
 	}
-	u, err := url.Parse(h.cfg.Host)
+	u, err := url.Parse(h.Cfg.Host)
 	if err != nil {
 		return err
 	}
 	h.apiHost = u.Host
 
-	h.factory = factorysim.New(factorysim.Options{})
-	if err := h.factory.Start(); err != nil {
+	h.Factory = factorysim.New(factorysim.Options{})
+	if err := h.Factory.Start(); err != nil {
 		return err
 	}
-	h.pves = map[infrav1.TalosPlatform]*pvesim.Server{}
-	for _, p := range h.o.Platforms {
+	h.PVEs = map[infrav1.TalosPlatform]*pvesim.Server{}
+	for _, p := range h.O.Platforms {
 		cfg := pvesim.Config{
 			Version: "9.1.2",
-			Profile: h.o.Profile,
+			Profile: h.O.Profile,
 			Nodes: []pvesim.NodeConfig{
 				// Big nodes: the benchmark measures the provider, not placement refusals.
 				{Name: "pve1", Memory: 8 << 40, CPUs: 256}, {Name: "pve2", Memory: 8 << 40, CPUs: 256}, {Name: "pve3", Memory: 8 << 40, CPUs: 256},
@@ -196,10 +208,13 @@ func (h *harness) start(ctx context.Context) error {
 				{Name: "images", Type: "dir", Content: "import", Shared: true, Size: 64 << 40},
 			},
 		}
-		if h.o.Profile == pvesim.ProfileFast {
+		if h.O.Profile == pvesim.ProfileFast {
 			// "Simulator latency zero": workers end at once; the status tick stays at its
 			// 1 ms floor. What remains is the provider's own time.
 			cfg.TaskDuration = pvesim.Duration(time.Microsecond)
+		}
+		if h.O.PVEConfig != nil {
+			h.O.PVEConfig(&cfg)
 		}
 		s, err := pvesim.New(cfg)
 		if err != nil {
@@ -208,74 +223,74 @@ func (h *harness) start(ctx context.Context) error {
 		if err := s.StartTLS(); err != nil {
 			return err
 		}
-		h.pves[p] = s
+		h.PVEs[p] = s
 	}
 
 	// The manager loads its kubeconfig the usual way.
-	kubeconfig := filepath.Join(h.o.Out, "kubeconfig")
+	kubeconfig := filepath.Join(h.O.Out, "kubeconfig")
 	if err := clientcmd.WriteToFile(clientcmdapi.Config{
-		Clusters:       map[string]*clientcmdapi.Cluster{"env": {Server: h.cfg.Host, CertificateAuthorityData: h.cfg.CAData}},
-		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"env": {ClientCertificateData: h.cfg.CertData, ClientKeyData: h.cfg.KeyData}},
+		Clusters:       map[string]*clientcmdapi.Cluster{"env": {Server: h.Cfg.Host, CertificateAuthorityData: h.Cfg.CAData}},
+		AuthInfos:      map[string]*clientcmdapi.AuthInfo{"env": {ClientCertificateData: h.Cfg.CertData, ClientKeyData: h.Cfg.KeyData}},
 		Contexts:       map[string]*clientcmdapi.Context{"env": {Cluster: "env", AuthInfo: "env"}},
 		CurrentContext: "env",
 	}, kubeconfig); err != nil {
 		return err
 	}
 	// The namespace comes first: with leader election it holds the Lease.
-	if err := h.k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil {
+	if err := h.K8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil {
 		return err
 	}
 	wh := env.WebhookInstallOptions
-	replicas := max(h.o.Replicas, 1)
+	replicas := max(h.O.Replicas, 1)
 	var webhookPorts []int
 	for i := 0; i < replicas; i++ {
-		m := &managerProc{name: fmt.Sprintf("manager-%d", i), health: freePort(), diag: freePort(), webhook: wh.LocalServingPort}
+		m := &Manager{Name: fmt.Sprintf("manager-%d", i), health: FreePort(), diag: FreePort(), webhook: wh.LocalServingPort}
 		args := []string{
 			"--health-addr=127.0.0.1:" + strconv.Itoa(m.health),
 			"--diagnostics-address=127.0.0.1:" + strconv.Itoa(m.diag), "--insecure-diagnostics",
 			"--webhook-cert-dir=" + wh.LocalServingCertDir,
-			"--sync-period=" + h.o.SyncPeriod.String(),
+			"--sync-period=" + h.O.SyncPeriod.String(),
 		}
 		if replicas > 1 {
 			// Each replica serves webhooks on its own port behind the forwarder, as pods do
 			// behind the webhook Service.
-			m.webhook = freePort()
+			m.webhook = FreePort()
 			webhookPorts = append(webhookPorts, m.webhook)
 		}
-		if h.o.LeaderElect {
-			args = append(args, "--leader-elect", "--leader-election-namespace="+namespace,
+		if h.O.LeaderElect {
+			args = append(args, "--leader-elect", "--leader-election-namespace="+Namespace,
 				"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=1s")
 		}
 		args = append(args, "--webhook-port="+strconv.Itoa(m.webhook))
-		args = append(args, h.o.ManagerArgs...)
-		if i < len(h.o.ReplicaArgs) {
-			args = append(args, h.o.ReplicaArgs[i]...)
+		args = append(args, h.O.ManagerArgs...)
+		if i < len(h.O.ReplicaArgs) {
+			args = append(args, h.O.ReplicaArgs[i]...)
 		}
-		m.bin, m.args, m.env = bin, args, append(os.Environ(), "KUBECONFIG="+kubeconfig)
-		if m.log, err = os.Create(filepath.Join(h.o.Out, m.name+".log")); err != nil {
+		m.bin, m.args, m.Env = bin, args, append(os.Environ(), "KUBECONFIG="+kubeconfig)
+		if m.Log, err = os.Create(filepath.Join(h.O.Out, m.Name+".log")); err != nil {
 			return err
 		}
-		h.logf("starting %s: %s %s", m.name, bin, strings.Join(args, " "))
-		if err := m.start(); err != nil {
+		h.Logf("starting %s: %s %s", m.Name, bin, strings.Join(args, " "))
+		if err := m.Start(); err != nil {
 			return err
 		}
-		h.mgrs = append(h.mgrs, m)
+		h.Mgrs = append(h.Mgrs, m)
 	}
 	if replicas > 1 {
 		if err := h.forwardWebhooks(wh.LocalServingPort, webhookPorts); err != nil {
 			return err
 		}
 	}
-	for _, m := range h.mgrs {
-		if err := waitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(m.health)+"/readyz", 2*time.Minute); err != nil {
-			return fmt.Errorf("%s not ready (see %s): %w", m.name, m.log.Name(), err)
+	for _, m := range h.Mgrs {
+		if err := WaitHTTP(ctx, "http://127.0.0.1:"+strconv.Itoa(m.health)+"/readyz", 2*time.Minute); err != nil {
+			return fmt.Errorf("%s not ready (see %s): %w", m.Name, m.Log.Name(), err)
 		}
 	}
 
-	if h.cache, err = ctrlcache.New(fast, ctrlcache.Options{Scheme: h.scheme, DefaultNamespaces: map[string]ctrlcache.Config{namespace: {}}}); err != nil {
+	if h.Cache, err = ctrlcache.New(fast, ctrlcache.Options{Scheme: h.Scheme, DefaultNamespaces: map[string]ctrlcache.Config{Namespace: {}}}); err != nil {
 		return err
 	}
-	inf, err := h.cache.GetInformer(ctx, &infrav1.ProxmoxTalosMachine{})
+	inf, err := h.Cache.GetInformer(ctx, &infrav1.ProxmoxTalosMachine{})
 	if err != nil {
 		return err
 	}
@@ -285,67 +300,117 @@ func (h *harness) start(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	go func() { _ = h.cache.Start(ctx) }()
-	if !h.cache.WaitForCacheSync(ctx) {
+	go func() { _ = h.Cache.Start(ctx) }()
+	if !h.Cache.WaitForCacheSync(ctx) {
 		return errors.New("harness cache did not sync")
 	}
 	return nil
 }
 
-// managerProc is one manager process.
-type managerProc struct {
-	name                  string
+// Manager is one manager process.
+type Manager struct {
+	Name                  string
 	bin                   string
-	args, env             []string
-	cmd                   *exec.Cmd
-	log                   *os.File
-	exited                chan struct{}
+	args, Env             []string
+	Cmd                   *exec.Cmd
+	Log                   *os.File
+	Exited                chan struct{}
 	health, diag, webhook int
 }
 
 // start (re)starts the process with its arguments, appending to its log.
-func (m *managerProc) start() error {
-	m.cmd = exec.Command(m.bin, m.args...)
-	m.cmd.Env = m.env
-	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-	if err := m.cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", m.name, err)
+func (m *Manager) Start() error {
+	m.Cmd = exec.Command(m.bin, m.args...)
+	m.Cmd.Env = m.Env
+	m.Cmd.Stdout, m.Cmd.Stderr = m.Log, m.Log
+	if err := m.Cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", m.Name, err)
 	}
 	exited := make(chan struct{})
-	m.exited = exited
-	cmd := m.cmd
+	m.Exited = exited
+	cmd := m.Cmd
 	go func() { _ = cmd.Wait(); close(exited) }()
 	return nil
 }
 
-func (m *managerProc) metricsURL() string {
+// Ready tells whether the process answers its readiness probe.
+func (m *Manager) Ready() bool {
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(m.health) + "/readyz") //nolint:noctx // loopback probe
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// Alive tells whether the process is running.
+func (m *Manager) Alive() bool {
+	select {
+	case <-m.Exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (m *Manager) MetricsURL() string {
 	return "http://127.0.0.1:" + strconv.Itoa(m.diag) + "/metrics"
 }
 
 // stop ends the process: gracefully (SIGINT), or at once with kill (SIGKILL, a crash).
-func (m *managerProc) stop(kill bool) {
+func (m *Manager) Stop(kill bool) {
 	select {
-	case <-m.exited:
+	case <-m.Exited:
 		return
 	default:
 	}
 	if kill {
-		_ = m.cmd.Process.Kill()
+		_ = m.Cmd.Process.Kill()
 	} else {
-		_ = m.cmd.Process.Signal(os.Interrupt)
+		_ = m.Cmd.Process.Signal(os.Interrupt)
 	}
 	select {
-	case <-m.exited:
+	case <-m.Exited:
 	case <-time.After(30 * time.Second):
-		_ = m.cmd.Process.Kill()
-		<-m.exited
+		_ = m.Cmd.Process.Kill()
+		<-m.Exited
 	}
+}
+
+// Leader returns the index of the replica that reports leader_election_master_status 1,
+// -1 when none does (a dead replica reports nothing).
+func (h *Harness) Leader() (int, error) {
+	leader := -1
+	for i, m := range h.Mgrs {
+		select {
+		case <-m.Exited:
+			continue
+		default:
+		}
+		resp, err := http.Get(m.MetricsURL()) //nolint:noctx // loopback diagnostics
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			if name, _, v, ok := ParseMetric(sc.Text()); ok && name == "leader_election_master_status" && v == 1 {
+				if leader >= 0 {
+					resp.Body.Close()
+					return -1, fmt.Errorf("two leaders: %s and %s", h.Mgrs[leader].Name, m.Name)
+				}
+				leader = i
+			}
+		}
+		resp.Body.Close()
+	}
+	return leader, nil
 }
 
 // forwardWebhooks listens on the port the API server calls webhooks on and forwards each
 // TCP connection (TLS passes through) to the first replica that accepts it: a Service in
 // front of the manager pods.
-func (h *harness) forwardWebhooks(port int, backends []int) error {
+func (h *Harness) forwardWebhooks(port int, backends []int) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 	if err != nil {
 		return fmt.Errorf("webhook forwarder: %w", err)
@@ -380,17 +445,17 @@ func (h *harness) forwardWebhooks(port int, backends []int) error {
 }
 
 // stop ends everything start began; safe to call more than once.
-func (h *harness) stop() {
-	h.mu.Lock()
+func (h *Harness) Stop() {
+	h.Mu.Lock()
 	if h.stopped {
-		h.mu.Unlock()
+		h.Mu.Unlock()
 		return
 	}
 	h.stopped = true
-	h.mu.Unlock()
-	for _, m := range h.mgrs {
-		m.stop(false)
-		_ = m.log.Close()
+	h.Mu.Unlock()
+	for _, m := range h.Mgrs {
+		m.Stop(false)
+		_ = m.Log.Close()
 	}
 	for _, c := range h.closers {
 		_ = c()
@@ -398,28 +463,28 @@ func (h *harness) stop() {
 	for _, p := range h.proxies {
 		_ = p.srv.Close()
 	}
-	for _, s := range h.pves {
+	for _, s := range h.PVEs {
 		s.Close()
 	}
-	if h.factory != nil {
-		_ = h.factory.Close()
+	if h.Factory != nil {
+		_ = h.Factory.Close()
 	}
-	if h.env != nil {
-		_ = h.env.Stop()
+	if h.Env != nil {
+		_ = h.Env.Stop()
 	}
 }
 
 // observe records a machine's milestones and registers its Node once it is provisioned,
 // after the boot delay, the way Talos's kubelet would.
-func (h *harness) observe(ctx context.Context, obj any) {
+func (h *Harness) observe(ctx context.Context, obj any) {
 	ptm, ok := obj.(*infrav1.ProxmoxTalosMachine)
 	if !ok {
 		return
 	}
 	now := time.Now()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	rec := h.machines[ptm.Name]
+	h.Mu.Lock()
+	defer h.Mu.Unlock()
+	rec := h.Machines[ptm.Name]
 	if rec == nil {
 		return
 	}
@@ -438,22 +503,22 @@ func (h *harness) observe(ctx context.Context, obj any) {
 			}
 		}
 		name, cluster := rec.Name, rec.Cluster
-		time.AfterFunc(h.nodeBoot(), func() {
-			if err := h.registerNode(ctx, name, cluster, ip); err != nil && ctx.Err() == nil {
-				h.mu.Lock()
-				h.nodeErrs = append(h.nodeErrs, err)
-				h.mu.Unlock()
+		time.AfterFunc(h.NodeBoot(), func() {
+			if err := h.RegisterNode(ctx, name, cluster, ip); err != nil && ctx.Err() == nil {
+				h.Mu.Lock()
+				h.NodeErrs = append(h.NodeErrs, err)
+				h.Mu.Unlock()
 			}
 		})
 	}
 }
 
-func (h *harness) nodeBoot() time.Duration {
-	if h.o.NodeBoot >= 0 {
-		return h.o.NodeBoot
+func (h *Harness) NodeBoot() time.Duration {
+	if h.O.NodeBoot >= 0 {
+		return h.O.NodeBoot
 	}
 	scale := 0.001
-	if h.o.Profile == pvesim.ProfileRealistic {
+	if h.O.Profile == pvesim.ProfileRealistic {
 		scale = 0.2
 	}
 	return time.Duration(60 * scale * float64(time.Second))
@@ -461,16 +526,16 @@ func (h *harness) nodeBoot() time.Duration {
 
 // registerNode creates the machine's Node, Ready, named like the Machine (the Talos
 // hostname), without a providerID (Talos sets none: the provider does).
-func (h *harness) registerNode(ctx context.Context, name, cluster, ip string) error {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{clusterLabel: cluster}}}
-	if err := h.k8s.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
+func (h *Harness) RegisterNode(ctx context.Context, name, cluster, ip string) error {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{ClusterLabel: cluster}}}
+	if err := h.K8s.Create(ctx, n); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating Node %s: %w", name, err)
 	}
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastTransitionTime: metav1.Now(), LastHeartbeatTime: metav1.Now()}}
 	if ip != "" {
 		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
 	}
-	if err := h.k8s.Status().Update(ctx, n); err != nil {
+	if err := h.K8s.Status().Update(ctx, n); err != nil {
 		return fmt.Errorf("marking Node %s Ready: %w", name, err)
 	}
 	return nil
@@ -489,12 +554,12 @@ type workloadProxy struct {
 	requests atomic.Int64
 }
 
-func (h *harness) newWorkloadProxy(cluster string) (*workloadProxy, error) {
-	upstream, err := url.Parse(h.cfg.Host)
+func (h *Harness) newWorkloadProxy(cluster string) (*workloadProxy, error) {
+	upstream, err := url.Parse(h.Cfg.Host)
 	if err != nil {
 		return nil, err
 	}
-	transport, err := rest.TransportFor(h.cfg)
+	transport, err := rest.TransportFor(h.Cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -504,7 +569,7 @@ func (h *harness) newWorkloadProxy(cluster string) (*workloadProxy, error) {
 			r.SetURL(upstream)
 			if r.In.Method == http.MethodGet && r.In.URL.Path == "/api/v1/nodes" {
 				q := r.Out.URL.Query()
-				sel := clusterLabel + "=" + cluster
+				sel := ClusterLabel + "=" + cluster
 				if s := q.Get("labelSelector"); s != "" {
 					sel = s + "," + sel
 				}
@@ -531,12 +596,12 @@ func (h *harness) newWorkloadProxy(cluster string) (*workloadProxy, error) {
 
 // --- fixtures: what Cluster API and the bootstrap provider would create ---
 
-func (h *harness) create(ctx context.Context, obj client.Object) error {
-	obj.SetNamespace(namespace)
+func (h *Harness) Create(ctx context.Context, obj client.Object) error {
+	obj.SetNamespace(Namespace)
 	// The webhook server may still be starting.
 	deadline := time.Now().Add(time.Minute)
 	for {
-		err := h.k8s.Create(ctx, obj)
+		err := h.K8s.Create(ctx, obj)
 		if err == nil || apierrors.IsAlreadyExists(err) {
 			return nil
 		}
@@ -550,13 +615,14 @@ func (h *harness) create(ctx context.Context, obj client.Object) error {
 // createCluster creates the credentials Secret, the Cluster, its kubeconfig Secret (the
 // workload proxy) and the ProxmoxTalosCluster owned by the Cluster. index picks the
 // cluster's address range (127.x.y.0/24, loopback only).
-func (h *harness) createCluster(ctx context.Context, name string, index int, platform infrav1.TalosPlatform) error {
-	pve := h.pves[platform]
-	if err := h.create(ctx, &corev1.Secret{
+func (h *Harness) CreateCluster(ctx context.Context, name string, index int, platform infrav1.TalosPlatform) error {
+	pve := h.PVEs[platform]
+	if err := h.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-proxmox"},
 		Data: map[string][]byte{
-			infrav1.CredentialsTokenIDKey:     []byte(pvesim.DefaultTokenID),
-			infrav1.CredentialsTokenSecretKey: []byte(pvesim.DefaultTokenSecret),
+			// The simulator's first token (the default one unless PVEConfig set others).
+			infrav1.CredentialsTokenIDKey:     []byte(pve.Config().Tokens[0].ID),
+			infrav1.CredentialsTokenSecretKey: []byte(pve.Config().Tokens[0].Secret),
 			infrav1.CredentialsCABundleKey:    pve.CAPEM(),
 		},
 	}); err != nil {
@@ -568,7 +634,7 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 			APIGroup: infrav1.GroupVersion.Group, Kind: "ProxmoxTalosCluster", Name: name,
 		}},
 	}
-	if err := h.create(ctx, cl); err != nil {
+	if err := h.Create(ctx, cl); err != nil {
 		return err
 	}
 	proxy, err := h.newWorkloadProxy(name)
@@ -584,7 +650,7 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 	if err != nil {
 		return err
 	}
-	if err := h.create(ctx, &corev1.Secret{
+	if err := h.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-kubeconfig", Labels: map[string]string{clusterv1.ClusterNameLabel: name}},
 		Type:       clusterv1.ClusterSecretType,
 		Data:       map[string][]byte{"value": kc},
@@ -603,60 +669,63 @@ func (h *harness) createCluster(ctx context.Context, name string, index int, pla
 			Gateway: fmt.Sprintf("127.%d.%d.1", a, b), DNSServers: []string{fmt.Sprintf("127.%d.%d.2", a, b)},
 		}},
 		// factorysim serves plain http on loopback: the documented opt-in.
-		Talos:        infrav1.TalosImageSpec{Version: talosVersion, FactoryURL: h.factory.URL(), InsecureAllowHTTP: true, Platform: platform},
+		Talos:        infrav1.TalosImageSpec{Version: TalosVersion, FactoryURL: h.Factory.URL(), InsecureAllowHTTP: true, Platform: platform},
 		ImageStorage: "images",
 		ISOStorage:   "local",
 	}
-	return h.create(ctx, &infrav1.ProxmoxTalosCluster{
+	if h.O.ClusterSpec != nil {
+		h.O.ClusterSpec(name, &spec)
+	}
+	return h.Create(ctx, &infrav1.ProxmoxTalosCluster{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            name,
 			Labels:          h.labelsOf(name, map[string]string{clusterv1.ClusterNameLabel: name}),
-			OwnerReferences: []metav1.OwnerReference{ownerRef(cl, "Cluster")},
+			OwnerReferences: []metav1.OwnerReference{OwnerRef(cl, "Cluster")},
 		},
 		Spec: spec,
 	})
 }
 
 // labelsOf adds the cluster's extra labels to base.
-func (h *harness) labelsOf(cluster string, base map[string]string) map[string]string {
+func (h *Harness) labelsOf(cluster string, base map[string]string) map[string]string {
 	if base == nil {
 		base = map[string]string{}
 	}
-	for k, v := range h.labels[cluster] {
+	for k, v := range h.Labels[cluster] {
 		base[k] = v
 	}
 	return base
 }
 
-func ownerRef(obj client.Object, kind string) metav1.OwnerReference {
+func OwnerRef(obj client.Object, kind string) metav1.OwnerReference {
 	return metav1.OwnerReference{APIVersion: clusterv1.GroupVersion.String(), Kind: kind, Name: obj.GetName(), UID: obj.GetUID()}
 }
 
 // markInfrastructureProvisioned waits for the ProxmoxTalosClusters to report provisioned
 // and does what Cluster API then does.
-func (h *harness) markInfrastructureProvisioned(ctx context.Context, names []string) error {
+func (h *Harness) MarkInfrastructureProvisioned(ctx context.Context, names []string) error {
 	pending := map[string]bool{}
 	for _, n := range names {
 		pending[n] = true
 	}
 	var last string
-	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+	err := Poll(ctx, h.O.Timeout, func() (bool, error) {
 		for n := range pending {
 			var infra infrav1.ProxmoxTalosCluster
-			if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &infra); err != nil {
+			if err := h.K8s.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: n}, &infra); err != nil {
 				return false, err
 			}
 			if !ptr.Deref(infra.Status.Initialization.Provisioned, false) {
-				last = fmt.Sprintf("%s: %s", n, condSummary(infra.Status.Conditions))
+				last = fmt.Sprintf("%s: %s", n, CondSummary(infra.Status.Conditions))
 				continue
 			}
 			var cl clusterv1.Cluster
-			if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &cl); err != nil {
+			if err := h.K8s.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: n}, &cl); err != nil {
 				return false, err
 			}
 			base := cl.DeepCopy()
 			cl.Status.Initialization.InfrastructureProvisioned = ptr.To(true)
-			if err := h.k8s.Status().Patch(ctx, &cl, client.MergeFrom(base)); err != nil {
+			if err := h.K8s.Status().Patch(ctx, &cl, client.MergeFrom(base)); err != nil {
 				return false, err
 			}
 			delete(pending, n)
@@ -671,14 +740,18 @@ func (h *harness) markInfrastructureProvisioned(ctx context.Context, names []str
 
 // createMachine creates the bootstrap data Secret, the Machine (with or without its
 // dataSecretName) and the ProxmoxTalosMachine owned by it.
-func (h *harness) createMachine(ctx context.Context, rec *machineRecord, withData bool) error {
-	h.mu.Lock()
-	h.machines[rec.Name] = rec
-	h.mu.Unlock()
+func (h *Harness) CreateMachine(ctx context.Context, rec *MachineRecord, withData bool) error {
+	h.Mu.Lock()
+	h.Machines[rec.Name] = rec
+	h.Mu.Unlock()
 	labels := h.labelsOf(rec.Cluster, map[string]string{clusterv1.ClusterNameLabel: rec.Cluster})
-	if err := h.create(ctx, &corev1.Secret{
+	data := []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")
+	if h.O.BootstrapData != nil {
+		data = h.O.BootstrapData(rec.Name)
+	}
+	if err := h.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: rec.Name + "-bootstrap-data", Labels: map[string]string{clusterv1.ClusterNameLabel: rec.Cluster}},
-		Data:       map[string][]byte{"value": []byte("version: v1alpha1\nmachine:\n  type: worker\n  token: bench-not-a-secret\n")},
+		Data:       map[string][]byte{"value": data},
 	}); err != nil {
 		return err
 	}
@@ -693,48 +766,53 @@ func (h *harness) createMachine(ctx context.Context, rec *machineRecord, withDat
 	}
 	if withData {
 		m.Spec.Bootstrap.DataSecretName = ptr.To(rec.Name + "-bootstrap-data")
-		h.mu.Lock()
+		h.Mu.Lock()
 		rec.DataReady = time.Now()
-		h.mu.Unlock()
+		h.Mu.Unlock()
 	} else {
 		m.Spec.Bootstrap.ConfigRef = clusterv1.ContractVersionedObjectReference{APIGroup: "bootstrap.cluster.x-k8s.io", Kind: "TalosConfig", Name: rec.Name}
 	}
-	if err := h.create(ctx, m); err != nil {
+	if err := h.Create(ctx, m); err != nil {
 		return err
 	}
-	return h.create(ctx, &infrav1.ProxmoxTalosMachine{
+	var talos *infrav1.TalosImageSpec
+	if rec.TalosVersion != "" {
+		talos = &infrav1.TalosImageSpec{Version: rec.TalosVersion}
+	}
+	return h.Create(ctx, &infrav1.ProxmoxTalosMachine{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: rec.Name, Labels: labels,
-			OwnerReferences: []metav1.OwnerReference{ownerRef(m, "Machine")},
+			OwnerReferences: []metav1.OwnerReference{OwnerRef(m, "Machine")},
 		},
 		Spec: infrav1.ProxmoxTalosMachineSpec{
 			MemoryMiB:      2048,
 			NetworkDevices: []infrav1.NetworkDevice{{Name: "net0", IPv4: &infrav1.AddressSource{FromPool: "nodes"}}},
+			Talos:          talos,
 		},
 	})
 }
 
 // releaseBootstrapData does what the bootstrap provider does when its data is ready.
-func (h *harness) releaseBootstrapData(ctx context.Context, name string) error {
+func (h *Harness) ReleaseBootstrapData(ctx context.Context, name string) error {
 	var m clusterv1.Machine
-	if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &m); err != nil {
+	if err := h.K8s.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: name}, &m); err != nil {
 		return err
 	}
 	base := m.DeepCopy()
 	m.Spec.Bootstrap.DataSecretName = ptr.To(name + "-bootstrap-data")
-	h.mu.Lock()
-	h.machines[name].DataReady = time.Now()
-	h.mu.Unlock()
-	return h.k8s.Patch(ctx, &m, client.MergeFrom(base))
+	h.Mu.Lock()
+	h.Machines[name].DataReady = time.Now()
+	h.Mu.Unlock()
+	return h.K8s.Patch(ctx, &m, client.MergeFrom(base))
 }
 
 // waitMachines waits until every named machine satisfies done, as seen by the harness cache.
-func (h *harness) waitMachines(ctx context.Context, names []string, what string, done func(*infrav1.ProxmoxTalosMachine, *machineRecord) bool) error {
+func (h *Harness) WaitMachines(ctx context.Context, names []string, what string, done func(*infrav1.ProxmoxTalosMachine, *MachineRecord) bool) error {
 	var stuck []string
 	lastLog := time.Now()
-	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+	err := Poll(ctx, h.O.Timeout, func() (bool, error) {
 		var list infrav1.ProxmoxTalosMachineList
-		if err := h.cache.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+		if err := h.Cache.List(ctx, &list, client.InNamespace(Namespace)); err != nil {
 			return false, err
 		}
 		if time.Since(lastLog) > 30*time.Second {
@@ -744,30 +822,30 @@ func (h *harness) waitMachines(ctx context.Context, names []string, what string,
 			for i := range list.Items {
 				steps[string(list.Items[i].Status.Step)]++
 			}
-			h.logf("waiting for %s: %v", what, steps)
+			h.Logf("waiting for %s: %v", what, steps)
 		}
 		byName := map[string]*infrav1.ProxmoxTalosMachine{}
 		for i := range list.Items {
 			byName[list.Items[i].Name] = &list.Items[i]
 		}
 		stuck = stuck[:0]
-		h.mu.Lock()
-		defer h.mu.Unlock()
+		h.Mu.Lock()
+		defer h.Mu.Unlock()
 		for _, n := range names {
-			if p := byName[n]; p == nil || !done(p, h.machines[n]) {
+			if p := byName[n]; p == nil || !done(p, h.Machines[n]) {
 				stuck = append(stuck, n)
 			}
 		}
 		return len(stuck) == 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%d of %d machines not %s: %s: %w", len(stuck), len(names), what, h.describe(ctx, stuck), err)
+		return fmt.Errorf("%d of %d machines not %s: %s: %w", len(stuck), len(names), what, h.Describe(ctx, stuck), err)
 	}
 	return nil
 }
 
 // describe summarizes up to 5 machines' steps and conditions for an error.
-func (h *harness) describe(ctx context.Context, names []string) string {
+func (h *Harness) Describe(ctx context.Context, names []string) string {
 	var parts []string
 	for i, n := range names {
 		if i == 5 {
@@ -775,20 +853,20 @@ func (h *harness) describe(ctx context.Context, names []string) string {
 			break
 		}
 		var p infrav1.ProxmoxTalosMachine
-		if err := h.k8s.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &p); err != nil {
+		if err := h.K8s.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: n}, &p); err != nil {
 			parts = append(parts, n+": "+err.Error())
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s step %s [%s]", n, p.Status.Step, condSummary(p.Status.Conditions)))
+		parts = append(parts, fmt.Sprintf("%s step %s [%s]", n, p.Status.Step, CondSummary(p.Status.Conditions)))
 	}
 	return strings.Join(parts, "; ")
 }
 
-func running(p *infrav1.ProxmoxTalosMachine, _ *machineRecord) bool {
+func Running(p *infrav1.ProxmoxTalosMachine, _ *MachineRecord) bool {
 	return p.Status.Step == infrav1.StepRunning && conditions.IsTrue(p, infrav1.NodeReadyCondition)
 }
 
-func condSummary(cs []metav1.Condition) string {
+func CondSummary(cs []metav1.Condition) string {
 	var parts []string
 	for _, c := range cs {
 		if c.Status != metav1.ConditionTrue {
@@ -798,10 +876,10 @@ func condSummary(cs []metav1.Condition) string {
 	return strings.Join(parts, "; ")
 }
 
-// --- counters ---
+// --- Counters ---
 
-// counters is a snapshot of everything the run counts.
-type counters struct {
+// Counters is a snapshot of everything the run counts.
+type Counters struct {
 	PVE        map[infrav1.TalosPlatform]map[string]int
 	MgmtAPI    float64 // manager requests to the management API server
 	MgmtByVerb map[string]float64
@@ -809,15 +887,15 @@ type counters struct {
 	Reconcile  map[string]float64
 }
 
-func (h *harness) snapshot() (counters, error) {
-	c := counters{PVE: map[infrav1.TalosPlatform]map[string]int{}, Reconcile: map[string]float64{}, MgmtByVerb: map[string]float64{}}
-	for p, s := range h.pves {
+func (h *Harness) Snapshot() (Counters, error) {
+	c := Counters{PVE: map[infrav1.TalosPlatform]map[string]int{}, Reconcile: map[string]float64{}, MgmtByVerb: map[string]float64{}}
+	for p, s := range h.PVEs {
 		c.PVE[p] = s.Stats().Calls
 	}
 	for _, p := range h.proxies {
 		c.Workload += p.requests.Load()
 	}
-	resp, err := http.Get(h.mgrs[0].metricsURL()) //nolint:noctx // loopback diagnostics
+	resp, err := http.Get(h.Mgrs[0].MetricsURL()) //nolint:noctx // loopback diagnostics
 	if err != nil {
 		return c, fmt.Errorf("reading manager metrics: %w", err)
 	}
@@ -826,7 +904,7 @@ func (h *harness) snapshot() (counters, error) {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		name, labels, v, ok := parseMetric(line)
+		name, labels, v, ok := ParseMetric(line)
 		if !ok {
 			continue
 		}
@@ -846,8 +924,8 @@ func (h *harness) snapshot() (counters, error) {
 var reMetric = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([0-9.eE+-]+|NaN|\+Inf|-Inf)$`)
 var reLabel = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
 
-// parseMetric reads one sample line of the Prometheus text format.
-func parseMetric(line string) (string, map[string]string, float64, bool) {
+// ParseMetric reads one sample line of the Prometheus text format.
+func ParseMetric(line string) (string, map[string]string, float64, bool) {
 	m := reMetric.FindStringSubmatch(line)
 	if m == nil {
 		return "", nil, 0, false
@@ -863,7 +941,7 @@ func parseMetric(line string) (string, map[string]string, float64, bool) {
 	return m[1], labels, v, true
 }
 
-func diffCalls(after, before map[string]int) map[string]int {
+func DiffCalls(after, before map[string]int) map[string]int {
 	out := map[string]int{}
 	for k, v := range after {
 		if d := v - before[k]; d > 0 {
@@ -873,7 +951,7 @@ func diffCalls(after, before map[string]int) map[string]int {
 	return out
 }
 
-func total(m map[string]int) int {
+func Total(m map[string]int) int {
 	n := 0
 	for _, v := range m {
 		n += v
@@ -881,8 +959,8 @@ func total(m map[string]int) int {
 	return n
 }
 
-// procStats reads the manager's peak RSS (VmHWM) and CPU seconds (utime+stime).
-func procStats(pid int) (peakRSS uint64, cpu float64, err error) {
+// ProcStats reads the manager's peak RSS (VmHWM) and CPU seconds (utime+stime).
+func ProcStats(pid int) (peakRSS uint64, cpu float64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, 0, err
@@ -910,16 +988,16 @@ func procStats(pid int) (peakRSS uint64, cpu float64, err error) {
 
 // --- leaks ---
 
-// inventoryProblems lists what a pvesim holds that it should not: more than one VM per
+// InventoryProblems lists what a pvesim holds that it should not: more than one VM per
 // machine during the run (wantVMs > 0), anything at all after teardown (wantVMs == 0).
-func inventoryProblems(s *pvesim.Server, machines []string, clusterOf map[string]string) []string {
+func InventoryProblems(s *pvesim.Server, machines []string, clusterOf map[string]string) []string {
 	inv := s.Inventory()
 	var out []string
 	if len(machines) > 0 {
 		count := map[string]int{}
 		for _, vm := range inv.VMs {
 			for _, n := range machines {
-				if hasTag(vm.Tags, machine.MachineTag(n)) && hasTag(vm.Tags, machine.ClusterTag(clusterOf[n])) {
+				if HasTag(vm.Tags, machine.MachineTag(n)) && HasTag(vm.Tags, machine.ClusterTag(clusterOf[n])) {
 					count[n]++
 				}
 			}
@@ -945,7 +1023,7 @@ func inventoryProblems(s *pvesim.Server, machines []string, clusterOf map[string
 	return out
 }
 
-func hasTag(tags []string, tag string) bool {
+func HasTag(tags []string, tag string) bool {
 	for _, t := range tags {
 		if strings.EqualFold(t, tag) {
 			return true
@@ -956,29 +1034,29 @@ func hasTag(tags []string, tag string) bool {
 
 // teardown deletes what Cluster API would delete (machines, then clusters) and waits for
 // the provider to remove its finalizers.
-func (h *harness) teardown(ctx context.Context, clusters []string) error {
+func (h *Harness) Teardown(ctx context.Context, clusters []string) error {
 	var ptms infrav1.ProxmoxTalosMachineList
-	if err := h.k8s.List(ctx, &ptms, client.InNamespace(namespace)); err != nil {
+	if err := h.K8s.List(ctx, &ptms, client.InNamespace(Namespace)); err != nil {
 		return err
 	}
-	if err := parallel(ctx, len(ptms.Items), func(i int) error {
-		return client.IgnoreNotFound(h.k8s.Delete(ctx, &ptms.Items[i]))
+	if err := Parallel(ctx, len(ptms.Items), func(i int) error {
+		return client.IgnoreNotFound(h.K8s.Delete(ctx, &ptms.Items[i]))
 	}); err != nil {
 		return err
 	}
 	for _, n := range clusters {
-		if err := client.IgnoreNotFound(h.k8s.Delete(ctx, &infrav1.ProxmoxTalosCluster{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: n}})); err != nil {
+		if err := client.IgnoreNotFound(h.K8s.Delete(ctx, &infrav1.ProxmoxTalosCluster{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: n}})); err != nil {
 			return err
 		}
 	}
 	var left int
-	err := poll(ctx, h.o.Timeout, func() (bool, error) {
+	err := Poll(ctx, h.O.Timeout, func() (bool, error) {
 		var m infrav1.ProxmoxTalosMachineList
 		var c infrav1.ProxmoxTalosClusterList
-		if err := h.k8s.List(ctx, &m, client.InNamespace(namespace)); err != nil {
+		if err := h.K8s.List(ctx, &m, client.InNamespace(Namespace)); err != nil {
 			return false, err
 		}
-		if err := h.k8s.List(ctx, &c, client.InNamespace(namespace)); err != nil {
+		if err := h.K8s.List(ctx, &c, client.InNamespace(Namespace)); err != nil {
 			return false, err
 		}
 		left = len(m.Items) + len(c.Items)
@@ -992,7 +1070,7 @@ func (h *harness) teardown(ctx context.Context, clusters []string) error {
 
 // --- helpers ---
 
-func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+func Poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, err := cond()
@@ -1017,7 +1095,7 @@ func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error))
 }
 
 // parallel runs f(0..n-1) on 16 workers and returns the first error.
-func parallel(ctx context.Context, n int, f func(int) error) error {
+func Parallel(ctx context.Context, n int, f func(int) error) error {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -1048,7 +1126,7 @@ func parallel(ctx context.Context, n int, f func(int) error) error {
 	return first
 }
 
-func freePort() int {
+func FreePort() int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0
@@ -1057,8 +1135,8 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitHTTP(ctx context.Context, u string, timeout time.Duration) error {
-	return poll(ctx, timeout, func() (bool, error) {
+func WaitHTTP(ctx context.Context, u string, timeout time.Duration) error {
+	return Poll(ctx, timeout, func() (bool, error) {
 		resp, err := http.Get(u) //nolint:noctx // loopback probe
 		if err != nil {
 			return false, err
@@ -1068,12 +1146,22 @@ func waitHTTP(ctx context.Context, u string, timeout time.Duration) error {
 	})
 }
 
-// imageDownloads maps "platform schematic(12) version storage" to factory downloads: each
+// ImageDownload is one factory image's download count.
+type ImageDownload struct {
+	Platform  string `json:"platform"`
+	Schematic string `json:"schematic"`
+	Version   string `json:"talosVersion"`
+	File      string `json:"file"`
+	Storage   string `json:"storage"`
+	Downloads int    `json:"downloads"`
+}
+
+// ImageDownloads maps "platform schematic(12) version storage" to factory downloads: each
 // platform has its own pvesim with one image storage, so a factory path per platform is
 // one (schematic, Talos version, storage).
-func (h *harness) imageDownloads() []imageDownload {
-	var out []imageDownload
-	for path, n := range h.factory.AllDownloads() {
+func (h *Harness) ImageDownloads() []ImageDownload {
+	var out []ImageDownload
+	for path, n := range h.Factory.AllDownloads() {
 		// /image/{schematic}/{version}/{file}
 		parts := strings.Split(strings.TrimPrefix(path, "/image/"), "/")
 		if len(parts) != 3 || !strings.HasSuffix(parts[2], "."+imagefactory.DiskImageFormat) {
@@ -1083,7 +1171,7 @@ func (h *harness) imageDownloads() []imageDownload {
 		if strings.HasPrefix(parts[2], imagefactory.PlatformMetal) {
 			platform = imagefactory.PlatformMetal
 		}
-		out = append(out, imageDownload{Platform: platform, Schematic: parts[0], Version: parts[1], File: parts[2], Storage: "images", Downloads: n})
+		out = append(out, ImageDownload{Platform: platform, Schematic: parts[0], Version: parts[1], File: parts[2], Storage: "images", Downloads: n})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Platform != out[j].Platform {

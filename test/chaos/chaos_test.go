@@ -1,0 +1,53 @@
+package chaos
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
+)
+
+// TestChaosCI is the short chaos run CI runs (make test): a fixed seed, 8 machines over 2
+// clusters, the fault rates, 3 SIGKILLs of the manager (at least one mid-create and
+// one mid-delete), a node offline. No timed assertion: it requires no duplicate VM, no
+// leak, every machine converged, every deletion finished, every kill survived, faults of
+// every kind injected and no secret in any log, event or status.
+func TestChaosCI(t *testing.T) {
+	testenv.RequireAssets(t)
+	ctrllog.SetLogger(logr.Discard())
+	g := NewWithT(t)
+	res, err := Run(context.Background(), Options{
+		Seed: 15, Machines: 8, Clusters: 2, Duration: 2 * time.Minute, Kills: 3,
+		ErrorRate: 0.2, TaskFailureRate: 0.05, LockTimeoutRate: 0.03, ProxyErrorRate: 0.05,
+		Timeout: 10 * time.Minute,
+		Out:     t.TempDir(),
+		Logf:    t.Logf,
+	})
+	var table strings.Builder
+	WriteTable(&table, res)
+	t.Log(table.String())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Machines).To(BeNumerically(">=", 8))
+	g.Expect(len(res.Kills)).To(BeNumerically(">=", 3))
+	g.Expect(res.KillsSurvived()).To(Equal(len(res.Kills)))
+	g.Expect(res.killsBy("create")).To(BeNumerically(">=", 1), "a kill while a create task runs")
+	g.Expect(res.killsBy("delete")).To(BeNumerically(">=", 1), "a kill while a delete task runs")
+	g.Expect(res.DuplicatesByUUID).To(BeEmpty())
+	g.Expect(res.DuplicatesByTag).To(BeEmpty())
+	g.Expect(res.Leaks).To(BeEmpty())
+	g.Expect(res.Converged).To(BeTrue())
+	g.Expect(res.DeletionsDone).To(BeTrue())
+	g.Expect(res.SecretFindings).To(BeZero())
+	g.Expect(res.NodeOfflineFor).To(BeNumerically(">", 0))
+	// An offline node answers only the calls routed to it (the provider places no VM there
+	// while it is offline), so 595s are counted, not required.
+	for _, kind := range []string{"http-5xx", "task-failure", "lock-timeout", "proxy-596"} {
+		g.Expect(res.Faults).To(HaveKeyWithValue(kind, BeNumerically(">", 0)), kind)
+	}
+}
