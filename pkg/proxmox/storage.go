@@ -417,6 +417,7 @@ func (c *PVEClient) DeleteVolume(ctx context.Context, node, volid string) error 
 }
 
 func (c *PVEClient) deleteVolume(ctx context.Context, node, volid string) error {
+	c.ep.forgetVolume(volid)
 	storage, _, ok := strings.Cut(volid, ":")
 	if !ok || storage == "" {
 		return fmt.Errorf("%w: %q is not a volume id (storage:content/file)", ErrInvalidConfig, volid)

@@ -110,6 +110,17 @@ func (c *PVEClient) listVMs(ctx context.Context) ([]VMRef, error) {
 	return out, nil
 }
 
+// ClusterVMs implements Client.
+func (c *PVEClient) ClusterVMs(ctx context.Context, maxAge time.Duration) ([]VMRef, error) {
+	var out []VMRef
+	err := c.run(ctx, "ClusterVMs", func(ctx context.Context) error {
+		var err error
+		out, err = c.ep.snapshot(ctx, c.tokenID, maxAge, c.nowFn, c.listVMs)
+		return err
+	})
+	return out, err
+}
+
 // FindVMs implements Client.
 func (c *PVEClient) FindVMs(ctx context.Context, f VMFilter) ([]VMRef, error) {
 	var out []VMRef
