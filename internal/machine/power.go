@@ -36,6 +36,10 @@ func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 			return next()
 		}
 	}
+	if s.justCreated && !ptr.Deref(s.PTM.Status.Initialization.Provisioned, false) {
+		// Created stopped a moment ago by this machine's own task: start it without a read.
+		return r.powerOn(ctx, s, node, vmid, proxmox.VMStatus{Status: "stopped"})
+	}
 	st, err := s.PVE.VMStatus(ctx, node, vmid)
 	if errors.Is(err, proxmox.ErrNotFound) || errors.Is(err, proxmox.ErrNodeOffline) {
 		// Not on the recorded node (or the node does not answer): the VM may have moved
@@ -84,6 +88,11 @@ func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 		return next()
 	}
 
+	return r.powerOn(ctx, s, node, vmid, st)
+}
+
+// powerOn starts the VM whose last known status is st.
+func (r *Reconciler) powerOn(ctx context.Context, s *Scope, node string, vmid int, st proxmox.VMStatus) (result, error) {
 	s.PTM.Status.Step = infrav1.StepStartingVM
 	if err := s.PVE.StartVM(ctx, node, vmid); err != nil {
 		reason, msg := cluster.ClassifyError(err)

@@ -94,6 +94,9 @@ type Scope struct {
 	Spec        infrav1.ProxmoxTalosMachineSpec
 
 	imageVolID string
+	// justCreated: this pass saw the create task it recorded succeed, so the VM is
+	// stopped (Proxmox creates VMs stopped) and startVM need not read its state first.
+	justCreated bool
 }
 
 // NewScope prepares a pass.

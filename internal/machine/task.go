@@ -79,10 +79,10 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 }
 
 // taskRequeue is how long to wait before polling a running task again: first TaskPoll
-// after its start, then as long again as it has run so far (polls at 0.25 s, 0.5 s, 1 s,
-// 2 s, ... of its age), capped at Max. A task that ends at once is seen at once; a long
-// import costs a handful of polls (log2 of its duration) instead of one every few
-// seconds.
+// after its start, then twice as long as it has run so far (polls at 0.25 s, 0.75 s,
+// 2.25 s, 6.75 s, ... of its age), capped at Max. A task that ends at once is seen at
+// once; a long import costs a handful of polls (log3 of its duration) instead of one
+// every few seconds, and is seen at most three times its duration late.
 func (r *Reconciler) taskRequeue(s *Scope) time.Duration {
 	t := r.Timing.withDefaults()
 	var age time.Duration
@@ -98,8 +98,10 @@ func (r *Reconciler) taskRequeue(s *Scope) time.Duration {
 		return t.TaskPoll
 	case age > t.Max:
 		return t.Max
+	case 2*age > t.Max:
+		return t.Max
 	default:
-		return age
+		return 2 * age
 	}
 }
 

@@ -178,6 +178,7 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 		node = loc.node
 	}
 	if created {
+		s.justCreated = true
 		r.event(s, corev1.EventTypeNormal, "VMCreated", "Created VM %d on node %s", vmid, node)
 	} else {
 		r.event(s, corev1.EventTypeNormal, "VMAdopted", "Adopted VM %d on node %s, created earlier for this machine", vmid, node)
