@@ -23,6 +23,9 @@ type Client interface {
 	Version(ctx context.Context) (VersionInfo, error)
 	// Nodes lists cluster nodes with free memory and CPU.
 	Nodes(ctx context.Context) ([]NodeInfo, error)
+	// ClusterNodes is Nodes from a snapshot at most maxAge old, shared like
+	// ClusterVMs. Node memory and CPU come from pvestatd's 10 s rounds anyway.
+	ClusterNodes(ctx context.Context, maxAge time.Duration) ([]NodeInfo, error)
 	// VMs lists all VMs (and templates) of the cluster the token may see.
 	VMs(ctx context.Context) ([]VMRef, error)
 	// ClusterVMs is VMs from a /cluster/resources snapshot at most maxAge

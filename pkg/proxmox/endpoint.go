@@ -29,14 +29,20 @@ type Endpoint struct {
 	vmids vmidReservations
 
 	mu        sync.Mutex
-	snapshots map[string]*vmSnapshot // token id -> last /cluster/resources
-	images    map[string]time.Time   // token|volid (node-qualified unless shared) -> seen present until
+	snapshots map[string]*vmSnapshot   // token id -> last /cluster/resources
+	nodes     map[string]*nodeSnapshot // token id -> last /nodes
+	images    map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
 	fetch     singleflight.Group
 }
 
 type vmSnapshot struct {
 	at  time.Time
 	vms []VMRef
+}
+
+type nodeSnapshot struct {
+	at    time.Time
+	nodes []NodeInfo
 }
 
 // NewEndpoint returns empty shared state. ttl is how long an allocated but unused VMID
@@ -48,6 +54,7 @@ func NewEndpoint(ttl time.Duration) *Endpoint {
 	return &Endpoint{
 		vmids:     vmidReservations{reserved: map[int]time.Time{}, ttl: ttl},
 		snapshots: map[string]*vmSnapshot{},
+		nodes:     map[string]*nodeSnapshot{},
 		images:    map[string]time.Time{},
 	}
 }
@@ -105,6 +112,38 @@ func (ep *Endpoint) snapshot(ctx context.Context, token string, maxAge time.Dura
 			return nil, r.Err
 		}
 		return r.Val.([]VMRef), nil
+	}
+}
+
+// nodeSnapshot returns the nodes of the last /nodes read by token if it is at most maxAge
+// old, else reads it (one read for all concurrent callers of the token).
+func (ep *Endpoint) nodeSnapshot(ctx context.Context, token string, maxAge time.Duration, now func() time.Time, read func(context.Context) ([]NodeInfo, error)) ([]NodeInfo, error) {
+	ep.mu.Lock()
+	if s, ok := ep.nodes[token]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
+		nodes := s.nodes
+		ep.mu.Unlock()
+		return nodes, nil
+	}
+	ep.mu.Unlock()
+	ch := ep.fetch.DoChan("nodes|"+token, func() (any, error) {
+		at := now()
+		nodes, err := read(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		ep.mu.Lock()
+		ep.nodes[token] = &nodeSnapshot{at: at, nodes: nodes}
+		ep.mu.Unlock()
+		return nodes, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]NodeInfo), nil
 	}
 }
 
