@@ -110,9 +110,12 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		fmt.Sprintf("Reconcile only objects whose %s label has this value; all objects when empty.", clusterv1.WatchLabel))
 	fs.DurationVar(&o.syncPeriod, "sync-period", 10*time.Minute,
 		"Minimum interval at which every watched object is reconciled again.")
-	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 20,
+	// client-go's limiter applies per resource type; 50/100 lets a burst of creates
+	// write its status patches without queueing behind the limiter, while the API
+	// server's own priority and fairness protects it from a runaway client.
+	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 50,
 		"Queries per second to the management cluster's API server.")
-	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 30,
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100,
 		"Burst of queries to the management cluster's API server.")
 	fs.Float32Var(&o.clusterCacheClientQPS, "clustercache-client-qps", 20,
 		"Queries per second to each workload cluster's API server.")
@@ -120,7 +123,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		"Burst of queries to each workload cluster's API server.")
 	fs.IntVar(&o.clusterConcurrency, "proxmoxtaloscluster-concurrency", 10,
 		"ProxmoxTalosClusters reconciled at once.")
-	fs.IntVar(&o.machineConcurrency, "proxmoxtalosmachine-concurrency", 10,
+	fs.IntVar(&o.machineConcurrency, "proxmoxtalosmachine-concurrency", 20,
 		"ProxmoxTalosMachines reconciled at once (Proxmox load is bounded separately by the --proxmox-* flags).")
 	fs.IntVar(&o.clusterCacheConcurrency, "clustercache-concurrency", 100,
 		"Workload clusters whose connections are maintained at once.")
@@ -130,9 +133,14 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.webhookCertName, "webhook-cert-name", "tls.crt", "Webhook certificate file name.")
 	fs.StringVar(&o.webhookKeyName, "webhook-key-name", "tls.key", "Webhook key file name.")
 	fs.StringVar(&o.healthAddr, "health-addr", ":9440", "Address of the health and readiness probes.")
-	fs.Float64Var(&o.proxmoxLimits.QPS, "proxmox-qps", 20,
+	// The hypervisor's real cost is the tasks (create, import, start), bounded by
+	// --proxmox-max-tasks-per-node and the in-flight limits; API reads are answered by
+	// pveproxy from pmxcfs in milliseconds. 50 QPS (burst 100) keeps a burst of creates
+	// from queueing behind the rate limit while staying far below what pveproxy's
+	// workers serve (docs/performance.md).
+	fs.Float64Var(&o.proxmoxLimits.QPS, "proxmox-qps", 50,
 		"Sustained requests per second to each Proxmox VE API (negative: unlimited).")
-	fs.IntVar(&o.proxmoxLimits.Burst, "proxmox-burst", 40, "Burst of requests to each Proxmox VE API.")
+	fs.IntVar(&o.proxmoxLimits.Burst, "proxmox-burst", 100, "Burst of requests to each Proxmox VE API.")
 	fs.IntVar(&o.proxmoxLimits.MaxInFlight, "proxmox-max-in-flight", 8,
 		"Concurrent requests to each Proxmox VE API.")
 	fs.IntVar(&o.proxmoxLimits.MaxInFlightPerNode, "proxmox-max-in-flight-per-node", 4,
@@ -204,6 +212,9 @@ func run(ctx context.Context, o *options) error {
 		Cache: ctrlcache.Options{
 			DefaultNamespaces: namespaces,
 			SyncPeriod:        &o.syncPeriod,
+			// managedFields are a large part of every cached object and nothing here reads
+			// them (patches are computed from the objects' contents).
+			DefaultTransform: ctrlcache.TransformStripManagedFields(),
 			ByObject: map[client.Object]ctrlcache.ByObject{
 				&corev1.Secret{}: {Label: labels.NewSelector().Add(*clusterSecrets)},
 			},

@@ -80,7 +80,7 @@ func TestComponentsFollowClusterctlConventions(t *testing.T) {
 		g.Expect(containers[0].(map[string]any)["name"]).To(Equal("manager"), "clusterctl expects the manager container to be named manager")
 	}
 	// Users tune the provider through clusterctl variables prefixed with the provider name.
-	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_API_QPS:=20}"))
+	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_API_QPS:=50}"))
 	// clusterctl parses the image of every container (its `images:` configuration overrides
 	// them); a ${VAR} there fails `clusterctl generate provider --describe`.
 	g.Expect(string(raw)).To(ContainSubstring("image: ghcr.io/proxmox-talos/cluster-api-provider-proxmox-talos:dev\n"))

@@ -130,6 +130,10 @@ type CachingProxmoxFactory struct {
 
 	mu      sync.Mutex
 	clients map[string]cachedProxmox
+	// endpoints is the state shared by the clients of one Proxmox API (VMID reservations,
+	// the /cluster/resources snapshot, images known present): clusters usually share one
+	// Proxmox installation, and two clusters' machines must not race for the same VMID.
+	endpoints proxmox.Endpoints
 }
 
 type cachedProxmox struct {
@@ -162,6 +166,7 @@ func (f *CachingProxmoxFactory) ClientFor(cluster *infrav1.ProxmoxTalosCluster, 
 		return nil, err
 	}
 	cfg.Limiter = f.opts.Limiter
+	cfg.Endpoint = f.endpoints.For(cfg.URL, cfg.VMIDReservationTTL)
 	cfg.Limits = f.opts.Limits
 	cfg.Retry = f.opts.Retry
 	cfg.Metrics = f.opts.Metrics

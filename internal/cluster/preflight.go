@@ -60,7 +60,9 @@ func (r *Reconciler) preflight(ctx context.Context, s *Scope) (reason, msg strin
 			fmt.Sprintf("Proxmox VE %s is too old: importing Talos disk images (content type import) needs 8.4 or later", v.Version)
 	}
 
-	nodes, err := s.pve.Nodes(ctx)
+	// Clusters using the same Proxmox and token share one /nodes read for a few seconds:
+	// their preflights fall due together after a resync, and the answer is the same.
+	nodes, err := s.pve.ClusterNodes(ctx, 10*time.Second)
 	if err != nil {
 		return ClassifyError(err)
 	}

@@ -111,12 +111,12 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool)
 	if t := s.PTM.Status.Task; t != nil {
 		followed = t.Type
 	}
-	out, age, err := followTask(ctx, s, taskCreate, taskShutdown, taskStop, taskDestroy)
+	out, _, err := r.followTask(ctx, s, taskCreate, taskShutdown, taskStop, taskDestroy)
 	switch out {
 	case taskRunning:
 		t := s.PTM.Status.Task
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason,
-			fmt.Sprintf("Waiting for Proxmox task %s of VM %d on node %s (running for %s)", t.Type, vmid, t.Node, age.Round(time.Second)))
+			fmt.Sprintf("Waiting for Proxmox task %s of VM %d on node %s (running %s)", t.Type, vmid, t.Node, taskRunningSince(s)))
 		return ctrl.Result{RequeueAfter: r.taskRequeue(s)}, false
 	case taskFailed:
 		reason, msg := cluster.ClassifyError(err)

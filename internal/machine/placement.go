@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -18,6 +19,9 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
+
+// placementNodesMaxAge is the oldest /nodes snapshot placement uses.
+const placementNodesMaxAge = 5 * time.Second
 
 // ErrNoNodeFits means no candidate node has room for the VM.
 var ErrNoNodeFits = errors.New("no Proxmox node fits")
@@ -45,7 +49,10 @@ func (r *Reconciler) place(ctx context.Context, s *Scope) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if in.Nodes, err = s.PVE.Nodes(ctx); err != nil {
+	// Node memory and CPU come from pvestatd's 10 s rounds, so a snapshot a few seconds
+	// old, shared by every placement on the same Proxmox, is as good as a fresh read; the
+	// placements this process made since are counted in Pending.
+	if in.Nodes, err = s.PVE.ClusterNodes(ctx, placementNodesMaxAge); err != nil {
 		r.setCondition(s, infrav1.PlacedCondition, false, infrav1.ProxmoxAPIErrorReason, err.Error())
 		return result{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
@@ -18,8 +19,27 @@ import (
 // startVM powers the VM on until the machine is provisioned. After that a stopped VM is
 // reported, not restarted: someone stopped it on purpose, or a MachineHealthCheck should
 // decide what happens to it.
+//
+// A VM seen running is not read on every pass. While the machine waits for its Node (which
+// only the workload cluster can tell) it is not read at all; once the Node is Ready, each
+// pass (the resync, or any event) checks it in the /cluster/resources snapshot that every
+// machine on the same Proxmox shares for StatusMaxAge, and reads the VM itself only when
+// the snapshot does not show it running where recorded (stopped, moved, or created after
+// pvestatd's last round).
 func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 	node, vmid := s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)
+	if conditions.IsTrue(s.PTM, infrav1.VMRunningCondition) && s.PTM.Status.PowerState == "running" {
+		if !conditions.IsTrue(s.PTM, infrav1.NodeReadyCondition) {
+			return next()
+		}
+		if r.runningInSnapshot(ctx, s, node, vmid) {
+			return next()
+		}
+	}
+	if s.justCreated && !ptr.Deref(s.PTM.Status.Initialization.Provisioned, false) {
+		// Created stopped a moment ago by this machine's own task: start it without a read.
+		return r.powerOn(ctx, s, node, vmid, proxmox.VMStatus{Status: "stopped"})
+	}
 	st, err := s.PVE.VMStatus(ctx, node, vmid)
 	if errors.Is(err, proxmox.ErrNotFound) || errors.Is(err, proxmox.ErrNodeOffline) {
 		// Not on the recorded node (or the node does not answer): the VM may have moved
@@ -68,6 +88,11 @@ func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 		return next()
 	}
 
+	return r.powerOn(ctx, s, node, vmid, st)
+}
+
+// powerOn starts the VM whose last known status is st.
+func (r *Reconciler) powerOn(ctx context.Context, s *Scope, node string, vmid int, st proxmox.VMStatus) (result, error) {
 	s.PTM.Status.Step = infrav1.StepStartingVM
 	if err := s.PVE.StartVM(ctx, node, vmid); err != nil {
 		reason, msg := cluster.ClassifyError(err)
@@ -85,4 +110,20 @@ func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 	s.PTM.Status.PowerState = "running"
 	r.setCondition(s, infrav1.VMRunningCondition, true, infrav1.ReadyReason, "")
 	return next()
+}
+
+// runningInSnapshot reports whether the shared /cluster/resources snapshot shows the VM
+// running on node. Any doubt (an error, another node, another status) is false: the
+// caller then reads the VM itself.
+func (r *Reconciler) runningInSnapshot(ctx context.Context, s *Scope, node string, vmid int) bool {
+	vms, err := s.PVE.ClusterVMs(ctx, r.Timing.withDefaults().StatusMaxAge)
+	if err != nil {
+		return false
+	}
+	for _, vm := range vms {
+		if vm.VMID == vmid {
+			return vm.Node == node && vm.Status == "running"
+		}
+	}
+	return false
 }

@@ -36,6 +36,28 @@ type Timing struct {
 	// ShutdownTimeout bounds the graceful (ACPI) shutdown before a VM is stopped hard on
 	// deletion. Default 60s.
 	ShutdownTimeout time.Duration
+	// TaskPoll is the delay before the first poll of a Proxmox task the machine
+	// follows (create, shutdown, stop, destroy); later polls back off (taskRequeue).
+	// Default 250ms, capped at Min.
+	TaskPoll time.Duration
+	// StatusMaxAge is the oldest /cluster/resources snapshot a Running machine's periodic
+	// power-state check accepts (the snapshot is shared by every machine on the same
+	// Proxmox). Default 10s: pvestatd refreshes it every 10 s, so nothing fresher exists.
+	StatusMaxAge time.Duration
+}
+
+func (t Timing) withDefaults() Timing {
+	t.Timing = t.Timing.WithDefaults()
+	if t.TaskPoll <= 0 {
+		t.TaskPoll = 250 * time.Millisecond
+	}
+	if t.TaskPoll > t.Min {
+		t.TaskPoll = t.Min
+	}
+	if t.StatusMaxAge <= 0 {
+		t.StatusMaxAge = 10 * time.Second
+	}
+	return t
 }
 
 // Reconciler runs the ProxmoxTalosMachine steps.
@@ -52,6 +74,10 @@ type Reconciler struct {
 	// machines placed in parallel see each other and spread out.
 	placements sync.Map // machine UID -> node
 	placeMu    sync.Mutex
+	// fresh remembers the VMID this process allocated for a machine until it sends the
+	// create: nothing of the machine's can be at that VMID yet, so the pass that creates
+	// needs no look first. Lost on restart, where the look is what prevents twins.
+	fresh sync.Map // machine UID -> VMID
 }
 
 // Scope is one pass over one machine.
@@ -68,6 +94,9 @@ type Scope struct {
 	Spec        infrav1.ProxmoxTalosMachineSpec
 
 	imageVolID string
+	// justCreated: this pass saw the create task it recorded succeed, so the VM is
+	// stopped (Proxmox creates VMs stopped) and startVM need not read its state first.
+	justCreated bool
 }
 
 // NewScope prepares a pass.

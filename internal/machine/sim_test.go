@@ -22,6 +22,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cluster-api/util/conditions"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -426,6 +427,9 @@ func TestRunningVMFollowedWhenMoved(t *testing.T) {
 				out, err := e.r.startVM(ctx, s)
 				g.Expect(err).NotTo(HaveOccurred())
 				g.Expect(out.done).To(BeTrue())
+				// Running: its Node is Ready, so passes check the VM (a machine still
+				// waiting for its Node does not read Proxmox at all).
+				conditions.Set(s.PTM, metav1.Condition{Type: infrav1.NodeReadyCondition, Status: metav1.ConditionTrue, Reason: infrav1.ReadyReason})
 
 				tc.move(e, vmid)
 				e.waitVM(vmid, func(vm pvesim.VMInfo) bool { return vm.Node == "pve2" && vm.Status == "running" && vm.Lock == "" })

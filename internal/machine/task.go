@@ -40,8 +40,10 @@ const (
 )
 
 // followTask polls the recorded task if it is one of types. A task that ended is removed
-// from status; the caller decides what its outcome means.
-func followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, time.Duration, error) {
+// from status; the caller decides what its outcome means. A task younger than the first
+// poll delay is not polled: the pass that follows the status write recording it comes at
+// once, and no Proxmox task ends that fast.
+func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, time.Duration, error) {
 	t := s.PTM.Status.Task
 	if t == nil {
 		return taskNone, 0, nil
@@ -52,6 +54,9 @@ func followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, ti
 	}
 	if !match {
 		return taskNone, 0, nil
+	}
+	if age := time.Since(t.StartTime.Time); !t.StartTime.IsZero() && age >= 0 && age < r.Timing.withDefaults().TaskPoll {
+		return taskRunning, age, nil
 	}
 	st, err := s.PVE.TaskStatus(ctx, t.UPID)
 	if errors.Is(err, proxmox.ErrNotFound) || errors.Is(err, proxmox.ErrBadRequest) {
@@ -73,13 +78,39 @@ func followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, ti
 	return taskSucceeded, 0, nil
 }
 
-// taskRequeue is how long to wait before polling a running task again: it grows with
-// the task's age, between the timing's Min and Max, so a long import is polled every few
-// seconds at first and rarely later.
+// taskRequeue is how long to wait before polling a running task again: first TaskPoll
+// after its start, then twice as long as it has run so far (polls at 0.25 s, 0.75 s,
+// 2.25 s, 6.75 s, ... of its age), capped at Max. A task that ends at once is seen at
+// once; a long import costs a handful of polls (log3 of its duration) instead of one
+// every few seconds, and is seen at most three times its duration late.
 func (r *Reconciler) taskRequeue(s *Scope) time.Duration {
-	var since time.Time
-	if t := s.PTM.Status.Task; t != nil {
-		since = t.StartTime.Time
+	t := r.Timing.withDefaults()
+	var age time.Duration
+	if st := s.PTM.Status.Task; st != nil && !st.StartTime.IsZero() {
+		age = time.Since(st.StartTime.Time)
 	}
-	return r.Timing.After(since, time.Now())
+	switch {
+	case age < t.TaskPoll:
+		// Not polled yet: the first poll is TaskPoll after the start.
+		if d := t.TaskPoll - age; d > 0 {
+			return d
+		}
+		return t.TaskPoll
+	case age > t.Max:
+		return t.Max
+	case 2*age > t.Max:
+		return t.Max
+	default:
+		return 2 * age
+	}
+}
+
+// taskRunningSince says how long a task has run in a condition message without changing
+// on every pass: a message that changes makes the status patch wake the machine again at
+// once, and that pass would poll the task again.
+func taskRunningSince(s *Scope) string {
+	if t := s.PTM.Status.Task; t != nil && !t.StartTime.IsZero() {
+		return "since " + t.StartTime.UTC().Format(time.RFC3339)
+	}
+	return ""
 }

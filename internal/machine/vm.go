@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
@@ -71,6 +70,7 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 				return r.waitOn(s, infrav1.VMProvisionedCondition)
 			}
 			s.PTM.Spec.VMID = ptr.To(int32(vmid))
+			r.fresh.Store(s.PTM.UID, vmid)
 		}
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
 			fmt.Sprintf("Creating VM %d on node %s", *s.PTM.Spec.VMID, s.PTM.Spec.Node))
@@ -80,11 +80,11 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 
 	// 2. A create this controller started on an earlier pass.
 	created := false
-	switch out, age, err := followTask(ctx, s, taskCreate); out {
+	switch out, _, err := r.followTask(ctx, s, taskCreate); out {
 	case taskRunning:
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
-			fmt.Sprintf("Creating VM %d on node %s (Proxmox task running for %s)", vmid, node, age.Round(time.Second)))
-		return stop(ctrl.Result{RequeueAfter: r.Timing.After(time.Now().Add(-age), time.Now())})
+			fmt.Sprintf("Creating VM %d on node %s (Proxmox task running %s)", vmid, node, taskRunningSince(s)))
+		return stop(ctrl.Result{RequeueAfter: r.taskRequeue(s)})
 	case taskFailed:
 		// Proxmox removes the config of a failed create; the next pass looks again.
 		reason, msg := cluster.ClassifyError(err)
@@ -102,10 +102,22 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 		}
 	}
 
-	// 3. What is at the VMID now.
+	// 3. What is at the VMID now. Two cases need no look: the create task this machine
+	// recorded succeeded (the VM at node/VMID is the one it created; should it have
+	// moved or gone since, the resize below fails and the next pass looks), and the VMID
+	// was allocated by this process for this machine with no create sent yet (nothing of
+	// ours can be there; another tool's VM there makes the create fail with "already
+	// exists", which startCreate handles). After a restart neither is known, and the
+	// look below is what keeps an interrupted create from making a second VM.
 	loc := location{vmid: vmid}
-	found, err := r.configAt(ctx, s, node, &loc)
-	if err != nil {
+	var found bool
+	var err error
+	if fresh, ok := r.fresh.Load(s.PTM.UID); ok && fresh.(int) == vmid && !created {
+		return r.startCreate(ctx, s)
+	}
+	if created {
+		found, loc.node, loc.verdict = true, node, vmOurs
+	} else if found, err = r.configAt(ctx, s, node, &loc); err != nil {
 		return r.vmError(s, err)
 	}
 	if !found && len(loc.offline) > 0 {
@@ -166,6 +178,7 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 		node = loc.node
 	}
 	if created {
+		s.justCreated = true
 		r.event(s, corev1.EventTypeNormal, "VMCreated", "Created VM %d on node %s", vmid, node)
 	} else {
 		r.event(s, corev1.EventTypeNormal, "VMAdopted", "Adopted VM %d on node %s, created earlier for this machine", vmid, node)
@@ -189,6 +202,9 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InvalidConfigurationReason, err.Error())
 		return stop(ctrlResultNone)
 	}
+	// Whatever the answer, a create may have reached Proxmox: from now on the next pass
+	// looks at the VMID before sending another.
+	r.fresh.Delete(s.PTM.UID)
 	upid, err := s.PVE.StartCreateVM(ctx, spec)
 	if errors.Is(err, proxmox.ErrAlreadyExists) {
 		// The VMID exists on another node (or appeared meanwhile). Whose it is decides
@@ -222,7 +238,7 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
 		fmt.Sprintf("Creating VM %d on node %s (Proxmox task started)", vmid, node))
 	r.event(s, corev1.EventTypeNormal, "VMCreating", "Creating VM %d on node %s (task %s)", vmid, node, upid)
-	return stop(ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min})
+	return stop(ctrl.Result{RequeueAfter: r.taskRequeue(s)})
 }
 
 func (r *Reconciler) vmError(s *Scope, err error) (result, error) {

@@ -98,7 +98,7 @@ func TestWriteAssets(t *testing.T) {
 		}
 	}
 	g.Expect(images).To(Equal([]string{DefaultImageRepository + ":v0.2.0"}))
-	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_API_QPS:=20}"), "clusterctl variables stay for clusterctl")
+	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_API_QPS:=50}"), "clusterctl variables stay for clusterctl")
 	g.Expect(string(raw)).To(ContainSubstring("${PROXMOX_TALOS_DIAGNOSTICS_ADDRESS:=:8443}"))
 
 	crds := decodeAll(t, mustRead(t, filepath.Join(a, TalosControlPlaneTemplateCRDFile)))
@@ -196,5 +196,5 @@ images:
 	g.Expect(desc).To(ContainSubstring("PROXMOX_TALOS_API_QPS"))
 	yaml := run("generate", "provider", "--infrastructure", "proxmox-talos:v0.2.0")
 	g.Expect(yaml).To(ContainSubstring("image: registry.example.test/mirror/cluster-api-provider-proxmox-talos:v0.2.0\n"))
-	g.Expect(yaml).To(ContainSubstring("--proxmox-qps=20"), "clusterctl substituted the variable's default")
+	g.Expect(yaml).To(ContainSubstring("--proxmox-qps=50"), "clusterctl substituted the variable's default")
 }

@@ -23,8 +23,18 @@ type Client interface {
 	Version(ctx context.Context) (VersionInfo, error)
 	// Nodes lists cluster nodes with free memory and CPU.
 	Nodes(ctx context.Context) ([]NodeInfo, error)
+	// ClusterNodes is Nodes from a snapshot at most maxAge old, shared like
+	// ClusterVMs. Node memory and CPU come from pvestatd's 10 s rounds anyway.
+	ClusterNodes(ctx context.Context, maxAge time.Duration) ([]NodeInfo, error)
 	// VMs lists all VMs (and templates) of the cluster the token may see.
 	VMs(ctx context.Context) ([]VMRef, error)
+	// ClusterVMs is VMs from a /cluster/resources snapshot at most maxAge
+	// old, shared by every client of the same API and token in this process
+	// (one read serves all machines that ask within maxAge). The snapshot is
+	// what pvestatd last broadcast: a VM's status lags up to its 10 s cycle,
+	// and a VM created since shows status "unknown" and no name. Use it for
+	// periodic checks, never to decide about a VM just created.
+	ClusterVMs(ctx context.Context, maxAge time.Duration) ([]VMRef, error)
 	// FindVMs returns the VMs matching the filter.
 	FindVMs(ctx context.Context, f VMFilter) ([]VMRef, error)
 	// AllocateVMID reserves a free VMID in r. The reservation is in-process

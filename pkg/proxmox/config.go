@@ -62,8 +62,12 @@ type Config struct {
 	// UserAgent is sent with every request.
 	UserAgent string
 	// VMIDReservationTTL is how long an allocated-but-unused VMID stays
-	// reserved in-process. Default 10m.
+	// reserved in-process. Default 10m. Ignored when Endpoint is set.
 	VMIDReservationTTL time.Duration
+	// Endpoint, when set, is the state shared with the other clients of the
+	// same PVE API in this process (VMID reservations, the /cluster/resources
+	// snapshot, images known present). Nil gives the client its own.
+	Endpoint *Endpoint
 }
 
 // Limits configures client-side rate and concurrency limits.

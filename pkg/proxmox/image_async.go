@@ -62,14 +62,20 @@ func (c *PVEClient) StartImage(ctx context.Context, req ImageRequest) (ImageResu
 		}
 		c.flights.mu.Unlock()
 
-		// Present already: nothing to do (one content listing).
+		// Present already: nothing to do. Seen lately (by any machine of this
+		// process): no call at all; else one content listing.
 		volid := volumeID(req.Storage, req.Content, req.Filename)
+		if c.ep.imagePresent(c.tokenID, req.Node, volid, c.nowFn()) {
+			res = ImageResult{VolID: volid}
+			return nil
+		}
 		vols, err := c.storageContent(ctx, req.Node, req.Storage, req.Content)
 		if err != nil {
 			return err
 		}
 		for _, v := range vols {
 			if v.VolID == volid {
+				c.ep.rememberImage(c.tokenID, req.Node, volid, false, c.nowFn())
 				res = ImageResult{VolID: volid}
 				return nil
 			}
@@ -100,6 +106,9 @@ func (c *PVEClient) StartImage(ctx context.Context, req ImageRequest) (ImageResu
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.ImageTaskTimeout)
 			defer cancel()
 			r, err := c.ensureImage(fctx, req)
+			if err == nil {
+				c.ep.rememberImage(c.tokenID, req.Node, r.VolID, key == sharedKey, c.nowFn())
+			}
 			c.flights.mu.Lock()
 			f.done, f.res, f.err = true, r, c.redact(err)
 			c.flights.mu.Unlock()

@@ -29,7 +29,7 @@ type PVEClient struct {
 	secret   string
 	images   singleflight.Group
 	flights  imageFlights
-	vmids    vmidReservations
+	ep       *Endpoint
 	verMu    sync.Mutex
 	version  *VersionInfo
 	nowFn    func() time.Time
@@ -48,6 +48,10 @@ func New(cfg Config) (*PVEClient, error) {
 	base, _ := c.apiBase()
 	u, _ := url.Parse(base)
 
+	ep := c.Endpoint
+	if ep == nil {
+		ep = NewEndpoint(c.VMIDReservationTTL)
+	}
 	lim := c.Limiter
 	if lim == nil {
 		lim = NewLimiter(c.Limits)
@@ -94,7 +98,7 @@ func New(cfg Config) (*PVEClient, error) {
 		metrics:  c.Metrics,
 		tokenID:  c.TokenID,
 		secret:   c.TokenSecret,
-		vmids:    vmidReservations{reserved: map[int]time.Time{}, ttl: c.VMIDReservationTTL},
+		ep:       ep,
 		nowFn:    time.Now,
 		sleepFn:  sleepCtx,
 		pollInit: c.TaskPollInitial,

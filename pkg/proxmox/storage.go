@@ -438,6 +438,7 @@ func (c *PVEClient) StartDeleteVolume(ctx context.Context, node, volid string) (
 }
 
 func (c *PVEClient) deleteVolume(ctx context.Context, node, volid string) error {
+	c.ep.forgetVolume(volid)
 	storage, _, ok := strings.Cut(volid, ":")
 	if !ok || storage == "" {
 		return fmt.Errorf("%w: %q is not a volume id (storage:content/file)", ErrInvalidConfig, volid)

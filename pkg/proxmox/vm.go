@@ -39,10 +39,31 @@ func (c *PVEClient) Version(ctx context.Context) (VersionInfo, error) {
 	return v, err
 }
 
+// ClusterNodes implements Client.
+func (c *PVEClient) ClusterNodes(ctx context.Context, maxAge time.Duration) ([]NodeInfo, error) {
+	var out []NodeInfo
+	err := c.run(ctx, "ClusterNodes", func(ctx context.Context) error {
+		var err error
+		out, err = c.ep.nodeSnapshot(ctx, c.tokenID, maxAge, c.nowFn, c.listNodes)
+		return err
+	})
+	return out, err
+}
+
 // Nodes implements Client.
 func (c *PVEClient) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	var out []NodeInfo
 	err := c.run(ctx, "Nodes", func(ctx context.Context) error {
+		var err error
+		out, err = c.listNodes(ctx)
+		return err
+	})
+	return out, err
+}
+
+func (c *PVEClient) listNodes(ctx context.Context) ([]NodeInfo, error) {
+	var out []NodeInfo
+	err := func() error {
 		var ws []wireNode
 		if err := c.do(ctx, http.MethodGet, "/nodes", nil, nil, &ws); err != nil {
 			return err
@@ -67,7 +88,7 @@ func (c *PVEClient) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 		return nil
-	})
+	}()
 	return out, err
 }
 
@@ -108,6 +129,17 @@ func (c *PVEClient) listVMs(ctx context.Context) ([]VMRef, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].VMID < out[j].VMID })
 	return out, nil
+}
+
+// ClusterVMs implements Client.
+func (c *PVEClient) ClusterVMs(ctx context.Context, maxAge time.Duration) ([]VMRef, error) {
+	var out []VMRef
+	err := c.run(ctx, "ClusterVMs", func(ctx context.Context) error {
+		var err error
+		out, err = c.ep.snapshot(ctx, c.tokenID, maxAge, c.nowFn, c.listVMs)
+		return err
+	})
+	return out, err
 }
 
 // FindVMs implements Client.

@@ -11,6 +11,9 @@ import (
 // ErrNoFreeVMID is returned by AllocateVMID when the range is exhausted.
 var ErrNoFreeVMID = errors.New("no free VMID")
 
+// allocationSnapshotAge is the oldest /cluster/resources snapshot AllocateVMID uses.
+const allocationSnapshotAge = 2 * time.Second
+
 // vmidReservations are VMIDs handed out but possibly not yet visible in
 // /cluster/resources. They are what makes allocation race-free within one
 // process.
@@ -33,7 +36,12 @@ func (c *PVEClient) AllocateVMID(ctx context.Context, r VMIDRange) (int, error) 
 		if r.Min < 100 || r.Max < r.Min || r.Max > 999999999 {
 			return fmt.Errorf("%w: VMID range [%d,%d] must lie within 100..999999999 with min <= max", ErrInvalidConfig, r.Min, r.Max)
 		}
-		vms, err := c.listVMs(ctx)
+		// A snapshot a few seconds old is enough: this process's own recent
+		// creates are reserved below, and a VMID another tool took meanwhile
+		// makes the create fail with ErrAlreadyExists, which the caller
+		// handles by allocating again. Sharing it spares a burst of N
+		// allocations N reads of /cluster/resources.
+		vms, err := c.ep.snapshot(ctx, c.tokenID, allocationSnapshotAge, c.nowFn, c.listVMs)
 		if err != nil {
 			return fmt.Errorf("allocating VMID: %w", err)
 		}
@@ -44,22 +52,22 @@ func (c *PVEClient) AllocateVMID(ctx context.Context, r VMIDRange) (int, error) 
 		// The used set is read outside the lock (it is an API call); the
 		// pick-and-reserve happens under it, so two callers that read the
 		// same snapshot still get different ids.
-		c.vmids.mu.Lock()
-		defer c.vmids.mu.Unlock()
+		c.ep.vmids.mu.Lock()
+		defer c.ep.vmids.mu.Unlock()
 		now := c.nowFn()
-		for vmid, exp := range c.vmids.reserved {
+		for vmid, exp := range c.ep.vmids.reserved {
 			if now.After(exp) {
-				delete(c.vmids.reserved, vmid)
+				delete(c.ep.vmids.reserved, vmid)
 			}
 		}
 		for cand := r.Min; cand <= r.Max; cand++ {
 			if used[cand] {
 				continue
 			}
-			if _, taken := c.vmids.reserved[cand]; taken {
+			if _, taken := c.ep.vmids.reserved[cand]; taken {
 				continue
 			}
-			c.vmids.reserved[cand] = now.Add(c.vmids.ttl)
+			c.ep.vmids.reserved[cand] = now.Add(c.ep.vmids.ttl)
 			id = cand
 			return nil
 		}
@@ -70,18 +78,18 @@ func (c *PVEClient) AllocateVMID(ctx context.Context, r VMIDRange) (int, error) 
 
 // ReleaseVMID implements Client.
 func (c *PVEClient) ReleaseVMID(vmid int) {
-	c.vmids.mu.Lock()
-	defer c.vmids.mu.Unlock()
-	delete(c.vmids.reserved, vmid)
+	c.ep.vmids.mu.Lock()
+	defer c.ep.vmids.mu.Unlock()
+	delete(c.ep.vmids.reserved, vmid)
 }
 
 // markVMIDTaken keeps a VMID that PVE reported as taken out of the pool for
 // the reservation TTL, so the next allocation does not pick it again before
 // /cluster/resources shows it.
 func (c *PVEClient) markVMIDTaken(vmid int) {
-	c.vmids.mu.Lock()
-	defer c.vmids.mu.Unlock()
-	c.vmids.reserved[vmid] = c.nowFn().Add(c.vmids.ttl)
+	c.ep.vmids.mu.Lock()
+	defer c.ep.vmids.mu.Unlock()
+	c.ep.vmids.reserved[vmid] = c.nowFn().Add(c.ep.vmids.ttl)
 }
 
 // AllocateAndCreateVM allocates a VMID in r, creates spec with it and, when

@@ -1,0 +1,203 @@
+package proxmox
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// Endpoint is the state every client of one Proxmox VE API shares within a process. A
+// manager builds one client per ProxmoxTalosCluster (each may use its own token), but
+// clusters usually share one Proxmox installation, and what makes a burst of creates
+// cheap and race-free is known per installation, not per cluster:
+//
+//   - VMID reservations: two reconciles of this process never try the same VMID, whichever
+//     cluster they belong to (without this, every cluster's client picked the same lowest
+//     free id, and all but one create failed with "VM already exists");
+//   - the /cluster/resources snapshot, read once and shared by every machine for a few
+//     seconds (per token: what a token may see depends on its privileges);
+//   - images known to be present in a storage, so that machines waiting for the same Talos
+//     image do not each list the storage's content on every pass.
+//
+// Correctness never depends on it: another tool may still take a VMID (the create then
+// fails with ErrAlreadyExists and the caller allocates again), and a restarted process
+// starts empty and reads Proxmox afresh.
+type Endpoint struct {
+	vmids vmidReservations
+
+	mu        sync.Mutex
+	snapshots map[string]*vmSnapshot   // token id -> last /cluster/resources
+	nodes     map[string]*nodeSnapshot // token id -> last /nodes
+	images    map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
+	fetch     singleflight.Group
+}
+
+type vmSnapshot struct {
+	at  time.Time
+	vms []VMRef
+}
+
+type nodeSnapshot struct {
+	at    time.Time
+	nodes []NodeInfo
+}
+
+// NewEndpoint returns empty shared state. ttl is how long an allocated but unused VMID
+// stays reserved (0: 10m).
+func NewEndpoint(ttl time.Duration) *Endpoint {
+	if ttl <= 0 {
+		ttl = 10 * time.Minute
+	}
+	return &Endpoint{
+		vmids:     vmidReservations{reserved: map[int]time.Time{}, ttl: ttl},
+		snapshots: map[string]*vmSnapshot{},
+		nodes:     map[string]*nodeSnapshot{},
+		images:    map[string]time.Time{},
+	}
+}
+
+// Endpoints hands out one Endpoint per Proxmox API URL.
+type Endpoints struct {
+	mu sync.Mutex
+	m  map[string]*Endpoint
+}
+
+// For returns the shared state of the API at url (normalised: scheme and host are
+// case-insensitive, a trailing slash or /api2/json does not make another endpoint).
+func (e *Endpoints) For(url string, ttl time.Duration) *Endpoint {
+	key := strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(strings.TrimSpace(url)), "/"), apiSuffix)
+	key = strings.TrimSuffix(key, "/")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]*Endpoint{}
+	}
+	ep, ok := e.m[key]
+	if !ok {
+		ep = NewEndpoint(ttl)
+		e.m[key] = ep
+	}
+	return ep
+}
+
+// snapshot returns the VMs of the last /cluster/resources read by token if it is at most
+// maxAge old, else reads it (one read for all concurrent callers of the token).
+func (ep *Endpoint) snapshot(ctx context.Context, token string, maxAge time.Duration, now func() time.Time, read func(context.Context) ([]VMRef, error)) ([]VMRef, error) {
+	ep.mu.Lock()
+	if s, ok := ep.snapshots[token]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
+		vms := s.vms
+		ep.mu.Unlock()
+		return vms, nil
+	}
+	ep.mu.Unlock()
+	ch := ep.fetch.DoChan("resources|"+token, func() (any, error) {
+		at := now()
+		vms, err := read(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		ep.mu.Lock()
+		ep.snapshots[token] = &vmSnapshot{at: at, vms: vms}
+		ep.mu.Unlock()
+		return vms, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]VMRef), nil
+	}
+}
+
+// nodeSnapshot returns the nodes of the last /nodes read by token if it is at most maxAge
+// old, else reads it (one read for all concurrent callers of the token).
+func (ep *Endpoint) nodeSnapshot(ctx context.Context, token string, maxAge time.Duration, now func() time.Time, read func(context.Context) ([]NodeInfo, error)) ([]NodeInfo, error) {
+	ep.mu.Lock()
+	if s, ok := ep.nodes[token]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
+		nodes := s.nodes
+		ep.mu.Unlock()
+		return nodes, nil
+	}
+	ep.mu.Unlock()
+	ch := ep.fetch.DoChan("nodes|"+token, func() (any, error) {
+		at := now()
+		nodes, err := read(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+		ep.mu.Lock()
+		ep.nodes[token] = &nodeSnapshot{at: at, nodes: nodes}
+		ep.mu.Unlock()
+		return nodes, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]NodeInfo), nil
+	}
+}
+
+// storeSnapshot records a /cluster/resources read made for another purpose (VMID
+// allocation), so the next snapshot reader does not read it again.
+func (ep *Endpoint) storeSnapshot(token string, at time.Time, vms []VMRef) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if s, ok := ep.snapshots[token]; !ok || s.at.Before(at) {
+		ep.snapshots[token] = &vmSnapshot{at: at, vms: vms}
+	}
+}
+
+// imageKnownFor is how long an image seen in a storage is taken to be there without
+// listing the storage again. An image deleted behind the provider's back within this
+// time makes one create fail (its task reports the missing volume); the next attempt
+// after the memo expired transfers it again.
+const imageKnownFor = time.Minute
+
+func imageKey(token, node, volid string, shared bool) string {
+	if shared {
+		node = "*"
+	}
+	return token + "|" + node + "|" + volid
+}
+
+// imagePresent reports whether volid was seen on node (or on the shared storage) lately.
+func (ep *Endpoint) imagePresent(token, node, volid string, now time.Time) bool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	for _, shared := range []bool{false, true} {
+		if until, ok := ep.images[imageKey(token, node, volid, shared)]; ok {
+			if now.Before(until) {
+				return true
+			}
+			delete(ep.images, imageKey(token, node, volid, shared))
+		}
+	}
+	return false
+}
+
+func (ep *Endpoint) rememberImage(token, node, volid string, shared bool, now time.Time) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	ep.images[imageKey(token, node, volid, shared)] = now.Add(imageKnownFor)
+}
+
+// forgetVolume drops what is remembered of volid (it was deleted).
+func (ep *Endpoint) forgetVolume(volid string) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	for k := range ep.images {
+		if strings.HasSuffix(k, "|"+volid) {
+			delete(ep.images, k)
+		}
+	}
+}
