@@ -419,6 +419,8 @@ func (c *PVEClient) DeleteVolume(ctx context.Context, node, volid string) error 
 // StartDeleteVolume implements Client. A reconciler records the UPID and polls it with
 // TaskStatus instead of holding a worker for the task.
 func (c *PVEClient) StartDeleteVolume(ctx context.Context, node, volid string) (string, error) {
+	// Forgotten before the delete starts: a machine must not trust an image that is going.
+	c.ep.forgetVolume(volid)
 	storage, _, ok := strings.Cut(volid, ":")
 	if !ok || storage == "" {
 		return "", fmt.Errorf("%w: %q is not a volume id (storage:content/file)", ErrInvalidConfig, volid)

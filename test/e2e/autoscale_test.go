@@ -43,6 +43,7 @@ var _ = Describe("Scaling workers to and from zero on the lab (the autoscaler's 
 		proxy     framework.ClusterProxy
 		dyn       dynamic.Interface
 		artifacts string
+		watch     = &secretWatch{}
 		ctx       = context.Background()
 	)
 	mdResource := clusterv1.GroupVersion.WithResource("machinedeployments")
@@ -173,7 +174,11 @@ var _ = Describe("Scaling workers to and from zero on the lab (the autoscaler's 
 	It("deletes the Cluster and leaves Proxmox empty", func() {
 		cl := &clusterv1.Cluster{}
 		cl.Namespace, cl.Name = l.Namespace, l.ClusterName
-		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts, watch)
+	})
+
+	It("leaves no secret (Proxmox token, bootstrap data, Talos PKI keys, Tailscale key) in any log, event or status", func() {
+		watch.scanAll(ctx, artifacts, l.Mgmt.Client)
 	})
 })
 

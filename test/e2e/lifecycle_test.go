@@ -42,6 +42,7 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		cluster   *clusterv1.Cluster
 		sim       *talossim.Sim
 		artifacts string
+		watch     = &secretWatch{}
 		ctx       = context.Background()
 		spec      time.Time
 	)
@@ -315,7 +316,11 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 			cluster = &clusterv1.Cluster{}
 			cluster.Namespace, cluster.Name = l.Namespace, l.ClusterName
 		}
-		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cluster, artifacts, watch)
+	})
+
+	It("leaves no secret (Proxmox token, bootstrap data, Talos PKI keys, Tailscale key) in any log, event or status", func() {
+		watch.scanAll(ctx, artifacts, l.Mgmt.Client)
 	})
 })
 

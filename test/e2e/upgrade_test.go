@@ -48,6 +48,7 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 		l         *lab.Lab
 		proxy     framework.ClusterProxy
 		artifacts string
+		watch     = &secretWatch{}
 		ctx       = context.Background()
 	)
 
@@ -154,8 +155,12 @@ var _ = Describe("Upgrade the default flavor", Ordered, ContinueOnFailure, func(
 		start := time.Now()
 		cl := &clusterv1.Cluster{}
 		cl.Namespace, cl.Name = l.Namespace, l.ClusterName
-		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts)
+		deleteAndCheckEmpty(ctx, l, proxy, cl, artifacts, watch)
 		AddReportEntry("duration", "delete: "+time.Since(start).Round(time.Second).String())
+	})
+
+	It("leaves no secret (Proxmox token, bootstrap data, Talos PKI keys, Tailscale key) in any log, event or status", func() {
+		watch.scanAll(ctx, artifacts, l.Mgmt.Client)
 	})
 })
 
