@@ -158,7 +158,7 @@ docker-build: ## Build the image with Docker from the Dockerfile (base: gcr.io/d
 demo: ## Run the lab: create the seed's 3+2 Talos cluster on simulated Proxmox (DEMO_EXIT=1 to exit when Available, DEMO_TIMEOUT=10m).
 	go run ./test/lab/cmd/demo
 
-E2E_TIMEOUT ?= 30m
+E2E_TIMEOUT ?= 50m
 .PHONY: test-e2e
 test-e2e: ## Run the e2e suite over the lab (3+2 cluster by hand and with clusterctl init/move/delete; pvesim empty and every process stopped).
 	@hack/envtest-assets.sh >/dev/null
