@@ -149,7 +149,10 @@ func TestMachineTemplateCapacity(t *testing.T) {
 			g := NewWithT(t)
 			f := newFixture(t, fmt.Sprintf("tmplcap%d", i))
 			if tt.clusterArch != nil {
-				f.createCluster(func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.Architecture = *tt.clusterArch })
+				f.createCluster(func(s *infrav1.ProxmoxTalosClusterSpec) {
+					s.ImageStorage = templateTestImageStorage
+					s.Talos.Architecture = *tt.clusterArch
+				})
 			}
 			f.template("workers", tt.spec, func(tmpl *infrav1.ProxmoxTalosMachineTemplate) {
 				switch tt.link {
@@ -191,7 +194,7 @@ func TestMachineTemplateCapacity(t *testing.T) {
 func TestMachineTemplateStatusSurvives(t *testing.T) {
 	g := NewWithT(t)
 	f := newFixture(t, "tmplkeep")
-	f.createCluster(nil)
+	f.createCluster(func(s *infrav1.ProxmoxTalosClusterSpec) { s.ImageStorage = templateTestImageStorage })
 	m := startTemplateManager(t)
 	f.template("workers", infrav1.ProxmoxTalosMachineSpec{Cores: 4, MemoryMiB: 8192}, nil)
 
@@ -250,7 +253,10 @@ func TestMachineTemplateFollowsChanges(t *testing.T) {
 	g.Eventually(func() string { return status().Capacity.Memory().String() }, 30*time.Second, 100*time.Millisecond).Should(Equal("4Gi"))
 	g.Expect(status().NodeInfo.Architecture).To(BeEmpty(), "no cluster yet")
 
-	f.createCluster(func(s *infrav1.ProxmoxTalosClusterSpec) { s.Talos.Architecture = "arm64" })
+	f.createCluster(func(s *infrav1.ProxmoxTalosClusterSpec) {
+		s.ImageStorage = templateTestImageStorage
+		s.Talos.Architecture = "arm64"
+	})
 	g.Eventually(func() string { return status().NodeInfo.Architecture }, 30*time.Second, 100*time.Millisecond).Should(Equal("arm64"))
 
 	var infra infrav1.ProxmoxTalosCluster
@@ -268,3 +274,9 @@ func TestMachineTemplateFollowsChanges(t *testing.T) {
 	g.Eventually(func() string { return status().Capacity.Memory().String() }, 30*time.Second, 100*time.Millisecond).Should(Equal("12Gi"))
 	g.Expect(status().Capacity.Cpu().String()).To(Equal("4"))
 }
+
+// templateTestImageStorage keeps the clusters these tests create (and leave behind) from
+// sharing the suite pvesim's image storage with other tests' clusters: a live cluster on the
+// same Proxmox API and image storage keeps the images when another cluster is deleted, so
+// the other tests' "nothing left in Proxmox" checks would see them.
+const templateTestImageStorage = "tmplcap-images"
