@@ -38,6 +38,7 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/controllers"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/webhooks"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
@@ -86,6 +87,7 @@ type options struct {
 	proxmoxLimits               proxmox.Limits
 	proxmoxRequestTimeout       time.Duration
 	imageGCGrace                time.Duration
+	nodeLossHandoverAfter       time.Duration
 	managerOptions              flags.ManagerOptions
 	logOptions                  *logs.Options
 	showVersion                 bool
@@ -151,6 +153,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		"Timeout of one Proxmox VE API request.")
 	fs.DurationVar(&o.imageGCGrace, "image-gc-grace", 30*time.Second,
 		"How long a Talos image must be unused by every machine on its Proxmox storage before it is deleted; negative keeps unused images until the last cluster on the storage is deleted.")
+	fs.DurationVar(&o.nodeLossHandoverAfter, "node-loss-handover-after", 5*time.Minute,
+		"How long the Proxmox node of a machine being deleted may stay offline before the VM's deletion is handed over to a successor ProxmoxTalosMachine (which destroys it when the node answers, keeping its address reserved) so that Cluster API can replace the machine; 0 waits for the node (docs/lifecycle.md).")
 	flags.AddManagerOptions(fs, &o.managerOptions)
 }
 
@@ -307,6 +311,7 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 		ImageFactory:     clients.NewImageFactoryFactory(),
 		ClusterCache:     clusterCache,
 		WatchFilterValue: o.watchFilterValue,
+		Timing:           machine.Timing{NodeLossHandoverAfter: o.nodeLossHandoverAfter},
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.machineConcurrency}); err != nil {
 		return fmt.Errorf("setting up the ProxmoxTalosMachine controller: %w", err)
 	}

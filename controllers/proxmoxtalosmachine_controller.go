@@ -97,7 +97,7 @@ func (c *credentialsCache) get(ctx context.Context, r client.Reader, infra *infr
 	return secret, nil
 }
 
-// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosmachines/finalizers,verbs=update
 // +kubebuilder:rbac:groups=infrastructure.cluster.x-k8s.io,resources=proxmoxtalosclusters,verbs=get;list;watch
@@ -105,7 +105,7 @@ func (c *credentialsCache) get(ctx context.Context, r client.Reader, infra *infr
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=ipam.cluster.x-k8s.io,resources=ipaddresses;ipaddressclaims,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=ipam.cluster.x-k8s.io,resources=ipaddresses;ipaddressclaims,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=ipam.cluster.x-k8s.io,resources=ipaddressclaims/status,verbs=get;patch
 
 // SetupWithManager registers the controller and its watches: the owner Machine (bootstrap
@@ -232,6 +232,16 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	scope := machine.NewScope(cl, infra, owner, ptm, pve)
 	if !ptm.DeletionTimestamp.IsZero() {
 		res, err := r.steps.ReconcileDelete(ctx, scope)
+		if from := ptm.Annotations[infrav1.HandedOverFromAnnotation]; from != "" && ownerGone {
+			// A successor has no owner Machine by design: its condition says whose VM it
+			// holds, then where the deletion stands.
+			prefix := fmt.Sprintf("Finishing the deletion of ProxmoxTalosMachine %s, handed over while its Proxmox node was offline.", from)
+			if c := conditions.Get(ptm, infrav1.VMProvisionedCondition); c != nil && !strings.HasPrefix(c.Message, prefix) {
+				c.Message = prefix + " " + c.Message
+				conditions.Set(ptm, *c)
+			}
+			return res, err
+		}
 		if ownerGone {
 			// Say so on the condition that reports the deletion's progress.
 			const gone = "The owner Machine is gone; deleting the VM without it (stopped hard, as for a remediated machine)."

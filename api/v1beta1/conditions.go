@@ -94,6 +94,10 @@ const (
 	NodeOfflineReason = "NodeOffline"
 	// VMAbandonedReason: deletion left the VM behind on request (AbandonVMAnnotation).
 	VMAbandonedReason = "VMAbandoned"
+	// VMHandedOverReason: the VM's Proxmox node stayed offline during deletion, so the
+	// VM, its volumes and its addresses were handed over to a machine that deletes them
+	// once the node answers (HandedOverFromAnnotation); this machine is released.
+	VMHandedOverReason = "VMHandedOver"
 	// OwnerMachineNotFoundReason: the owner Machine is gone while the machine is deleted.
 	OwnerMachineNotFoundReason = "OwnerMachineNotFound"
 	// TaskFailedReason: a Proxmox task the controller started failed.

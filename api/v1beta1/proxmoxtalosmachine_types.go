@@ -23,6 +23,16 @@ const (
 	// its disks and its boot ISO (which holds the cluster's PKI) are left behind, and a
 	// Warning event names them. Addresses are released as usual.
 	AbandonVMAnnotation = "proxmoxtalosmachine.infrastructure.cluster.x-k8s.io/abandon-vm"
+
+	// HandedOverFromAnnotation marks a ProxmoxTalosMachine the controller created to finish
+	// another machine's deletion: that machine's VM sat on a Proxmox node that stayed
+	// offline (manager flag --node-loss-handover-after), so its deletion was handed over
+	// and Cluster API could replace the machine at once. The value is the original
+	// machine's name, whose ownership tag the VM carries; the spec repeats the original's
+	// identity (VMID, node, SMBIOS uuid, volumes, addresses, whose claims it now owns).
+	// Such a machine is created already being deleted: it destroys the VM once its node
+	// answers, then releases the addresses. Set only by the controller.
+	HandedOverFromAnnotation = "proxmoxtalosmachine.infrastructure.cluster.x-k8s.io/handed-over-from"
 )
 
 // Talos' documented minimum memory, enforced by the validating webhooks.

@@ -46,7 +46,20 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 	if abandon {
 		r.abandonVM(s)
 	} else {
-		if res, done := r.deleteVM(ctx, s); !done {
+		// A hand-over an earlier pass began is finished, whatever the node does now: the
+		// successor owns the VM and the address claims.
+		succ, err := r.successor(ctx, s)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if succ != nil {
+			return r.handOver(ctx, s, nil)
+		}
+		res, done := r.deleteVM(ctx, s)
+		if s.handover != nil {
+			return r.handOver(ctx, s, s.handover)
+		}
+		if !done {
 			return res, nil
 		}
 		if res, done := r.deleteOwnedVolumes(ctx, s); !done {
@@ -64,6 +77,7 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}, nil
 	}
 	r.placements.Delete(s.PTM.UID)
+	r.offlineSince.Delete(s.PTM.UID)
 	controllerutil.RemoveFinalizer(s.PTM, infrav1.MachineFinalizer)
 	return ctrl.Result{}, nil
 }
@@ -144,6 +158,7 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool)
 	}
 	switch loc.verdict {
 	case vmOurs:
+		r.offlineSince.Delete(s.PTM.UID)
 		if loc.node != s.PTM.Spec.Node {
 			r.event(s, corev1.EventTypeNormal, "VMMoved", "VM %d moved from node %s to %s", vmid, s.PTM.Spec.Node, loc.node)
 			s.PTM.Spec.Node = loc.node
@@ -157,13 +172,20 @@ func (r *Reconciler) deleteVM(ctx context.Context, s *Scope) (ctrl.Result, bool)
 	case vmForeign:
 		what := describeVM(loc.node, vmid, loc.cfg)
 		msg := fmt.Sprintf("%s does not show this machine's identity (smbios uuid %s, tags %s;%s); it was left untouched",
-			what, s.PTM.Spec.SMBIOSUUID, TagManaged, MachineTag(s.PTM.Name))
+			what, s.PTM.Spec.SMBIOSUUID, TagManaged, MachineTag(identityName(s.PTM)))
 		if c := conditions.Get(s.PTM, infrav1.VMProvisionedCondition); c == nil || c.Message != msg {
 			r.warn(s, infrav1.ForeignVMReason, "%s", msg)
 		}
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.ForeignVMReason, msg)
 	case vmAbsent:
 		if len(loc.offline) > 0 {
+			if due, pending := r.handoverDue(s, loc.offline); due {
+				s.handover = loc.offline
+				return ctrl.Result{}, false
+			} else if pending {
+				// The condition says when the hand-over comes; check the node again meanwhile.
+				return ctrl.Result{RequeueAfter: min(r.Timing.NodeLossHandoverAfter/4+time.Second, r.Timing.WithDefaults().Max)}, false
+			}
 			msg := fmt.Sprintf("VM %d is not on any node that answers; Proxmox node(s) %s do not answer and may hold it. Retrying; if the node is gone for good, annotate the ProxmoxTalosMachine with %s=true to abandon the VM",
 				vmid, strings.Join(loc.offline, ", "), infrav1.AbandonVMAnnotation)
 			r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.NodeOfflineReason, msg)

@@ -45,7 +45,7 @@ func judge(s *Scope, cfg proxmox.VMConfig) verdict {
 		return vmCreating
 	}
 	if s.PTM.Spec.SMBIOSUUID != "" && strings.EqualFold(uuid, s.PTM.Spec.SMBIOSUUID) &&
-		hasAllTags(cfg.Tags(), TagManaged, MachineTag(s.PTM.Name)) {
+		hasAllTags(cfg.Tags(), TagManaged, MachineTag(identityName(s.PTM))) {
 		return vmOurs
 	}
 	return vmForeign
@@ -131,7 +131,7 @@ func (r *Reconciler) findOurVMs(ctx context.Context, s *Scope) ([]proxmox.VMRef,
 		return nil, nil
 	}
 	return s.PVE.FindVMs(ctx, proxmox.VMFilter{
-		Tags:       []string{TagManaged, MachineTag(s.PTM.Name)},
+		Tags:       []string{TagManaged, MachineTag(identityName(s.PTM))},
 		SMBIOSUUID: s.PTM.Spec.SMBIOSUUID,
 	})
 }

@@ -44,6 +44,11 @@ type Timing struct {
 	// power-state check accepts (the snapshot is shared by every machine on the same
 	// Proxmox). Default 10s: pvestatd refreshes it every 10 s, so nothing fresher exists.
 	StatusMaxAge time.Duration
+	// NodeLossHandoverAfter is how long the Proxmox node of a machine being deleted may
+	// stay offline before the deletion is handed over to a successor machine, so that
+	// Cluster API can replace the machine (handover.go). Zero or negative: never; the
+	// deletion waits for the node.
+	NodeLossHandoverAfter time.Duration
 }
 
 func (t Timing) withDefaults() Timing {
@@ -78,6 +83,9 @@ type Reconciler struct {
 	// create: nothing of the machine's can be at that VMID yet, so the pass that creates
 	// needs no look first. Lost on restart, where the look is what prevents twins.
 	fresh sync.Map // machine UID -> VMID
+	// offlineSince remembers when a deletion first found its VM's node offline, for the
+	// hand-over (handover.go). Lost on restart, which only makes the wait longer.
+	offlineSince sync.Map // machine UID -> time.Time
 }
 
 // Scope is one pass over one machine.
@@ -94,6 +102,9 @@ type Scope struct {
 	Spec        infrav1.ProxmoxTalosMachineSpec
 
 	imageVolID string
+	// handover lists the offline Proxmox nodes when deleteVM decided to hand the
+	// deletion over (handover.go).
+	handover []string
 	// justCreated: this pass saw the create task it recorded succeed, so the VM is
 	// stopped (Proxmox creates VMs stopped) and startVM need not read its state first.
 	justCreated bool

@@ -16,14 +16,18 @@ import (
 	. "github.com/onsi/gomega"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 	"sigs.k8s.io/cluster-api/test/framework"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/lab"
@@ -35,6 +39,9 @@ import (
 // and a Proxmox node are lost and the MachineHealthCheck replaces the worker, a control plane
 // is lost and replaced with its etcd member, the cluster is paused and resumed, and deleted.
 // Run alone with -ginkgo.focus=Lifecycle (or -ginkgo.label-filter=lifecycle).
+// handoverAfter is the lab manager's --node-loss-handover-after (default 5m).
+const handoverAfter = 20 * time.Second
+
 var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("lifecycle"), func() {
 	var (
 		l         *lab.Lab
@@ -60,6 +67,8 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		start := time.Now()
 		l, err = lab.Start(startCtx, lab.Options{
 			ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, SkipApply: true,
+			// Short enough for the spec, long enough that a node that blinks is waited for.
+			ProviderArgs: []string{"--node-loss-handover-after=" + handoverAfter.String()},
 			Logf: func(format string, args ...any) { GinkgoWriter.Printf(format+"\n", args...) },
 		})
 		DeferCleanup(func() {
@@ -163,8 +172,10 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 
 	// Cluster API replaces a remediated MachineSet machine only once its deletion completed
 	// (machines being deleted count as replicas, cluster-api#3434), and the provider never
-	// forgets a VM it cannot reach: the deletion waits for the node, the replacement with it.
-	It("remediates a worker whose Proxmox node went offline: deletion waits for the node; back, the old VM is destroyed, never adopted, and the replacement joins", func() {
+	// forgets a VM it cannot reach. The lab's manager hands such a deletion over after
+	// handoverAfter (--node-loss-handover-after): a successor ProxmoxTalosMachine keeps the
+	// VM and its address, the Machine goes, and the replacement joins while the node is down.
+	It("replaces a worker whose Proxmox node went offline: the deletion is handed over, the replacement joins while the node is down; back, the old VM is destroyed, never adopted", func() {
 		before := workers(ctx, l)
 		Expect(before).To(HaveLen(2))
 		victim := before[0]
@@ -181,32 +192,47 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		wl := workloadClient(ctx, l)
 		waitNodeReady(ctx, wl, victim.nodeName, corev1.ConditionUnknown, 2*time.Minute)
 
-		// Remediation started: the Machine is being deleted, and the deletion says the node
-		// does not answer; the VM is still there, recorded, not forgotten.
+		// Remediation started and, the node staying offline, the deletion was handed over:
+		// the successor holds the VM's identity and waits for the node.
+		succKey := client.ObjectKey{Namespace: l.Namespace, Name: machine.SuccessorName(victim.ptmName)}
 		Eventually(func(g Gomega) {
-			m := machineByName(ctx, l, victim.name)
-			g.Expect(m).NotTo(BeNil())
-			g.Expect(m.deleting).To(BeTrue(), "remediated by the MachineHealthCheck")
-			p := &infrav1.ProxmoxTalosMachine{}
-			g.Expect(l.Mgmt.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: victim.ptmName}, p)).To(Succeed())
-			c := meta.FindStatusCondition(p.Status.Conditions, infrav1.VMProvisionedCondition)
+			succ := &infrav1.ProxmoxTalosMachine{}
+			g.Expect(l.Mgmt.Client.Get(ctx, succKey, succ)).To(Succeed(), "successor of %s", victim.ptmName)
+			g.Expect(succ.DeletionTimestamp.IsZero()).To(BeFalse())
+			g.Expect(succ.Annotations).To(HaveKeyWithValue(infrav1.HandedOverFromAnnotation, victim.ptmName))
+			g.Expect(int(ptr.Deref(succ.Spec.VMID, 0))).To(Equal(victim.vmid))
+			c := meta.FindStatusCondition(succ.Status.Conditions, infrav1.VMProvisionedCondition)
 			g.Expect(c).NotTo(BeNil())
-			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
-			g.Expect(c.Reason == infrav1.NodeOfflineReason || strings.Contains(c.Message, down)).To(BeTrue(),
-				"VMProvisioned names the offline node: %s: %s", c.Reason, c.Message)
-			GinkgoWriter.Printf("VMProvisioned of %s: %s: %s\n", victim.ptmName, c.Reason, c.Message)
-		}, 2*time.Minute, 2*time.Second).Should(Succeed())
+			g.Expect(c.Reason).To(Equal(infrav1.NodeOfflineReason))
+			g.Expect(c.Message).To(ContainSubstring(down))
+			GinkgoWriter.Printf("VMProvisioned of %s: %s: %s\n", succ.Name, c.Reason, c.Message)
+		}, 3*time.Minute, 2*time.Second).Should(Succeed())
+		handedOver := time.Since(lost)
 		_, stillThere := l.PVE.VM(victim.vmid)
-		Expect(stillThere).To(BeTrue())
-		marked := time.Since(lost)
-		GinkgoWriter.Printf("after %s: %s\n", marked.Round(time.Second), describeState(clusterMachines(ctx, l)))
+		Expect(stillThere).To(BeTrue(), "the VM on the offline node is not forgotten")
 
+		// Replaced while the node is down, on a node that answers, with another address: the
+		// old VM's address stays reserved, it would come back with it.
+		replacement := waitReplaced(ctx, l, victim, before, l.Workers, 5*time.Minute)
+		replaced := time.Since(lost)
+		Expect(replacement.pveNode).NotTo(Equal(down))
+		Expect(replacement.address).NotTo(Equal(victim.address), "the offline VM's address is still reserved")
+		expectAddressReserved(ctx, l, victim.address, true)
+		_, stillThere = l.PVE.VM(victim.vmid)
+		Expect(stillThere).To(BeTrue())
+
+		// The node returns: the successor destroys the old VM with its disks and boot ISO,
+		// releases the address and goes.
 		l.PVE.SetNodeOnline(down, true)
 		back = true
 		backAt := time.Now()
-		replacement := waitReplaced(ctx, l, victim, before, l.Workers, 5*time.Minute)
 		expectVMGone(l, victim)
-		expectAddressesFree(ctx, l, []string{victim.address}, replacement.name)
+		Eventually(func(g Gomega) {
+			err := l.Mgmt.Client.Get(ctx, succKey, &infrav1.ProxmoxTalosMachine{})
+			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "successor still there: %v", err)
+		}, 2*time.Minute, time.Second).Should(Succeed())
+		cleaned := time.Since(backAt)
+		expectAddressReserved(ctx, l, victim.address, false)
 		// No zombie: the old VM does not come back, no machine takes it over, no stale Node.
 		Consistently(func(g Gomega) {
 			_, ok := l.PVE.VM(victim.vmid)
@@ -214,8 +240,9 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 		}, 10*time.Second, time.Second).Should(Succeed())
 		expectNoZombie(ctx, l)
 		waitAllNodesReady(ctx, wl, 2*time.Minute)
-		AddReportEntry("node loss", fmt.Sprintf("node %s offline: worker %s marked and in deletion after %s (VM kept, NodeOffline); node back: old VM %d destroyed and replacement %s on %s Available after %s",
-			down, victim.name, marked.Round(time.Second), victim.vmid, replacement.name, replacement.pveNode, time.Since(backAt).Round(time.Second)))
+		AddReportEntry("node loss", fmt.Sprintf("node %s offline: worker %s handed over after %s, replacement %s on %s (address %s) Available after %s with the node still down; node back: old VM %d destroyed and address %s released after %s",
+			down, victim.name, handedOver.Round(time.Second), replacement.name, replacement.pveNode, replacement.address, replaced.Round(time.Second),
+			victim.vmid, victim.address, cleaned.Round(time.Second)))
 	})
 
 	It("replaces a lost control plane: the MachineHealthCheck marks it, deleting its Machine brings a replacement and etcd drops the old member", func() {
@@ -555,6 +582,26 @@ func expectAddressesFree(ctx context.Context, l *lab.Lab, addrs []string, reused
 				continue
 			}
 			g.Expect(addrs).NotTo(ContainElement(m.address), "address still held by %s", m.name)
+		}
+	}, time.Minute, time.Second).Should(Succeed())
+}
+
+// expectAddressReserved: an IPAddress of the lab's namespace holds addr (or none does).
+func expectAddressReserved(ctx context.Context, l *lab.Lab, addr string, reserved bool) {
+	GinkgoHelper()
+	Eventually(func(g Gomega) {
+		list := &ipamv1.IPAddressList{}
+		g.Expect(l.Mgmt.Client.List(ctx, list, client.InNamespace(l.Namespace))).To(Succeed())
+		var holders []string
+		for _, a := range list.Items {
+			if a.Spec.Address == addr {
+				holders = append(holders, a.Name+" (claim "+a.Spec.ClaimRef.Name+")")
+			}
+		}
+		if reserved {
+			g.Expect(holders).NotTo(BeEmpty(), "address %s is not reserved", addr)
+		} else {
+			g.Expect(holders).To(BeEmpty(), "address %s still reserved", addr)
 		}
 	}, time.Minute, time.Second).Should(Succeed())
 }

@@ -66,6 +66,8 @@ type Options struct {
 	// Variables override single template variables of the generated cluster (a bigger
 	// worker pool, say); every address must stay in 127.0.0.0/8.
 	Variables map[string]string
+	// ProviderArgs are extra flags for this provider's manager.
+	ProviderArgs []string
 	Logf      func(format string, args ...any)
 }
 
@@ -219,7 +221,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 		logf("clusterctl repository %s built in %s (config %s)", l.Repo.Root, time.Since(start).Round(100*time.Millisecond), l.Repo.ConfigPath)
 	}
-	mgmt, err := StartManagement(ctx, MgmtOptions{ArtifactsDir: opts.ArtifactsDir, Logf: logf, Clusterctl: l.Repo})
+	mgmt, err := StartManagement(ctx, MgmtOptions{ArtifactsDir: opts.ArtifactsDir, Logf: logf, Clusterctl: l.Repo, ProviderArgs: opts.ProviderArgs})
 	if mgmt != nil {
 		l.managements = append(l.managements, mgmt)
 	}
@@ -346,7 +348,7 @@ func (l *Lab) StartManagement(ctx context.Context, name string) (*Management, er
 		return nil, errors.New("the lab was started without ClusterctlInit: no clusterctl repository")
 	}
 	m, err := StartManagement(ctx, MgmtOptions{
-		ArtifactsDir: filepath.Join(l.ArtifactsDir, name), Clusterctl: l.Repo, ManagerBinary: l.Mgmt.ManagerBinary,
+		ArtifactsDir: filepath.Join(l.ArtifactsDir, name), Clusterctl: l.Repo, ManagerBinary: l.Mgmt.ManagerBinary, ProviderArgs: l.ProviderArgs,
 		Logf: func(format string, args ...any) { l.Logf(name+": "+format, args...) },
 	})
 	if m != nil {

@@ -51,6 +51,9 @@ type MgmtOptions struct {
 	// ManagerBinary is this provider's manager already built (a second management cluster
 	// reuses the first one's); empty builds it into <artifacts>/bin/manager.
 	ManagerBinary string
+	// ProviderArgs are extra flags for this provider's manager (e.g. a short
+	// --node-loss-handover-after).
+	ProviderArgs []string
 }
 
 // Management is a management cluster made of processes on loopback: etcd, kube-apiserver and
@@ -214,7 +217,8 @@ func StartManagement(ctx context.Context, opts MgmtOptions) (_ *Management, err 
 		{name: ProviderOurs, label: "infrastructure-proxmox-talos", bin: ourBin,
 			crdDirs:   []string{filepath.Join(root, "config", "crd", "bases")},
 			crdLabels: map[string]string{"cluster.x-k8s.io/v1beta2": "v1beta1"},
-			webhooks:  filepath.Join(root, "config", "webhook", "manifests.yaml")},
+			webhooks:  filepath.Join(root, "config", "webhook", "manifests.yaml"),
+			extraArgs: opts.ProviderArgs},
 	}
 	for _, s := range specs {
 		s.webhookPort, s.healthPort, s.diagPort = nextPort(), nextPort(), nextPort()
