@@ -15,7 +15,9 @@ CONTROLLER_GEN := go tool controller-gen
 # RBAC comes from kubebuilder markers in the manager and its controllers.
 RBAC_PATHS := paths=./ $(foreach d,controllers internal,$(if $(wildcard $(d)),paths=./$(d)/...))
 KUBECTL ?= kubectl
-GO_TEST_FLAGS ?=
+# go test's default of 10 minutes per package is close to the chaos CI run (about 7 minutes
+# on a loaded 2-core machine); a stuck test still ends well inside CI's 90 minutes.
+GO_TEST_FLAGS ?= -timeout 25m
 
 ##@ General
 
