@@ -84,6 +84,7 @@ type options struct {
 	webhookCertName             string
 	webhookKeyName              string
 	healthAddr                  string
+	profilerAddr                string
 	proxmoxLimits               proxmox.Limits
 	proxmoxRequestTimeout       time.Duration
 	imageGCGrace                time.Duration
@@ -135,6 +136,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.webhookCertName, "webhook-cert-name", "tls.crt", "Webhook certificate file name.")
 	fs.StringVar(&o.webhookKeyName, "webhook-key-name", "tls.key", "Webhook key file name.")
 	fs.StringVar(&o.healthAddr, "health-addr", ":9440", "Address of the health and readiness probes.")
+	fs.StringVar(&o.profilerAddr, "profiler-address", "",
+		"Address serving Go's pprof endpoints (/debug/pprof/) without authentication, e.g. 127.0.0.1:6060; empty: off.")
 	// The hypervisor's real cost is the tasks (create, import, start), bounded by
 	// --proxmox-max-tasks-per-node and the in-flight limits; API reads are answered by
 	// pveproxy from pmxcfs in milliseconds. 50 QPS (burst 100) keeps a burst of creates
@@ -211,6 +214,7 @@ func run(ctx context.Context, o *options) error {
 		RenewDeadline:              &o.leaderElectionRenewDeadline,
 		RetryPeriod:                &o.leaderElectionRetryPeriod,
 		LeaderElectionResourceLock: resourcelock.LeasesResourceLock,
+		PprofBindAddress:           o.profilerAddr,
 		HealthProbeBindAddress:     o.healthAddr,
 		Metrics:                    *metricsOptions,
 		Cache: ctrlcache.Options{
