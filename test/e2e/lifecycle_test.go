@@ -69,7 +69,7 @@ var _ = Describe("Lifecycle of the default flavor on the lab", Ordered, Label("l
 			ArtifactsDir: artifacts, NodeSim: lab.TalosNodeSim, SkipApply: true,
 			// Short enough for the spec, long enough that a node that blinks is waited for.
 			ProviderArgs: []string{"--node-loss-handover-after=" + handoverAfter.String()},
-			Logf: func(format string, args ...any) { GinkgoWriter.Printf(format+"\n", args...) },
+			Logf:         func(format string, args ...any) { GinkgoWriter.Printf(format+"\n", args...) },
 		})
 		DeferCleanup(func() {
 			if l == nil {

@@ -68,7 +68,7 @@ type Options struct {
 	Variables map[string]string
 	// ProviderArgs are extra flags for this provider's manager.
 	ProviderArgs []string
-	Logf      func(format string, args ...any)
+	Logf         func(format string, args ...any)
 }
 
 // Lab is a running lab.
