@@ -76,10 +76,17 @@ func (r *Reconciler) ReconcileDelete(ctx context.Context, s *Scope) (ctrl.Result
 		r.setCondition(s, infrav1.AddressesClaimedCondition, false, infrav1.DeletingReason, "Releasing addresses")
 		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}, nil
 	}
-	r.placements.Delete(s.PTM.UID)
-	r.offlineSince.Delete(s.PTM.UID)
+	r.forget(s)
 	controllerutil.RemoveFinalizer(s.PTM, infrav1.MachineFinalizer)
 	return ctrl.Result{}, nil
+}
+
+// forget drops what this process remembers about a machine that is going away.
+func (r *Reconciler) forget(s *Scope) {
+	r.placements.Delete(s.PTM.UID)
+	r.fresh.Delete(s.PTM.UID)
+	r.sentCreates.Delete(s.PTM.UID)
+	r.offlineSince.Delete(s.PTM.UID)
 }
 
 // Proxmox task types the deletion starts.

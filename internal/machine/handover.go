@@ -143,8 +143,7 @@ func (r *Reconciler) handOver(ctx context.Context, s *Scope, offline []string) (
 	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.VMHandedOverReason, msg)
 	r.warn(s, infrav1.VMHandedOverReason, "%s", msg)
 	s.PTM.Status.Task = nil
-	r.offlineSince.Delete(s.PTM.UID)
-	r.placements.Delete(s.PTM.UID)
+	r.forget(s)
 	controllerutil.RemoveFinalizer(s.PTM, infrav1.MachineFinalizer)
 	return ctrl.Result{}, nil
 }

@@ -83,6 +83,10 @@ type Reconciler struct {
 	// create: nothing of the machine's can be at that VMID yet, so the pass that creates
 	// needs no look first. Lost on restart, where the look is what prevents twins.
 	fresh sync.Map // machine UID -> VMID
+	// sentCreates remembers the UPID of the create this process sent for a machine: only
+	// that task's success proves the VM at the VMID is the machine's without reading its
+	// config (vm.go). Lost on restart, where the config is read.
+	sentCreates sync.Map // machine UID -> UPID
 	// offlineSince remembers when a deletion first found its VM's node offline, for the
 	// hand-over (handover.go). Lost on restart, which only makes the wait longer.
 	offlineSince sync.Map // machine UID -> time.Time

@@ -715,3 +715,47 @@ func TestSlowImportDoesNotDelayOtherCluster(t *testing.T) {
 	g.Expect(longest).To(BeNumerically("<", 500*time.Millisecond), "a pass waited for Proxmox")
 	g.Expect(b.done).To(BeNumerically("<", a.done-time.Second), "B waited for A's import")
 }
+
+// TestResumedCreateOfAnotherMachineIsNotAdopted: two machines hold the same VMID (one
+// allocated it before a restart, the restarted process gave it to another). The second
+// sends its create; the first, finding "lock: create" there, resumes the create task from
+// the node's task list, whose user is the same API token. When that task succeeds, the VM
+// is the other machine's: the first machine must judge it by its config (foreign), give
+// the VMID up, and never count the other machine's VM as its own.
+func TestResumedCreateOfAnotherMachineIsNotAdopted(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 300*time.Millisecond)
+	ctx := context.Background()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+
+	other := e.scope("pve1", 4700)
+	other.PTM.Name, other.PTM.UID = "w-1", types.UID(uuid.NewString())
+	other.PTM.Spec.SMBIOSUUID = uuid.NewString()
+	other.Machine.Name = "w-1"
+	mine := e.scope("pve1", 4700)
+	for _, s := range []*Scope{other, mine} {
+		iso, err := BootISOName(s)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+		g.Expect(err).NotTo(HaveOccurred())
+		s.imageVolID = img
+	}
+
+	out, err := e.r.createVM(ctx, other)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse())
+	g.Expect(other.PTM.Status.Task).NotTo(BeNil(), "the other machine's create is running")
+
+	deadline := time.Now().Add(10 * time.Second)
+	for mine.PTM.Spec.VMID != nil {
+		g.Expect(time.Now().Before(deadline)).To(BeTrue(), "machine kept VMID 4700: %+v", mine.PTM.Status.Conditions)
+		out, err = e.r.createVM(ctx, mine)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out.done && mine.PTM.Spec.VMID != nil).To(BeFalse(),
+			"machine w-0 took VM %d, created for w-1, as its own", ptr.Deref(mine.PTM.Spec.VMID, 0))
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.Expect(conditionOf(mine, infrav1.VMProvisionedCondition).Status).NotTo(Equal(metav1.ConditionTrue))
+	g.Expect(e.events()).To(ContainElement(ContainSubstring("VMIDConflict")))
+}

@@ -80,6 +80,10 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 
 	// 2. A create this controller started on an earlier pass.
 	created := false
+	var followed string
+	if t := s.PTM.Status.Task; t != nil {
+		followed = t.UPID
+	}
 	switch out, _, err := r.followTask(ctx, s, taskCreate); out {
 	case taskRunning:
 		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
@@ -95,7 +99,14 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 		r.warn(s, reason, "Creating VM %d on node %s failed: %s", vmid, node, msg)
 		return r.waitOn(s, infrav1.VMProvisionedCondition)
 	case taskSucceeded:
-		created = true
+		// Only a create this process sent for this machine proves whose VM it made. A
+		// task resumed from the node's task list (its record lost to a restart) may be
+		// another machine's create at the same VMID, since every machine uses the same
+		// API token: that VM is judged by its config below, like after any restart.
+		if sent, ok := r.sentCreates.Load(s.PTM.UID); ok && sent.(string) == followed {
+			created = true
+		}
+		r.sentCreates.Delete(s.PTM.UID)
 	default:
 		if err != nil {
 			return r.vmError(s, err)
@@ -235,6 +246,7 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 		return r.vmError(s, err)
 	}
 	recordTask(s, upid, taskCreate, node, vmid)
+	r.sentCreates.Store(s.PTM.UID, upid)
 	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
 		fmt.Sprintf("Creating VM %d on node %s (Proxmox task started)", vmid, node))
 	r.event(s, corev1.EventTypeNormal, "VMCreating", "Creating VM %d on node %s (task %s)", vmid, node, upid)

@@ -2,6 +2,8 @@ package chaos
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,11 +24,22 @@ func TestChaosCI(t *testing.T) {
 	testenv.RequireAssets(t)
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
+	// The manager's log and result.json stay in _artifacts/chaos-ci when the run fails:
+	// a chaos failure depends on timing and is read from the log, not rerun.
+	out := filepath.Join(testenv.RepoRoot(), "_artifacts", "chaos-ci")
+	g.Expect(os.RemoveAll(out)).To(Succeed())
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("chaos artifacts kept in %s", out)
+			return
+		}
+		_ = os.RemoveAll(out)
+	})
 	res, err := Run(context.Background(), Options{
 		Seed: 15, Machines: 8, Clusters: 2, Duration: 2 * time.Minute, Kills: 3,
 		ErrorRate: 0.2, TaskFailureRate: 0.05, LockTimeoutRate: 0.03, ProxyErrorRate: 0.05,
 		Timeout: 10 * time.Minute,
-		Out:     t.TempDir(),
+		Out:     out,
 		Logf:    t.Logf,
 	})
 	var table strings.Builder
