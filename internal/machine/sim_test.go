@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/cluster-api/util/conditions"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -75,15 +76,9 @@ func newSimEnv(t *testing.T, taskDuration time.Duration, tune ...func(*pvesim.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
 	rec := events.NewFakeRecorder(100)
 	r := &Reconciler{
-		Client:   fake.NewClientBuilder().WithScheme(scheme).Build(),
+		Client:   fakeClient(t),
 		Recorder: rec,
 		Timing:   Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second},
 	}
@@ -566,6 +561,18 @@ func vmsWithUUID(sim *pvesim.Server, uuid string) int {
 }
 
 // newSimEnvFor is a fresh client and reconciler (a restarted manager) on an existing simulator.
+// fakeClient is an empty management API with the types the step machine reads.
+func fakeClient(t *testing.T) client.Client {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, clusterv1.AddToScheme, ipamv1.AddToScheme, infrav1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fake.NewClientBuilder().WithScheme(scheme).Build()
+}
+
 func newSimEnvFor(t *testing.T, sim *pvesim.Server) *simEnv {
 	t.Helper()
 	pve, err := proxmox.New(proxmox.Config{
@@ -577,7 +584,7 @@ func newSimEnvFor(t *testing.T, sim *pvesim.Server) *simEnv {
 		t.Fatal(err)
 	}
 	rec := events.NewFakeRecorder(1000)
-	return &simEnv{t: t, sim: sim, pve: pve, rec: rec, r: &Reconciler{Recorder: rec,
+	return &simEnv{t: t, sim: sim, pve: pve, rec: rec, r: &Reconciler{Client: fakeClient(t), Recorder: rec,
 		Timing: Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second}}}
 }
 
@@ -758,4 +765,23 @@ func TestResumedCreateOfAnotherMachineIsNotAdopted(t *testing.T) {
 	}
 	g.Expect(conditionOf(mine, infrav1.VMProvisionedCondition).Status).NotTo(Equal(metav1.ConditionTrue))
 	g.Expect(e.events()).To(ContainElement(ContainSubstring("VMIDConflict")))
+}
+
+// TestAllocationSkipsVMIDsOtherMachinesRecorded: after a restart this process holds no
+// reservations, and a VMID another machine recorded before it (create not sent yet) looks
+// free in Proxmox. Allocation skips it.
+func TestAllocationSkipsVMIDsOtherMachinesRecorded(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond)
+	ctx := context.Background()
+	other := e.scope("pve1", 100)
+	other.PTM.Name, other.PTM.UID = "w-1", types.UID(uuid.NewString())
+	g.Expect(e.r.Client.Create(ctx, other.PTM.DeepCopy())).To(Succeed())
+
+	s := e.scope("pve1", 0)
+	s.PTM.Spec.VMID = nil
+	_, err := e.r.createVM(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(s.PTM.Spec.VMID).NotTo(BeNil())
+	g.Expect(*s.PTM.Spec.VMID).To(BeNumerically(">", 100), "VMID 100 is recorded by machine w-1")
 }

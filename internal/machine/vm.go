@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"sigs.k8s.io/cluster-api/util/conditions"
@@ -63,6 +64,11 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 			if s.Spec.VMIDRange != nil {
 				rng = proxmox.VMIDRange{Min: int(s.Spec.VMIDRange.Start), Max: int(s.Spec.VMIDRange.End)}
 			}
+			recorded, err := r.recordedVMIDs(ctx)
+			if err != nil {
+				return result{}, err
+			}
+			rng.Recorded = recorded
 			vmid, err := s.PVE.AllocateVMID(ctx, rng)
 			if err != nil {
 				reason, msg := cluster.ClassifyError(err)
@@ -200,6 +206,26 @@ func (r *Reconciler) createVM(ctx context.Context, s *Scope) (result, error) {
 	}
 	r.setCondition(s, infrav1.VMProvisionedCondition, true, infrav1.ReadyReason, fmt.Sprintf("VM %d on node %s", vmid, node))
 	return next()
+}
+
+// recordedVMIDs are the VMIDs every ProxmoxTalosMachine has recorded. After a restart the
+// VMID reservations of the process that recorded them are gone, and a VMID recorded but
+// not yet created is free in Proxmox's eyes: without this, two machines could take the
+// same VMID and one would have to give it up (vmForeign) after a wasted create. Machines
+// of every Proxmox are counted: skipping an id another Proxmox uses costs nothing. The
+// cached list is read without copies (at N machines, N allocations would copy N² objects).
+func (r *Reconciler) recordedVMIDs(ctx context.Context) (map[int]bool, error) {
+	var list infrav1.ProxmoxTalosMachineList
+	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("listing ProxmoxTalosMachines for their VMIDs: %w", err)
+	}
+	ids := make(map[int]bool, len(list.Items))
+	for i := range list.Items {
+		if v := list.Items[i].Spec.VMID; v != nil {
+			ids[int(*v)] = true
+		}
+	}
+	return ids, nil
 }
 
 // taskCreate is the type of Proxmox's VM create task.

@@ -102,6 +102,10 @@ type VMFilter struct {
 type VMIDRange struct {
 	Min int
 	Max int
+	// Recorded are VMIDs the caller knows to be promised to VMs Proxmox may not show yet
+	// (recorded by machines whose create has not been sent); allocation skips them. It
+	// covers what this process's reservations cannot: VMIDs recorded before a restart.
+	Recorded map[int]bool
 }
 
 // StorageInfo is a storage as seen by one node (GET /nodes/{node}/storage).

@@ -489,6 +489,20 @@ func TestAllocateVMIDConcurrent(t *testing.T) {
 	g.Expect(err).To(MatchError(ErrInvalidConfig))
 }
 
+// TestAllocateVMIDSkipsRecorded: VMIDs recorded by machines whose VMs Proxmox does not
+// show yet (recorded before a restart) are not handed out again.
+func TestAllocateVMIDSkipsRecorded(t *testing.T) {
+	g := NewWithT(t)
+	v := newVMFake(t)
+	v.put(100, "pve1", "old", "stopped", "")
+	c := v.client()
+	id, err := c.AllocateVMID(context.Background(), VMIDRange{Min: 100, Max: 199, Recorded: map[int]bool{101: true, 102: true}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(id).To(Equal(103))
+	_, err = c.AllocateVMID(context.Background(), VMIDRange{Min: 100, Max: 102, Recorded: map[int]bool{101: true, 102: true}})
+	g.Expect(err).To(MatchError(ErrNoFreeVMID))
+}
+
 func TestAllocateAndCreateAcrossProcesses(t *testing.T) {
 	g := NewWithT(t)
 	v := newVMFake(t)

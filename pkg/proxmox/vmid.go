@@ -61,7 +61,7 @@ func (c *PVEClient) AllocateVMID(ctx context.Context, r VMIDRange) (int, error) 
 			}
 		}
 		for cand := r.Min; cand <= r.Max; cand++ {
-			if used[cand] {
+			if used[cand] || r.Recorded[cand] {
 				continue
 			}
 			if _, taken := c.ep.vmids.reserved[cand]; taken {
