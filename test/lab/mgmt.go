@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
+	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
@@ -103,6 +104,7 @@ func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
 	_ = clusterv1.AddToScheme(s)
+	_ = ipamv1.AddToScheme(s)
 	_ = infrav1.AddToScheme(s)
 	return s
 }
