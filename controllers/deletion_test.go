@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv/pvetest"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
@@ -20,14 +21,7 @@ import (
 // testPVE is a Proxmox client of the test itself, to change VMs behind the controller's back.
 func testPVE(t *testing.T) proxmox.Client {
 	t.Helper()
-	c, err := proxmox.New(proxmox.Config{
-		URL: strings.TrimSuffix(pve.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
-		CABundle: pve.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return pvetest.Client(t, pve)
 }
 
 // TestDeletionInEveryState deletes machines before their VM exists, with the VM running,

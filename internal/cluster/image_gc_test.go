@@ -14,6 +14,7 @@ import (
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv/pvetest"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
@@ -124,7 +125,7 @@ type gcEnv struct {
 
 func startGCSim(t *testing.T, taskDuration time.Duration) *gcEnv {
 	t.Helper()
-	sim, err := pvesim.New(pvesim.Config{
+	sim, pve := pvetest.Start(t, pvesim.Config{
 		Nodes: []pvesim.NodeConfig{{Name: "pve1"}},
 		Storages: []pvesim.StorageConfig{
 			{Name: "local", Type: "dir", Content: "iso,import"},
@@ -132,21 +133,6 @@ func startGCSim(t *testing.T, taskDuration time.Duration) *gcEnv {
 		},
 		TaskDuration: pvesim.Duration(taskDuration),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.StartTLS(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sim.Close)
-	pve, err := proxmox.New(proxmox.Config{
-		URL: strings.TrimSuffix(sim.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
-		CABundle: sim.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
-		Retry: proxmox.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return &gcEnv{sim: sim, pve: pve}
 }
 

@@ -32,6 +32,7 @@ import (
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv/pvetest"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
@@ -60,22 +61,7 @@ func newSimEnv(t *testing.T, taskDuration time.Duration, tune ...func(*pvesim.Co
 	for _, f := range tune {
 		f(&cfg)
 	}
-	sim, err := pvesim.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.StartTLS(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sim.Close)
-	pve, err := proxmox.New(proxmox.Config{
-		URL: strings.TrimSuffix(sim.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
-		CABundle: sim.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
-		Retry: proxmox.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sim, pve := pvetest.Start(t, cfg)
 	rec := events.NewFakeRecorder(100)
 	r := &Reconciler{
 		Client:   fakeClient(t),
@@ -575,14 +561,7 @@ func fakeClient(t *testing.T) client.Client {
 
 func newSimEnvFor(t *testing.T, sim *pvesim.Server) *simEnv {
 	t.Helper()
-	pve, err := proxmox.New(proxmox.Config{
-		URL: strings.TrimSuffix(sim.URL(), "/api2/json"), TokenID: pvesim.DefaultTokenID, TokenSecret: pvesim.DefaultTokenSecret,
-		CABundle: sim.CAPEM(), TaskPollInitial: 5 * time.Millisecond, TaskPollMax: 20 * time.Millisecond,
-		Retry: proxmox.RetryPolicy{MaxAttempts: 2, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 10 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pve := pvetest.Client(t, sim)
 	rec := events.NewFakeRecorder(1000)
 	return &simEnv{t: t, sim: sim, pve: pve, rec: rec, r: &Reconciler{Client: fakeClient(t), Recorder: rec,
 		Timing: Timing{Timing: backoff.Timing{Min: 5 * time.Millisecond, Max: 20 * time.Millisecond}, ShutdownTimeout: time.Second}}}
