@@ -87,6 +87,7 @@ func (r *Reconciler) forget(s *Scope) {
 	r.fresh.Delete(s.PTM.UID)
 	r.sentCreates.Delete(s.PTM.UID)
 	r.offlineSince.Delete(s.PTM.UID)
+	r.taskStarts.Delete(s.PTM.UID)
 }
 
 // Proxmox task types the deletion starts.
@@ -263,7 +264,7 @@ func (r *Reconciler) destroyVM(ctx context.Context, s *Scope, node string, vmid 
 	if err != nil {
 		return r.deleteError(s, err)
 	}
-	recordTask(s, upid, typ, node, vmid)
+	r.recordStarted(s, upid, typ, node, vmid)
 	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.DeletingReason, fmt.Sprintf("%s VM %d on node %s", what, vmid, node))
 	if typ == taskDestroy {
 		r.event(s, corev1.EventTypeNormal, "VMDeleting", "Destroying VM %d on node %s", vmid, node)

@@ -36,10 +36,6 @@ type Timing struct {
 	// ShutdownTimeout bounds the graceful (ACPI) shutdown before a VM is stopped hard on
 	// deletion. Default 60s.
 	ShutdownTimeout time.Duration
-	// TaskPoll is the delay before the first poll of a Proxmox task the machine
-	// follows (create, shutdown, stop, destroy); later polls back off (taskRequeue).
-	// Default 250ms, capped at Min.
-	TaskPoll time.Duration
 	// StatusMaxAge is the oldest /cluster/resources snapshot a Running machine's periodic
 	// power-state check accepts (the snapshot is shared by every machine on the same
 	// Proxmox). Default 10s: pvestatd refreshes it every 10 s, so nothing fresher exists.
@@ -53,12 +49,6 @@ type Timing struct {
 
 func (t Timing) withDefaults() Timing {
 	t.Timing = t.Timing.WithDefaults()
-	if t.TaskPoll <= 0 {
-		t.TaskPoll = 250 * time.Millisecond
-	}
-	if t.TaskPoll > t.Min {
-		t.TaskPoll = t.Min
-	}
 	if t.StatusMaxAge <= 0 {
 		t.StatusMaxAge = 10 * time.Second
 	}
@@ -87,6 +77,11 @@ type Reconciler struct {
 	// that task's success proves the VM at the VMID is the machine's without reading its
 	// config (vm.go). Lost on restart, where the config is read.
 	sentCreates sync.Map // machine UID -> UPID
+	// taskStarts remembers when this process started each task it follows (create,
+	// shutdown, stop, destroy) until the task's first poll, which teaches the Proxmox
+	// client when such tasks are best polled (status.task's start time has whole
+	// seconds only). Lost on restart, where nothing is learned from the resumed task.
+	taskStarts sync.Map // machine UID -> startedTask
 	// offlineSince remembers when a deletion first found its VM's node offline, for the
 	// hand-over (handover.go). Lost on restart, which only makes the wait longer.
 	offlineSince sync.Map // machine UID -> time.Time

@@ -18,11 +18,23 @@ import (
 // lost, each step knows how to recognise its own task from what Proxmox shows (the
 // VM's lock and the node's task list).
 
-// recordTask remembers a task this pass started.
+// recordTask remembers a task found running (resumed from the node's task list).
 func recordTask(s *Scope, upid, typ, node string, vmid int) {
 	s.PTM.Status.Task = &infrav1.ProxmoxTask{
 		UPID: upid, Type: typ, Node: node, VMID: ptr.To(int32(vmid)), StartTime: metav1.Now(),
 	}
+}
+
+// startedTask is a task this process started and has not polled yet.
+type startedTask struct {
+	upid string
+	at   time.Time
+}
+
+// recordStarted remembers a task this pass started, and its exact start for learning.
+func (r *Reconciler) recordStarted(s *Scope, upid, typ, node string, vmid int) {
+	r.taskStarts.Store(s.PTM.UID, startedTask{upid: upid, at: time.Now()})
+	recordTask(s, upid, typ, node, vmid)
 }
 
 // taskOutcome is what became of the recorded task.
@@ -40,9 +52,10 @@ const (
 )
 
 // followTask polls the recorded task if it is one of types. A task that ended is removed
-// from status; the caller decides what its outcome means. A task younger than the first
-// poll delay is not polled: the pass that follows the status write recording it comes at
-// once, and no Proxmox task ends that fast.
+// from status; the caller decides what its outcome means. A task younger than its first
+// poll delay (learned per task type by the Proxmox client) is not polled: the pass that
+// follows the status write recording it comes at once, and the task is most likely still
+// running.
 func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) (taskOutcome, time.Duration, error) {
 	t := s.PTM.Status.Task
 	if t == nil {
@@ -55,7 +68,8 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 	if !match {
 		return taskNone, 0, nil
 	}
-	if age := time.Since(t.StartTime.Time); !t.StartTime.IsZero() && age >= 0 && age < r.Timing.withDefaults().TaskPoll {
+	started, mine := r.taskStart(s)
+	if age := time.Since(started); !started.IsZero() && age >= 0 && age < r.firstPoll(s) {
 		return taskRunning, age, nil
 	}
 	st, err := s.PVE.TaskStatus(ctx, t.UPID)
@@ -68,6 +82,10 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 	if err != nil {
 		return taskNone, 0, err
 	}
+	if mine {
+		r.taskStarts.Delete(s.PTM.UID)
+		s.PVE.ObserveFirstPoll(t.Type, time.Since(started), !st.Running)
+	}
 	if st.Running {
 		return taskRunning, time.Since(t.StartTime.Time), nil
 	}
@@ -78,26 +96,45 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 	return taskSucceeded, 0, nil
 }
 
-// taskRequeue is how long to wait before polling a running task again: first TaskPoll
-// after its start, then twice as long as it has run so far (polls at 0.25 s, 0.75 s,
-// 2.25 s, 6.75 s, ... of its age), capped at Max. A task that ends at once is seen at
-// once; a long import costs a handful of polls (log3 of its duration) instead of one
-// every few seconds, and is seen at most three times its duration late.
+// taskStart is when the recorded task started: exactly, if this process started it and
+// has not polled it yet (mine), else status.task's start time (whole seconds).
+func (r *Reconciler) taskStart(s *Scope) (time.Time, bool) {
+	t := s.PTM.Status.Task
+	if t == nil {
+		return time.Time{}, false
+	}
+	if v, ok := r.taskStarts.Load(s.PTM.UID); ok && v.(startedTask).upid == t.UPID {
+		return v.(startedTask).at, true
+	}
+	return t.StartTime.Time, false
+}
+
+// firstPoll is how long after its start the recorded task is first polled: what the
+// Proxmox client learned for its type, at most Min.
+func (r *Reconciler) firstPoll(s *Scope) time.Duration {
+	limit := r.Timing.withDefaults().Min
+	if s.PTM.Status.Task == nil || s.PVE == nil {
+		return limit
+	}
+	return min(s.PVE.TaskPollDelay(s.PTM.Status.Task.Type), limit)
+}
+
+// taskRequeue is how long to wait before polling a running task again: first the first
+// poll delay after its start, then twice as long as it has run so far (polls at d, 3d,
+// 9d, ... of its age), capped at Max. A long import costs a handful of polls (log3 of its
+// duration) instead of one every few seconds, and is seen at most three times its
+// duration late.
 func (r *Reconciler) taskRequeue(s *Scope) time.Duration {
 	t := r.Timing.withDefaults()
-	var age time.Duration
-	if st := s.PTM.Status.Task; st != nil && !st.StartTime.IsZero() {
-		age = time.Since(st.StartTime.Time)
+	started, _ := r.taskStart(s)
+	if started.IsZero() {
+		return t.Min
 	}
-	switch {
-	case age < t.TaskPoll:
-		// Not polled yet: the first poll is TaskPoll after the start.
-		if d := t.TaskPoll - age; d > 0 {
-			return d
-		}
-		return t.TaskPoll
-	case age > t.Max:
-		return t.Max
+	age := time.Since(started)
+	switch first := r.firstPoll(s); {
+	case age < first:
+		// Not polled yet.
+		return first - age
 	case 2*age > t.Max:
 		return t.Max
 	default:

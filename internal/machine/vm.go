@@ -271,7 +271,7 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 	if err != nil {
 		return r.vmError(s, err)
 	}
-	recordTask(s, upid, taskCreate, node, vmid)
+	r.recordStarted(s, upid, taskCreate, node, vmid)
 	r.sentCreates.Store(s.PTM.UID, upid)
 	r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
 		fmt.Sprintf("Creating VM %d on node %s (Proxmox task started)", vmid, node))

@@ -87,6 +87,12 @@ type Client interface {
 	StartDeleteVM(ctx context.Context, node string, vmid int) (string, error)
 	// TaskStatus reads a task's state by UPID (ErrNotFound: PVE does not know it).
 	TaskStatus(ctx context.Context, upid string) (TaskState, error)
+	// TaskPollDelay is how long after its start a task of this type (PVE's type, e.g.
+	// "qmcreate") is best read first, learned from earlier first polls on this API.
+	TaskPollDelay(taskType string) time.Duration
+	// ObserveFirstPoll teaches TaskPollDelay: the first read of a task of this type,
+	// age after its start, found it ended or still running.
+	ObserveFirstPoll(taskType string, age time.Duration, ended bool)
 	// ListTasks lists a node's tasks matching the filter.
 	ListTasks(ctx context.Context, node string, f TaskFilter) ([]TaskState, error)
 	// TaskUser is the user PVE records for this client's tasks.

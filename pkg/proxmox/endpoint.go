@@ -20,7 +20,9 @@ import (
 //   - the /cluster/resources snapshot, read once and shared by every machine for a few
 //     seconds (per token: what a token may see depends on its privileges);
 //   - images known to be present in a storage, so that machines waiting for the same Talos
-//     image do not each list the storage's content on every pass.
+//     image do not each list the storage's content on every pass;
+//   - when tasks of each type are best polled first (tasktiming.go), learned from every
+//     client's polls.
 //
 // Correctness never depends on it: another tool may still take a VMID (the create then
 // fails with ErrAlreadyExists and the caller allocates again), and a restarted process
@@ -33,6 +35,7 @@ type Endpoint struct {
 	nodes     map[string]*nodeSnapshot // token id -> last /nodes
 	images    map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
 	fetch     singleflight.Group
+	tasks     taskTimings
 }
 
 type vmSnapshot struct {

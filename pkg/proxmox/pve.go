@@ -201,9 +201,11 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 	}
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	delay := c.pollInit
+	// The task started just before its UPID came back: close enough to learn from.
+	started := c.nowFn()
+	delay := c.TaskPollDelay(typ)
 	path := "/nodes/" + node + "/tasks/" + upid + "/status"
-	for {
+	for first := true; ; first = false {
 		if err := c.sleepFn(tctx, delay); err != nil {
 			return c.taskWaitError(ctx, upid, typ, node, timeout, err)
 		}
@@ -214,7 +216,12 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 			}
 			return fmt.Errorf("polling task %s: %w", upid, err)
 		}
-		if st.Status != "" && st.Status != "running" {
+		ended := st.Status != "" && st.Status != "running"
+		age := c.nowFn().Sub(started)
+		if first {
+			c.ObserveFirstPoll(typ, age, ended)
+		}
+		if ended {
 			if taskOK(st.ExitStatus) {
 				return nil
 			}
@@ -223,10 +230,7 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 			}
 			return taskErrorFor(upid, node, typ, st.ExitStatus)
 		}
-		delay = delay * 3 / 2
-		if delay > c.cfg.TaskPollMax {
-			delay = c.cfg.TaskPollMax
-		}
+		delay = nextPoll(age, c.cfg.TaskPollMax)
 	}
 }
 

@@ -101,6 +101,16 @@ func (c *PVEClient) TaskStatus(ctx context.Context, upid string) (TaskState, err
 	return out, err
 }
 
+// TaskPollDelay implements Client.
+func (c *PVEClient) TaskPollDelay(taskType string) time.Duration {
+	return c.ep.tasks.firstPoll(taskType, c.pollInit)
+}
+
+// ObserveFirstPoll implements Client.
+func (c *PVEClient) ObserveFirstPoll(taskType string, age time.Duration, ended bool) {
+	c.ep.tasks.observe(taskType, age, ended, c.pollInit)
+}
+
 // ListTasks implements Client.
 func (c *PVEClient) ListTasks(ctx context.Context, node string, f TaskFilter) ([]TaskState, error) {
 	var out []TaskState

@@ -71,6 +71,10 @@ type Options struct {
 	NodeBoot time.Duration
 	// Window is the steady-state measuring window.
 	Window time.Duration
+	// ReleaseInterval > 0 releases the bootstrap data of the scale phase's machines one at
+	// a time, this far apart, instead of all at once: the overhead is then the provider's
+	// own latency per machine while it manages N, not the queue of a burst.
+	ReleaseInterval time.Duration
 	// SyncPeriod is passed to the manager (--sync-period).
 	SyncPeriod time.Duration
 	// Timeout bounds convergence and teardown, each.

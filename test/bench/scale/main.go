@@ -36,6 +36,7 @@ func main() {
 	flag.StringVar(&platforms, "platforms", "nocloud,metal", "Talos platforms side by side (clusters round-robin, one pvesim each)")
 	flag.BoolVar(&o.Probe, "probe", true, "measure single VM creates (image not cached, then cached) per platform first")
 	flag.DurationVar(&o.NodeBoot, "node-boot", -1, "provisioned → Node Ready delay (Talos boot); negative: 60 Proxmox seconds at the profile's time scale")
+	flag.DurationVar(&o.ReleaseInterval, "release-interval", 0, "release the machines' bootstrap data one at a time this far apart (0: all at once, a burst)")
 	flag.DurationVar(&o.Window, "window", 2*time.Minute, "steady-state measuring window")
 	flag.DurationVar(&o.SyncPeriod, "sync-period", time.Minute, "the manager's --sync-period")
 	flag.DurationVar(&o.Timeout, "timeout", 15*time.Minute, "bound on convergence and on teardown, each")
@@ -148,7 +149,11 @@ func printTable(w io.Writer, rep *Report) {
 		fmt.Fprint(w, "\n\n")
 	}
 
-	fmt.Fprintf(w, "### Scale phase (bootstrap data released for all machines at once)\n\n")
+	if rep.Release == "burst" {
+		fmt.Fprintf(w, "### Scale phase (bootstrap data released for all machines at once)\n\n")
+	} else {
+		fmt.Fprintf(w, "### Scale phase (bootstrap data released %s)\n\n", rep.Release)
+	}
 	fmt.Fprintf(w, "| platform | machines | clusters | calls/VM create | calls/machine/hour steady | overhead p50 / p99 / max (s) | to Running p50 / p99 / max (s) |\n|---|---|---|---|---|---|---|\n")
 	for _, p := range rep.Platforms {
 		fmt.Fprintf(w, "| %s | %d | %d | %.1f | %.1f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f |\n", p.Platform, p.Machines, p.Clusters,

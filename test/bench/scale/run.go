@@ -36,8 +36,10 @@ type Report struct {
 	Profile  string    `json:"profile"`
 	NodeBoot string    `json:"nodeBoot"`
 	Window   string    `json:"steadyWindow"`
-	Sync     string    `json:"syncPeriod"`
-	MgrArgs  []string  `json:"managerArgs,omitempty"`
+	// Release is how the bootstrap data arrived: "burst" (all at once) or "one every <d>".
+	Release string   `json:"release"`
+	Sync    string   `json:"syncPeriod"`
+	MgrArgs []string `json:"managerArgs,omitempty"`
 
 	MinimumSequence []string                `json:"minimumSequence"`
 	Probes          []ProbeResult           `json:"probes,omitempty"`
@@ -119,7 +121,7 @@ type ManagerStats struct {
 func run(ctx context.Context, o harness.Options) (*Report, error) {
 	rep := &Report{
 		Started: time.Now().UTC(), N: o.N, C: o.C, Profile: o.Profile, MinimumSequence: MinimumSequence,
-		Window: o.Window.String(), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, Host: hostInfo(),
+		Window: o.Window.String(), Release: releaseMode(o.ReleaseInterval), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, Host: hostInfo(),
 	}
 	if o.N < o.C || o.C < 1 {
 		return rep, fmt.Errorf("need N >= C >= 1, got N=%d C=%d", o.N, o.C)
@@ -210,13 +212,27 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 		return fail(err)
 	}
 
-	h.Logf("releasing bootstrap data of %d machines", o.N)
 	before, err := h.Snapshot()
 	if err != nil {
 		return fail(err)
 	}
-	if err := harness.Parallel(ctx, o.N, func(j int) error { return h.ReleaseBootstrapData(ctx, names[j]) }); err != nil {
-		return fail(err)
+	if o.ReleaseInterval > 0 {
+		h.Logf("releasing bootstrap data of %d machines, one every %s", o.N, o.ReleaseInterval)
+		for j := range names {
+			if err := h.ReleaseBootstrapData(ctx, names[j]); err != nil {
+				return fail(err)
+			}
+			select {
+			case <-ctx.Done():
+				return fail(ctx.Err())
+			case <-time.After(o.ReleaseInterval):
+			}
+		}
+	} else {
+		h.Logf("releasing bootstrap data of %d machines", o.N)
+		if err := harness.Parallel(ctx, o.N, func(j int) error { return h.ReleaseBootstrapData(ctx, names[j]) }); err != nil {
+			return fail(err)
+		}
 	}
 	if err := h.WaitMachines(ctx, names, "provisioned", func(p *infrav1.ProxmoxTalosMachine, r *harness.MachineRecord) bool {
 		return ptr.Deref(p.Status.Initialization.Provisioned, false)
@@ -450,4 +466,11 @@ func loadavg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
+}
+
+func releaseMode(interval time.Duration) string {
+	if interval > 0 {
+		return "one every " + interval.String()
+	}
+	return "burst"
 }
