@@ -135,6 +135,8 @@ type MachineRecord struct {
 	DataReady     time.Time // bootstrap data set on the Machine
 	Provisioned   time.Time // harness saw status.initialization.provisioned
 	Running       time.Time // harness saw step Running with NodeReady
+	// StepSeen is when the harness first saw each status.step (from the cache's watch).
+	StepSeen      map[infrav1.MachineStep]time.Time
 	nodeScheduled bool
 	// TalosVersion overrides the cluster's Talos version on the ProxmoxTalosMachine (a
 	// MachineDeployment rollout to a new version creates such machines).
@@ -494,6 +496,14 @@ func (h *Harness) observe(ctx context.Context, obj any) {
 	}
 	if ptr.Deref(ptm.Status.Initialization.Provisioned, false) && rec.Provisioned.IsZero() {
 		rec.Provisioned = now
+	}
+	if st := ptm.Status.Step; st != "" {
+		if rec.StepSeen == nil {
+			rec.StepSeen = map[infrav1.MachineStep]time.Time{}
+		}
+		if _, seen := rec.StepSeen[st]; !seen {
+			rec.StepSeen[st] = now
+		}
 	}
 	if ptm.Status.Step == infrav1.StepRunning && conditions.IsTrue(ptm, infrav1.NodeReadyCondition) && rec.Running.IsZero() {
 		rec.Running = now

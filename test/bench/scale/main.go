@@ -161,6 +161,15 @@ func printTable(w io.Writer, rep *Report) {
 			p.ToRunning.P50, p.ToRunning.P99, p.ToRunning.Max)
 	}
 	for _, p := range rep.Platforms {
+		fmt.Fprintf(w, "\noverhead by step, %s, mean seconds:", p.Platform)
+		keys := sortedKeys(p.OverheadBySteps)
+		sort.SliceStable(keys, func(i, j int) bool { return p.OverheadBySteps[keys[i]] > p.OverheadBySteps[keys[j]] })
+		for _, k := range keys {
+			fmt.Fprintf(w, " %s %.2f;", k, p.OverheadBySteps[k])
+		}
+		fmt.Fprintln(w)
+	}
+	for _, p := range rep.Platforms {
 		if len(p.SteadyByEndpoint) == 0 {
 			continue
 		}

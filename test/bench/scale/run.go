@@ -90,6 +90,9 @@ type PlatformStats struct {
 	// ToRunning: bootstrap data ready → Running (Node Ready, boot ISO removed), seconds.
 	ToRunning Dist      `json:"toRunningSeconds"`
 	Samples   []float64 `json:"overheadSamples"` // for the plot
+	// OverheadBySteps: mean seconds from bootstrap data ready to provisioned spent in each
+	// status.step (from a step's first sighting to the next step's), where the time goes.
+	OverheadBySteps map[string]float64 `json:"overheadBySteps"`
 }
 
 // Dist summarizes samples.
@@ -312,6 +315,7 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 		}
 		var over, toRun []float64
 		var onPlatform float64
+		stepSum := map[string]float64{}
 		h.Mu.Lock()
 		for _, r := range h.Machines {
 			if r.Platform != p {
@@ -322,6 +326,7 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 				continue
 			}
 			ps.Machines++
+			addStepTimes(stepSum, r)
 			over = append(over, r.Provisioned.Sub(r.DataReady).Seconds())
 			toRun = append(toRun, r.Running.Sub(r.DataReady).Seconds())
 		}
@@ -340,6 +345,10 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 		}
 		ps.SteadyCallsPerMachineHour = float64(harness.Total(steady)) / onPlatform * hour
 		ps.Overhead, ps.ToRunning, ps.Samples = dist(over), dist(toRun), over
+		ps.OverheadBySteps = map[string]float64{}
+		for st, sum := range stepSum {
+			ps.OverheadBySteps[st] = sum / float64(ps.Machines)
+		}
 		rep.Platforms = append(rep.Platforms, ps)
 	}
 	rep.ImageDownloads = h.ImageDownloads()
@@ -473,4 +482,26 @@ func releaseMode(interval time.Duration) string {
 		return "one every " + interval.String()
 	}
 	return "burst"
+}
+
+// addStepTimes adds to sum the seconds machine r spent in each step between its bootstrap
+// data being ready and it being provisioned.
+func addStepTimes(sum map[string]float64, r *harness.MachineRecord) {
+	type seen struct {
+		step string
+		at   time.Time
+	}
+	var order []seen
+	for st, at := range r.StepSeen {
+		if !at.Before(r.DataReady) && at.Before(r.Provisioned) {
+			order = append(order, seen{string(st), at})
+		}
+	}
+	sort.Slice(order, func(i, j int) bool { return order[i].at.Before(order[j].at) })
+	from, step := r.DataReady, "(bootstrap data read)"
+	for _, o := range order {
+		sum[step] += o.at.Sub(from).Seconds()
+		from, step = o.at, o.step
+	}
+	sum[step] += r.Provisioned.Sub(from).Seconds()
 }
