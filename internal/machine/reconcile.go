@@ -78,9 +78,9 @@ type Reconciler struct {
 	// config (vm.go). Lost on restart, where the config is read.
 	sentCreates sync.Map // machine UID -> UPID
 	// taskStarts remembers when this process started each task it follows (create,
-	// shutdown, stop, destroy) until the task's first poll, which teaches the Proxmox
-	// client when such tasks are best polled (status.task's start time has whole
-	// seconds only). Lost on restart, where nothing is learned from the resumed task.
+	// shutdown, stop, destroy) until it ends, which teaches the Proxmox client when such
+	// tasks are best polled (status.task's start time has whole seconds only). Lost on
+	// restart, where nothing is learned from the resumed task.
 	taskStarts sync.Map // machine UID -> startedTask
 	// offlineSince remembers when a deletion first found its VM's node offline, for the
 	// hand-over (handover.go). Lost on restart, which only makes the wait longer.

@@ -25,10 +25,12 @@ func recordTask(s *Scope, upid, typ, node string, vmid int) {
 	}
 }
 
-// startedTask is a task this process started and has not polled yet.
+// startedTask is a task this process started and follows: when it started, and the age
+// at which a poll last found it running (zero: not seen running yet).
 type startedTask struct {
-	upid string
-	at   time.Time
+	upid      string
+	at        time.Time
+	runningAt time.Duration
 }
 
 // recordStarted remembers a task this pass started, and its exact start for learning.
@@ -83,8 +85,11 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 		return taskNone, 0, err
 	}
 	if mine {
-		r.taskStarts.Delete(s.PTM.UID)
-		s.PVE.ObserveFirstPoll(t.Type, time.Since(started), !st.Running)
+		if st.Running {
+			r.taskStarts.Store(s.PTM.UID, startedTask{upid: t.UPID, at: started, runningAt: time.Since(started)})
+		} else if prev, ok := r.taskStarts.LoadAndDelete(s.PTM.UID); ok {
+			s.PVE.ObserveTask(t.Type, prev.(startedTask).runningAt, time.Since(started))
+		}
 	}
 	if st.Running {
 		return taskRunning, time.Since(t.StartTime.Time), nil
@@ -96,8 +101,8 @@ func (r *Reconciler) followTask(ctx context.Context, s *Scope, types ...string) 
 	return taskSucceeded, 0, nil
 }
 
-// taskStart is when the recorded task started: exactly, if this process started it and
-// has not polled it yet (mine), else status.task's start time (whole seconds).
+// taskStart is when the recorded task started: exactly, if this process started it (mine),
+// else status.task's start time (whole seconds).
 func (r *Reconciler) taskStart(s *Scope) (time.Time, bool) {
 	t := s.PTM.Status.Task
 	if t == nil {

@@ -90,9 +90,10 @@ type Client interface {
 	// TaskPollDelay is how long after its start a task of this type (PVE's type, e.g.
 	// "qmcreate") is best read first, learned from earlier first polls on this API.
 	TaskPollDelay(taskType string) time.Duration
-	// ObserveFirstPoll teaches TaskPollDelay: the first read of a task of this type,
-	// age after its start, found it ended or still running.
-	ObserveFirstPoll(taskType string, age time.Duration, ended bool)
+	// ObserveTask teaches TaskPollDelay how a task of this type ended: runningAt is its
+	// age when a read last found it running (zero: the first read found it ended),
+	// endedAt its age when a read found it ended.
+	ObserveTask(taskType string, runningAt, endedAt time.Duration)
 	// ListTasks lists a node's tasks matching the filter.
 	ListTasks(ctx context.Context, node string, f TaskFilter) ([]TaskState, error)
 	// TaskUser is the user PVE records for this client's tasks.

@@ -205,7 +205,8 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 	started := c.nowFn()
 	delay := c.TaskPollDelay(typ)
 	path := "/nodes/" + node + "/tasks/" + upid + "/status"
-	for first := true; ; first = false {
+	var runningAt time.Duration
+	for {
 		if err := c.sleepFn(tctx, delay); err != nil {
 			return c.taskWaitError(ctx, upid, typ, node, timeout, err)
 		}
@@ -216,12 +217,9 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 			}
 			return fmt.Errorf("polling task %s: %w", upid, err)
 		}
-		ended := st.Status != "" && st.Status != "running"
 		age := c.nowFn().Sub(started)
-		if first {
-			c.ObserveFirstPoll(typ, age, ended)
-		}
-		if ended {
+		if st.Status != "" && st.Status != "running" {
+			c.ObserveTask(typ, runningAt, age)
 			if taskOK(st.ExitStatus) {
 				return nil
 			}
@@ -230,6 +228,7 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 			}
 			return taskErrorFor(upid, node, typ, st.ExitStatus)
 		}
+		runningAt = age
 		delay = nextPoll(age, c.cfg.TaskPollMax)
 	}
 }

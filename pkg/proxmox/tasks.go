@@ -106,9 +106,9 @@ func (c *PVEClient) TaskPollDelay(taskType string) time.Duration {
 	return c.ep.tasks.firstPoll(taskType, c.pollInit)
 }
 
-// ObserveFirstPoll implements Client.
-func (c *PVEClient) ObserveFirstPoll(taskType string, age time.Duration, ended bool) {
-	c.ep.tasks.observe(taskType, age, ended, c.pollInit)
+// ObserveTask implements Client.
+func (c *PVEClient) ObserveTask(taskType string, runningAt, endedAt time.Duration) {
+	c.ep.tasks.observe(taskType, runningAt, endedAt, c.pollInit)
 }
 
 // ListTasks implements Client.

@@ -11,12 +11,14 @@ import (
 // machine waits for, while on a loaded one a create with its disk import runs for seconds
 // and the early polls are calls that only find it running.
 //
-// PVE's task status has no end time, so what is learned is the outcome of each task's first
-// poll: the task had ended, the delay shrinks by a fifth; it was still running, the delay
-// grows to half again the age it was seen at. That settles where about four first polls in
-// five find the task ended (ln 1.5 / (ln 1.5 − ln 0.8) ≈ 0.65 at worst, when every miss is
-// seen at the delay itself), so a task costs little more than one status read and is seen
-// ended at most one delay late. Later polls of a task still running back off with its age.
+// PVE's task status has no end time, so what is learned is a bracket: the last poll that
+// found the task running and the one that found it ended. A task whose first poll found it
+// ended shrinks the delay by a fifth; one that needed more polls grows it to half again,
+// or to the middle of its bracket if that is more (one long import teaches the scale at
+// once). That settles where most first polls find the task ended (with every task alike,
+// at least ln 1.5 / (ln 1.5 − ln 0.8) ≈ 0.65 of them), so a task costs little more than
+// one status read and is seen ended at most about one delay late. Later polls of a task
+// still running back off with its age.
 type taskTimings struct {
 	mu    sync.Mutex
 	delay map[string]time.Duration // task type -> first-poll delay
@@ -41,8 +43,10 @@ func (t *taskTimings) firstPoll(typ string, initial time.Duration) time.Duration
 	return clampPoll(initial)
 }
 
-// observe records what the first poll of a task of type typ found, age after its start.
-func (t *taskTimings) observe(typ string, age time.Duration, ended bool, initial time.Duration) {
+// observe records how a task of type typ ended: runningAt is the age at which a poll last
+// found it running (zero: the first poll found it ended), endedAt the age at which a poll
+// found it ended.
+func (t *taskTimings) observe(typ string, runningAt, endedAt, initial time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.delay == nil {
@@ -52,10 +56,10 @@ func (t *taskTimings) observe(typ string, age time.Duration, ended bool, initial
 	if !ok {
 		d = clampPoll(initial)
 	}
-	if ended {
+	if runningAt <= 0 {
 		d = d * 4 / 5
 	} else {
-		d = max(d, age) * 3 / 2
+		d = max(d*3/2, (runningAt+endedAt)/2)
 	}
 	t.delay[typ] = clampPoll(d)
 }

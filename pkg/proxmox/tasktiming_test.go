@@ -17,12 +17,13 @@ func simulatePolls(tt *taskTimings, typ string, d time.Duration, warmup, n int) 
 	polls, late := 0, time.Duration(0)
 	for i := range warmup + n {
 		age := tt.firstPoll(typ, 250*time.Millisecond)
-		tt.observe(typ, age, age >= d, 250*time.Millisecond)
-		count := 1
+		count, runningAt := 1, time.Duration(0)
 		for age < d {
+			runningAt = age
 			age += nextPoll(age, time.Hour)
 			count++
 		}
+		tt.observe(typ, runningAt, age, 250*time.Millisecond)
 		if i >= warmup {
 			polls += count
 			late = max(late, age-d)
@@ -54,12 +55,18 @@ func TestTaskTimingsLearnWhenToPoll(t *testing.T) {
 			g.Expect(tt.firstPoll("qmcreate", 0)).To(BeNumerically(">=", taskPollFloor))
 		})
 	}
+	t.Run("one long task teaches the scale at once", func(t *testing.T) {
+		g := NewWithT(t)
+		tt := &taskTimings{}
+		tt.observe("qmcreate", 4*time.Second, 8*time.Second, 250*time.Millisecond)
+		g.Expect(tt.firstPoll("qmcreate", 250*time.Millisecond)).To(Equal(6 * time.Second))
+	})
 	t.Run("types learn apart and a slow task does not teach a minute", func(t *testing.T) {
 		g := NewWithT(t)
 		tt := &taskTimings{}
 		for range 30 {
-			tt.observe("qmstart", time.Millisecond, true, 250*time.Millisecond)
-			tt.observe("qmcreate", 10*time.Minute, false, 250*time.Millisecond)
+			tt.observe("qmstart", 0, time.Millisecond, 250*time.Millisecond)
+			tt.observe("qmcreate", 10*time.Minute, 20*time.Minute, 250*time.Millisecond)
 		}
 		g.Expect(tt.firstPoll("qmstart", 250*time.Millisecond)).To(Equal(taskPollFloor))
 		g.Expect(tt.firstPoll("qmcreate", 250*time.Millisecond)).To(Equal(taskPollCeiling))
