@@ -114,13 +114,16 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		fmt.Sprintf("Reconcile only objects whose %s label has this value; all objects when empty.", clusterv1.WatchLabel))
 	fs.DurationVar(&o.syncPeriod, "sync-period", 10*time.Minute,
 		"Minimum interval at which every watched object is reconciled again.")
-	// client-go's limiter applies per resource type; 50/100 lets a burst of creates
-	// write its status patches without queueing behind the limiter, while the API
-	// server's own priority and fairness protects it from a runaway client.
-	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 50,
-		"Queries per second to the management cluster's API server.")
+	// No client-side limit by default, as controller-runtime's own default: the requests
+	// in flight are already bounded by the reconcilers' workers (each waits for its
+	// answer), the API server's priority and fairness protects it, and client-go's
+	// limiter, applied per resource type, made a burst of creates queue its status patches
+	// (Cluster API's patch helper writes up to three per pass): at 50 per second, 100
+	// machines waited ~50 s for them.
+	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", -1,
+		"Queries per second to the management cluster's API server, per resource type; negative: no client-side limit (the API server's priority and fairness applies).")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100,
-		"Burst of queries to the management cluster's API server.")
+		"Burst of queries to the management cluster's API server (with --kube-api-qps >= 0).")
 	fs.Float32Var(&o.clusterCacheClientQPS, "clustercache-client-qps", 20,
 		"Queries per second to each workload cluster's API server.")
 	fs.IntVar(&o.clusterCacheClientBurst, "clustercache-client-burst", 30,
