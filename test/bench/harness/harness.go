@@ -27,10 +27,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/util/retry"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -82,6 +82,9 @@ type Options struct {
 	Timeout time.Duration
 	// ManagerArgs are extra manager flags.
 	ManagerArgs []string
+	// ManagerEnv are extra NAME=value variables for the manager only (e.g. GOMEMLIMIT, which
+	// the manager derives from its container's memory limit when deployed).
+	ManagerEnv []string
 	// Replicas > 1 runs that many managers behind one webhook forwarder (the scale-out
 	// tests), with leader election when LeaderElect; ReplicaArgs[i] are replica i's extra
 	// flags (e.g. --watch-filter).
@@ -273,7 +276,7 @@ func (h *Harness) Start(ctx context.Context) error {
 		if i < len(h.O.ReplicaArgs) {
 			args = append(args, h.O.ReplicaArgs[i]...)
 		}
-		m.bin, m.args, m.Env = bin, args, append(os.Environ(), "KUBECONFIG="+kubeconfig)
+		m.bin, m.args, m.Env = bin, args, append(append(os.Environ(), "KUBECONFIG="+kubeconfig), h.O.ManagerEnv...)
 		if m.Log, err = os.Create(filepath.Join(h.O.Out, m.Name+".log")); err != nil {
 			return err
 		}

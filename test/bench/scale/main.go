@@ -29,7 +29,7 @@ import (
 
 func main() {
 	o := harness.Options{Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+f+"\n", a...) }}
-	var platforms, mgrArgs string
+	var platforms, mgrArgs, mgrEnv string
 	flag.IntVar(&o.N, "n", 10, "ProxmoxTalosMachines in the scale phase")
 	flag.IntVar(&o.C, "c", 2, "clusters they are spread over")
 	flag.StringVar(&o.Profile, "profile", pvesim.ProfileRealistic, "pvesim profile: fast (task latency ~0, for the overhead figure) or realistic (for call counts)")
@@ -41,6 +41,7 @@ func main() {
 	flag.DurationVar(&o.SyncPeriod, "sync-period", time.Minute, "the manager's --sync-period")
 	flag.DurationVar(&o.Timeout, "timeout", 15*time.Minute, "bound on convergence and on teardown, each")
 	flag.StringVar(&mgrArgs, "manager-args", "", "extra manager flags, space separated")
+	flag.StringVar(&mgrEnv, "manager-env", "", "extra NAME=value environment of the manager, space separated (e.g. GOMEMLIMIT=180MiB, as from a 200 MiB container limit)")
 	flag.StringVar(&o.ManagerBin, "manager", "", "prebuilt manager binary (default: go build the repository root)")
 	flag.StringVar(&o.Out, "out", "out/bench", "output directory")
 	flag.Parse()
@@ -50,6 +51,7 @@ func main() {
 		}
 	}
 	o.ManagerArgs = strings.Fields(mgrArgs)
+	o.ManagerEnv = strings.Fields(mgrEnv)
 
 	// The harness's own client-go and controller-runtime logs are noise here; the
 	// manager's logs go to <out>/manager.log.
@@ -109,6 +111,9 @@ func writeReport(dir string, rep *Report, w io.Writer) error {
 func printTable(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\n## bench-scale: N=%d C=%d profile=%s node-boot=%s window=%s sync-period=%s\n",
 		rep.N, rep.C, rep.Profile, rep.NodeBoot, rep.Window, rep.Sync)
+	if len(rep.MgrArgs)+len(rep.MgrEnv) > 0 {
+		fmt.Fprintf(w, "manager: %s %s\n", strings.Join(rep.MgrEnv, " "), strings.Join(rep.MgrArgs, " "))
+	}
 	fmt.Fprintf(w, "host: %d CPUs (%s), %.0f GiB; load average before %s, after %s\n\n",
 		rep.Host.CPUs, rep.Host.CPUModel, rep.Host.MemoryGiB, rep.Host.LoadBefore, rep.Host.LoadAfter)
 

@@ -40,6 +40,7 @@ type Report struct {
 	Release string   `json:"release"`
 	Sync    string   `json:"syncPeriod"`
 	MgrArgs []string `json:"managerArgs,omitempty"`
+	MgrEnv  []string `json:"managerEnv,omitempty"`
 
 	MinimumSequence []string                `json:"minimumSequence"`
 	Probes          []ProbeResult           `json:"probes,omitempty"`
@@ -124,7 +125,7 @@ type ManagerStats struct {
 func run(ctx context.Context, o harness.Options) (*Report, error) {
 	rep := &Report{
 		Started: time.Now().UTC(), N: o.N, C: o.C, Profile: o.Profile, MinimumSequence: MinimumSequence,
-		Window: o.Window.String(), Release: releaseMode(o.ReleaseInterval), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, Host: hostInfo(),
+		Window: o.Window.String(), Release: releaseMode(o.ReleaseInterval), Sync: o.SyncPeriod.String(), MgrArgs: o.ManagerArgs, MgrEnv: o.ManagerEnv, Host: hostInfo(),
 	}
 	if o.N < o.C || o.C < 1 {
 		return rep, fmt.Errorf("need N >= C >= 1, got N=%d C=%d", o.N, o.C)
