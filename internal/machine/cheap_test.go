@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -84,4 +85,58 @@ func TestRunningVMReadCheaply(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCreateTaskTeachesFirstPoll: the create tasks machines follow teach the Proxmox client
+// when such tasks end, so later creates read their task's status about once instead of
+// from the configured first poll on. A task resumed after a restart (no exact start known)
+// teaches nothing.
+func TestCreateTaskTeachesFirstPoll(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 150*time.Millisecond)
+	e.r.Timing.Max = 5 * time.Second
+	ctx := context.Background()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+	const polls = "GET /nodes/{node}/tasks/{upid}/status"
+	initial := e.pve.TaskPollDelay(taskCreate)
+
+	create := func(i int) int {
+		s := e.scope("pve1", 4800+i)
+		s.PTM.UID = types.UID(fmt.Sprintf("uid-%d", i))
+		s.PTM.Name = fmt.Sprintf("w-%d", i)
+		s.PTM.Spec.BootDisk.SizeGiB = 1
+		s.refreshSpec()
+		iso, err := BootISOName(s)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+		g.Expect(err).NotTo(HaveOccurred())
+		s.imageVolID = img
+		e.r.fresh.Store(s.PTM.UID, 4800+i)
+		before := e.sim.Calls(polls)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, err := e.r.createVM(ctx, s)
+			g.Expect(err).NotTo(HaveOccurred())
+			if out.done {
+				break
+			}
+			g.Expect(time.Now().Before(deadline)).To(BeTrue(), "not created: %+v", s.PTM.Status.Conditions)
+			time.Sleep(out.res.RequeueAfter)
+		}
+		return e.sim.Calls(polls) - before
+	}
+	first := create(0)
+	for i := 1; i < 6; i++ {
+		create(i)
+	}
+	later := 0
+	for i := 6; i < 10; i++ {
+		later += create(i)
+	}
+	t.Logf("create task status reads: %d for the first create, %.1f each later; first poll %s → %s",
+		first, float64(later)/4, initial, e.pve.TaskPollDelay(taskCreate))
+	g.Expect(e.pve.TaskPollDelay(taskCreate)).To(BeNumerically(">", initial), "a 150 ms task taught a later first poll than the configured one")
+	g.Expect(float64(later)/4).To(BeNumerically("<", float64(first)), "fewer reads per create once learned")
+	g.Expect(float64(later)/4).To(BeNumerically("<=", 3.5), "about one read each for the create and the resize")
 }

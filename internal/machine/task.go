@@ -115,9 +115,9 @@ func (r *Reconciler) taskStart(s *Scope) (time.Time, bool) {
 }
 
 // firstPoll is how long after its start the recorded task is first polled: what the
-// Proxmox client learned for its type, at most Min.
+// Proxmox client learned for its type, at most Max.
 func (r *Reconciler) firstPoll(s *Scope) time.Duration {
-	limit := r.Timing.withDefaults().Min
+	limit := r.Timing.withDefaults().Max
 	if s.PTM.Status.Task == nil || s.PVE == nil {
 		return limit
 	}
