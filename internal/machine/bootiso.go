@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"sigs.k8s.io/cluster-api/util/conditions"
+
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/bootstrap"
@@ -53,8 +55,15 @@ func (r *Reconciler) buildBootISO(ctx context.Context, s *Scope) (result, error)
 	if err != nil {
 		return result{}, err
 	}
-	if recordVolume(s, s.PTM.Spec.Node, s.ClusterSpec.ISOStorage+":iso/"+name) {
+	volid := s.ClusterSpec.ISOStorage + ":iso/" + name
+	if recordVolume(s, s.PTM.Spec.Node, volid) {
 		return r.persistNow()
+	}
+	if s.PTM.Status.BootISO == volid && conditions.IsTrue(s.PTM, infrav1.BootISOReadyCondition) {
+		// Uploaded on an earlier pass (the pass that allocates the VMID ends before the
+		// create): nothing it is made of changes before the VM exists. Should it have
+		// gone meanwhile, the create says so and startCreate forgets it.
+		return next()
 	}
 	iso, err := r.renderBootISO(ctx, s)
 	if err != nil {
@@ -63,7 +72,7 @@ func (r *Reconciler) buildBootISO(ctx context.Context, s *Scope) (result, error)
 		r.warn(s, infrav1.InvalidConfigurationReason, "Building boot ISO: %s", err.Error())
 		return r.waitOn(s, infrav1.BootISOReadyCondition)
 	}
-	volid, err := s.PVE.UploadISO(ctx, s.PTM.Spec.Node, s.ClusterSpec.ISOStorage, name, iso)
+	volid, err = s.PVE.UploadISO(ctx, s.PTM.Spec.Node, s.ClusterSpec.ISOStorage, name, iso)
 	if err != nil {
 		reason, msg := cluster.ClassifyError(err)
 		r.setCondition(s, infrav1.BootISOReadyCondition, false, reason, msg)

@@ -140,3 +140,39 @@ func TestCreateTaskTeachesFirstPoll(t *testing.T) {
 	g.Expect(float64(later)/4).To(BeNumerically("<", float64(first)), "fewer reads per create once learned")
 	g.Expect(float64(later)/4).To(BeNumerically("<=", 3.5), "about one read each for the create and the resize")
 }
+
+// TestBootISOUploadedOnce: the pass after the upload (the VMID allocation ends the first)
+// neither renders nor uploads the boot ISO again; and when the ISO is gone before the
+// create, the create's "does not exist" makes the machine forget it, so the next pass
+// uploads it again instead of failing forever.
+func TestBootISOUploadedOnce(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 5*time.Millisecond)
+	ctx := context.Background()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	g.Expect(err).NotTo(HaveOccurred())
+	s := e.scope("pve1", 4850)
+	s.imageVolID = img
+	volid, err := BootISOVolID(s)
+	g.Expect(err).NotTo(HaveOccurred())
+	recordVolume(s, "pve1", volid)
+	s.PTM.Status.BootISO = volid
+	conditions.Set(s.PTM, metav1.Condition{Type: infrav1.BootISOReadyCondition, Status: metav1.ConditionTrue, Reason: infrav1.ReadyReason})
+
+	before := e.sim.Stats().Calls
+	out, err := e.r.buildBootISO(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeTrue())
+	g.Expect(e.sim.Stats().Calls).To(Equal(before), "no Proxmox call (and no rendering: this scope has no bootstrap data to render)")
+
+	// The ISO was never there (deleted by hand): the create fails and the record goes.
+	e.r.fresh.Store(s.PTM.UID, 4850)
+	out, err = e.r.createVM(ctx, s)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse())
+	g.Expect(s.PTM.Status.BootISO).To(BeEmpty())
+	g.Expect(conditions.IsFalse(s.PTM, infrav1.BootISOReadyCondition)).To(BeTrue())
+	g.Expect(e.events()).To(ContainElement(ContainSubstring("BootISOMissing")))
+	_, exists := e.vm(4850)
+	g.Expect(exists).To(BeFalse())
+}

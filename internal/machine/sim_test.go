@@ -466,14 +466,14 @@ func TestCreateInterruptedAtRandomPoints(t *testing.T) {
 		machines = append(machines, &machineState{ptm: s.PTM})
 	}
 
-	restarts := 0
+	restarts, interruptedCreates := 0, 0
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		allDone := true
 		for _, m := range machines {
 			allDone = allDone && m.done
 		}
-		if allDone {
+		if allDone && restarts >= 20 {
 			break
 		}
 		g.Expect(time.Now().Before(deadline)).To(BeTrue(), "not all machines provisioned after %d restarts", restarts)
@@ -499,6 +499,9 @@ func TestCreateInterruptedAtRandomPoints(t *testing.T) {
 				if restarts < 20 && (startedTask || p == passes-1) && rng.IntN(2) == 0 {
 					// Crash before the patch: spec and status changes of this pass are
 					// lost (half of the passes that started a task, and half of the last).
+					if startedTask {
+						interruptedCreates++
+					}
 					continue
 				}
 				m.ptm = s.PTM
@@ -516,7 +519,10 @@ func TestCreateInterruptedAtRandomPoints(t *testing.T) {
 			g.Expect(vmsWithUUID(e.sim, m.ptm.Spec.SMBIOSUUID)).To(BeNumerically("<=", 1), "%s has a twin after restart %d", m.ptm.Name, restarts)
 		}
 	}
-	g.Expect(restarts).To(BeNumerically(">=", 20))
+	t.Logf("%d restarts, %d creates interrupted before their record was written", restarts, interruptedCreates)
+	// The machines may finish before the 20th restart on a quick run; what makes the test
+	// mean something is creates whose record was lost right after they were sent.
+	g.Expect(interruptedCreates).To(BeNumerically(">=", 2), "creates interrupted before their record was written")
 
 	want := map[int]bool{}
 	for _, m := range machines {

@@ -243,6 +243,14 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 	// looks at the VMID before sending another.
 	r.fresh.Delete(s.PTM.UID)
 	upid, err := s.PVE.StartCreateVM(ctx, spec)
+	if iso := s.PTM.Status.BootISO; err != nil && iso != "" && strings.Contains(err.Error(), "volume '"+iso+"' does not exist") {
+		// The boot ISO uploaded on an earlier pass is gone (deleted by hand, storage
+		// cleaned): the next pass uploads it again.
+		s.PTM.Status.BootISO = ""
+		r.setCondition(s, infrav1.BootISOReadyCondition, false, infrav1.InProgressReason, "The boot ISO "+iso+" is gone from Proxmox; uploading it again")
+		r.warn(s, "BootISOMissing", "The boot ISO %s is gone from Proxmox; uploading it again", iso)
+		return r.persistNow()
+	}
 	if errors.Is(err, proxmox.ErrAlreadyExists) {
 		// The VMID exists on another node (or appeared meanwhile). Whose it is decides
 		// on the next pass, which looks cluster-wide.

@@ -371,28 +371,15 @@ func spoolToTemp(r io.Reader) (*os.File, int64, error) {
 	return f, n, nil
 }
 
-// UploadISO implements Client.
+// UploadISO implements Client. The ISO is uploaded without looking first: PVE's upload
+// worker copies over an existing file of the same name (Status.pm: "we simply overwrite
+// the destination file if it already exists"), so a re-upload after a crash replaces what
+// an earlier attempt left, content and all.
 func (c *PVEClient) UploadISO(ctx context.Context, node, storage, filename string, data []byte) (string, error) {
 	volid := volumeID(storage, "iso", filename)
 	err := c.run(ctx, "UploadISO", func(ctx context.Context) error {
 		if !isoFileRe.MatchString(filename) {
 			return fmt.Errorf("%w: ISO filename %q must match [a-zA-Z0-9-.+=_]+ and end in .iso or .img", ErrInvalidConfig, filename)
-		}
-		vols, err := c.storageContent(ctx, node, storage, "iso")
-		if err != nil {
-			return err
-		}
-		for _, v := range vols {
-			if v.VolID != volid {
-				continue
-			}
-			if v.Size == uint64(len(data)) {
-				return nil
-			}
-			// Same name, different content (re-rendered cidata): replace.
-			if err := c.deleteVolume(ctx, node, volid); err != nil {
-				return err
-			}
 		}
 		upid, err := c.upload(ctx, node, storage, "iso", filename, "", "", bytes.NewReader(data), int64(len(data)))
 		if err != nil {
