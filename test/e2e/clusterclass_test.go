@@ -65,6 +65,16 @@ func waitAvailable(ctx context.Context, l *lab.Lab, timeout time.Duration) lab.S
 	GinkgoWriter.Println(l.Summary(st))
 	Expect(err).NotTo(HaveOccurred())
 	GinkgoWriter.Printf("cluster %s Available after %s\n", l.ClusterName, time.Since(start).Round(time.Second))
+	// Available needs only as many workers as the MachineDeployment's maxUnavailable
+	// allows (1 of 2 in the flavors): the specs that follow expect every machine Ready.
+	Eventually(func(g Gomega) {
+		var err error
+		st, err = l.Status(waitCtx)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(st.CPReady).To(Equal(l.ControlPlanes), st.Describe())
+		g.Expect(st.WReady).To(Equal(l.Workers), st.Describe())
+	}).WithContext(waitCtx).WithPolling(time.Second).Should(Succeed())
+	GinkgoWriter.Printf("cluster %s: every machine Ready after %s\n", l.ClusterName, time.Since(start).Round(time.Second))
 	return st
 }
 
