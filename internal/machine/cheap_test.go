@@ -96,8 +96,7 @@ func TestCreateTaskTeachesFirstPoll(t *testing.T) {
 	e := newSimEnv(t, 150*time.Millisecond)
 	e.r.Timing.Max = 5 * time.Second
 	ctx := context.Background()
-	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
-	g.Expect(err).NotTo(HaveOccurred())
+	img := e.seedImage()
 	const polls = "GET /nodes/{node}/tasks/{upid}/status"
 	initial := e.pve.TaskPollDelay(taskCreate)
 
@@ -149,8 +148,7 @@ func TestBootISOUploadedOnce(t *testing.T) {
 	g := NewWithT(t)
 	e := newSimEnv(t, 5*time.Millisecond)
 	ctx := context.Background()
-	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
-	g.Expect(err).NotTo(HaveOccurred())
+	img := e.seedImage()
 	s := e.scope("pve1", 4850)
 	s.imageVolID = img
 	volid, err := BootISOVolID(s)

@@ -106,6 +106,17 @@ func (e *simEnv) createVM(node string, vmid int, name string, ours, running bool
 	}
 }
 
+// seedImage puts a Talos image on pve1's local storage, as if downloaded, and returns its
+// volume id.
+func (e *simEnv) seedImage() string {
+	e.t.Helper()
+	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return img
+}
+
 func (e *simEnv) vm(vmid int) (pvesim.VMInfo, bool) { return e.sim.VM(vmid) }
 
 // deleteUntil runs deletion passes until the finalizer is gone or stop says so, each
@@ -289,8 +300,7 @@ func TestCreateSurvivesLostTaskRecord(t *testing.T) {
 	g := NewWithT(t)
 	e := newSimEnv(t, 300*time.Millisecond)
 	ctx := context.Background()
-	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
-	g.Expect(err).NotTo(HaveOccurred())
+	img := e.seedImage()
 	s := e.scope("pve1", 4700)
 	iso, err := BootISOName(s)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -444,8 +454,7 @@ func TestCreateInterruptedAtRandomPoints(t *testing.T) {
 	// restarts.
 	e := newSimEnv(t, time.Second, realistic)
 	ctx := context.Background()
-	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
-	g.Expect(err).NotTo(HaveOccurred())
+	img := e.seedImage()
 	rng := rand.New(rand.NewPCG(11, 7))
 
 	type machineState struct {
@@ -718,8 +727,7 @@ func TestResumedCreateOfAnotherMachineIsNotAdopted(t *testing.T) {
 	g := NewWithT(t)
 	e := newSimEnv(t, 300*time.Millisecond)
 	ctx := context.Background()
-	img, err := e.sim.AddVolume("local", "pve1", "import", "talos.qcow2", []byte("qcow2"))
-	g.Expect(err).NotTo(HaveOccurred())
+	img := e.seedImage()
 
 	other := e.scope("pve1", 4700)
 	other.PTM.Name, other.PTM.UID = "w-1", types.UID(uuid.NewString())
