@@ -32,7 +32,6 @@ import (
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
-	"sigs.k8s.io/cluster-api/controllers/clustercache"
 	"sigs.k8s.io/cluster-api/controllers/remote"
 	"sigs.k8s.io/cluster-api/util/flags"
 
@@ -41,6 +40,7 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/webhooks"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
 
@@ -75,11 +75,10 @@ type options struct {
 	syncPeriod                  time.Duration
 	kubeAPIQPS                  float32
 	kubeAPIBurst                int
-	clusterCacheClientQPS       float32
-	clusterCacheClientBurst     int
+	workloadClientQPS           float32
+	workloadClientBurst         int
 	clusterConcurrency          int
 	machineConcurrency          int
-	clusterCacheConcurrency     int
 	webhookPort                 int
 	webhookCertDir              string
 	webhookCertName             string
@@ -124,16 +123,14 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 		"Queries per second to the management cluster's API server, per resource type; negative: no client-side limit (the API server's priority and fairness applies).")
 	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100,
 		"Burst of queries to the management cluster's API server (with --kube-api-qps >= 0).")
-	fs.Float32Var(&o.clusterCacheClientQPS, "clustercache-client-qps", 20,
+	fs.Float32Var(&o.workloadClientQPS, "workload-client-qps", 20,
 		"Queries per second to each workload cluster's API server.")
-	fs.IntVar(&o.clusterCacheClientBurst, "clustercache-client-burst", 30,
+	fs.IntVar(&o.workloadClientBurst, "workload-client-burst", 30,
 		"Burst of queries to each workload cluster's API server.")
 	fs.IntVar(&o.clusterConcurrency, "proxmoxtaloscluster-concurrency", 10,
 		"ProxmoxTalosClusters reconciled at once.")
 	fs.IntVar(&o.machineConcurrency, "proxmoxtalosmachine-concurrency", 20,
 		"ProxmoxTalosMachines reconciled at once (Proxmox load is bounded separately by the --proxmox-* flags).")
-	fs.IntVar(&o.clusterCacheConcurrency, "clustercache-concurrency", 100,
-		"Workload clusters whose connections are maintained at once.")
 	fs.IntVar(&o.webhookPort, "webhook-port", 9443, "Port of the webhook server.")
 	fs.StringVar(&o.webhookCertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs/",
 		"Directory holding the webhook server's certificate and key.")
@@ -264,12 +261,12 @@ func run(ctx context.Context, o *options) error {
 	return mgr.Start(ctx)
 }
 
-// The cluster cache reads Clusters and their kubeconfig Secrets to reach workload clusters.
+// Clusters are read for their state; kubeconfig Secrets to reach workload clusters.
 // +kubebuilder:rbac:groups=cluster.x-k8s.io,resources=clusters;clusters/status,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
-// setupReconcilers starts the workload-cluster cache and the provider's controllers.
+// setupReconcilers starts the provider's controllers.
 func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 	metrics, err := proxmox.NewMetrics(ctrlmetrics.Registry)
 	if err != nil {
@@ -287,22 +284,13 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 		},
 	})
 
-	clusterCache, err := clustercache.SetupWithManager(ctx, mgr, clustercache.Options{
-		SecretClient: mgr.GetClient(),
-		Cache:        clustercache.CacheOptions{},
-		Client: clustercache.ClientOptions{
-			QPS:       o.clusterCacheClientQPS,
-			Burst:     o.clusterCacheClientBurst,
-			UserAgent: remote.DefaultClusterAPIUserAgent(controllerName),
-			Cache: clustercache.ClientCacheOptions{
-				DisableFor: []client.Object{&corev1.ConfigMap{}, &corev1.Secret{}},
-			},
-		},
-		WatchFilterValue: o.watchFilterValue,
-	}, controller.Options{MaxConcurrentReconciles: o.clusterCacheConcurrency})
-	if err != nil {
-		return fmt.Errorf("creating the cluster cache: %w", err)
-	}
+	// Workload clusters are reached only while a machine waits for its Node, with a
+	// client that knows Nodes only (internal/workload says why not the ClusterCache).
+	workloadClusters := workload.New(mgr.GetClient(), mgr.GetScheme(), workload.Options{
+		UserAgent: remote.DefaultClusterAPIUserAgent(controllerName),
+		QPS:       o.workloadClientQPS,
+		Burst:     o.workloadClientBurst,
+	})
 
 	if err := (&controllers.ProxmoxTalosClusterReconciler{
 		Client:           mgr.GetClient(),
@@ -318,7 +306,7 @@ func setupReconcilers(ctx context.Context, mgr ctrl.Manager, o *options) error {
 		Recorder:         mgr.GetEventRecorder("proxmoxtalosmachine-controller"),
 		Proxmox:          proxmoxFactory,
 		ImageFactory:     clients.NewImageFactoryFactory(),
-		ClusterCache:     clusterCache,
+		Workload:         workloadClusters,
 		WatchFilterValue: o.watchFilterValue,
 		Timing:           machine.Timing{NodeLossHandoverAfter: o.nodeLossHandoverAfter},
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: o.machineConcurrency}); err != nil {

@@ -58,22 +58,21 @@ func TestManagerWiring(t *testing.T) {
 	wh := env.WebhookInstallOptions
 	healthPort := freeLoopbackPort(t)
 	o := &options{
-		syncPeriod:              time.Minute,
-		kubeAPIQPS:              50,
-		kubeAPIBurst:            100,
-		clusterCacheClientQPS:   20,
-		clusterCacheClientBurst: 30,
-		clusterConcurrency:      1,
-		machineConcurrency:      1,
-		clusterCacheConcurrency: 1,
-		webhookPort:             wh.LocalServingPort,
-		webhookCertDir:          wh.LocalServingCertDir,
-		webhookCertName:         "tls.crt",
-		webhookKeyName:          "tls.key",
-		healthAddr:              "127.0.0.1:" + strconv.Itoa(healthPort),
-		proxmoxRequestTimeout:   5 * time.Second,
-		managerOptions:          flags.ManagerOptions{DiagnosticsAddress: "0"},
-		logOptions:              logs.NewOptions(),
+		syncPeriod:            time.Minute,
+		kubeAPIQPS:            50,
+		kubeAPIBurst:          100,
+		workloadClientQPS:     20,
+		workloadClientBurst:   30,
+		clusterConcurrency:    1,
+		machineConcurrency:    1,
+		webhookPort:           wh.LocalServingPort,
+		webhookCertDir:        wh.LocalServingCertDir,
+		webhookCertName:       "tls.crt",
+		webhookKeyName:        "tls.key",
+		healthAddr:            "127.0.0.1:" + strconv.Itoa(healthPort),
+		proxmoxRequestTimeout: 5 * time.Second,
+		managerOptions:        flags.ManagerOptions{DiagnosticsAddress: "0"},
+		logOptions:            logs.NewOptions(),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -22,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
-	"sigs.k8s.io/cluster-api/controllers/clustercache"
 	"sigs.k8s.io/cluster-api/util"
 	"sigs.k8s.io/cluster-api/util/annotations"
 	"sigs.k8s.io/cluster-api/util/conditions"
@@ -34,6 +33,7 @@ import (
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
 
@@ -43,9 +43,9 @@ type ProxmoxTalosMachineReconciler struct {
 	Recorder     events.EventRecorder
 	Proxmox      ProxmoxClientFactory
 	ImageFactory ImageFactoryFactory
-	// ClusterCache gives access to workload clusters (to set Node.spec.providerID and see
-	// the Node become Ready).
-	ClusterCache clustercache.ClusterCache
+	// Workload gives access to workload clusters (to set Node.spec.providerID and see
+	// the Node become Ready), only while a machine waits for its Node.
+	Workload workload.Clients
 	// WatchFilterValue is the value of the cluster.x-k8s.io/watch-filter label this
 	// controller handles (empty: all).
 	WatchFilterValue string
@@ -112,12 +112,12 @@ func (c *credentialsCache) get(ctx context.Context, r client.Reader, infra *infr
 // data appears), the Cluster (unpause, infrastructure provisioned) and workload cluster
 // connection changes.
 func (r *ProxmoxTalosMachineReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, options controller.Options) error {
-	if r.Client == nil || r.Proxmox == nil || r.ImageFactory == nil || r.ClusterCache == nil {
-		return errors.New("ProxmoxTalosMachineReconciler needs Client, Proxmox, ImageFactory and ClusterCache")
+	if r.Client == nil || r.Proxmox == nil || r.ImageFactory == nil || r.Workload == nil {
+		return errors.New("ProxmoxTalosMachineReconciler needs Client, Proxmox, ImageFactory and Workload")
 	}
 	log := ctrl.LoggerFrom(ctx).WithValues("controller", "proxmoxtalosmachine")
 	r.steps = &machine.Reconciler{
-		Client: r.Client, Recorder: r.Recorder, Images: r.ImageFactory, ClusterCache: r.ClusterCache,
+		Client: r.Client, Recorder: r.Recorder, Images: r.ImageFactory, Workload: r.Workload,
 		Timing: r.Timing, HTTPClient: r.HTTPClient,
 	}
 	clusterToMachines, err := util.ClusterToTypedObjectsMapper(mgr.GetClient(), &infrav1.ProxmoxTalosMachineList{}, mgr.GetScheme())
@@ -136,7 +136,6 @@ func (r *ProxmoxTalosMachineReconciler) SetupWithManager(ctx context.Context, mg
 			handler.EnqueueRequestsFromMapFunc(clusterToMachines),
 			builder.WithPredicates(predicates.ClusterPausedTransitionsOrInfrastructureProvisioned(mgr.GetScheme(), log)),
 		).
-		WatchesRawSource(r.ClusterCache.GetClusterSource("proxmoxtalosmachine", clusterToMachines)).
 		Complete(r)
 }
 

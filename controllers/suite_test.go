@@ -26,13 +26,13 @@ import (
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
 	ipamv1 "sigs.k8s.io/cluster-api/api/ipam/v1beta2"
-	"sigs.k8s.io/cluster-api/controllers/clustercache"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/machine"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/testenv"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/imagefactory/factorysim"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
@@ -151,13 +151,7 @@ func startManager(t *testing.T) *manager {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr.To(true)}
-	cc, err := clustercache.SetupWithManager(ctx, mgr, clustercache.Options{
-		SecretClient: mgr.GetClient(),
-		Client:       clustercache.ClientOptions{UserAgent: "capi-proxmox-talos-test", Cache: clustercache.ClientCacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
-	}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	workloadClusters := workload.New(mgr.GetClient(), mgr.GetScheme(), workload.Options{UserAgent: "capi-proxmox-talos-test"})
 	if err := (&ProxmoxTalosClusterReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("proxmoxtaloscluster"), Proxmox: proxmoxFactory, Timing: testTiming,
 		ImageGCGrace: testImageGCGrace,
@@ -167,7 +161,7 @@ func startManager(t *testing.T) *manager {
 	if err := (&ProxmoxTalosMachineReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("proxmoxtalosmachine"), Proxmox: proxmoxFactory,
 		ImageFactory: clients.NewImageFactoryFactory(imagefactory.WithRetryPolicy(imagefactory.RetryPolicy{Attempts: 2, BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond})),
-		ClusterCache: cc,
+		Workload:     workloadClusters,
 		Timing:       machine.Timing{Timing: testTiming, ShutdownTimeout: 2 * time.Second},
 	}).SetupWithManager(ctx, mgr, opts); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/cluster"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 )
 
 // waitForNode finishes the machine in the workload cluster. Talos does not pass a
@@ -31,20 +32,29 @@ func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) 
 		return next()
 	}
 	s.PTM.Status.Step = infrav1.StepWaitingForNode
-	if r.ClusterCache == nil {
+	if r.Workload == nil {
 		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "No workload cluster access configured")
 		return stop(ctrlResultNone)
 	}
-	wc, err := r.ClusterCache.GetClient(ctx, client.ObjectKeyFromObject(s.Cluster))
-	if err != nil {
-		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for the workload cluster's API server")
+	wc, err := r.Workload.Client(ctx, client.ObjectKeyFromObject(s.Cluster))
+	if err == nil {
+		var node *corev1.Node
+		if node, err = findNode(ctx, wc, s); err == nil {
+			return r.nodeFound(ctx, s, wc, node)
+		}
+	}
+	if workload.IsUnreachable(err) {
+		// The API server comes up with the first control plane's Talos: until then (and
+		// whenever it does not answer) the machine waits, polled with backoff.
+		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for the workload cluster's API server: "+strings.TrimPrefix(err.Error(), workload.ErrUnreachable.Error()+": "))
 		return r.waitOn(s, infrav1.NodeReadyCondition)
 	}
+	return result{}, fmt.Errorf("looking up the workload Node: %w", err)
+}
 
-	node, err := findNode(ctx, wc, s)
-	if err != nil {
-		return result{}, fmt.Errorf("looking up the workload Node: %w", err)
-	}
+// nodeFound sets or adopts the Node's providerID and, once the Node is Ready, removes the
+// boot ISO. node is nil while the Node has not registered.
+func (r *Reconciler) nodeFound(ctx context.Context, s *Scope, wc client.Client, node *corev1.Node) (result, error) {
 	if node == nil {
 		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for Node "+s.Machine.Name+" to register")
 		return r.waitOn(s, infrav1.NodeReadyCondition)

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -14,10 +15,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
-	"sigs.k8s.io/cluster-api/controllers/clustercache"
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 )
 
 // TestIdentifiesVM: the providerID forms a Proxmox CCM writes are recognised as this
@@ -59,13 +60,10 @@ func TestIdentifiesVM(t *testing.T) {
 	g.Expect(IdentifiesVM("proxmox://cluster-1/123", &infrav1.ProxmoxTalosMachine{})).To(MatchError(ContainSubstring("VMID none yet")))
 }
 
-// workloadCache is a ClusterCache that only hands out one workload client.
-type workloadCache struct {
-	clustercache.ClusterCache
-	c client.Client
-}
+// oneWorkload hands out one workload client.
+type oneWorkload struct{ c client.Client }
 
-func (w workloadCache) GetClient(context.Context, client.ObjectKey) (client.Client, error) {
+func (w oneWorkload) Client(context.Context, client.ObjectKey) (client.Client, error) {
 	return w.c, nil
 }
 
@@ -98,7 +96,7 @@ func TestWaitForNodeWithCCM(t *testing.T) {
 			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "w-0"}, Spec: corev1.NodeSpec{ProviderID: tt.nodeProviderID, Taints: tt.taints}}
 			wc := fake.NewClientBuilder().WithScheme(s).WithObjects(node).Build()
 			rec := events.NewFakeRecorder(10)
-			r := &Reconciler{ClusterCache: workloadCache{c: wc}, Recorder: rec}
+			r := &Reconciler{Workload: oneWorkload{c: wc}, Recorder: rec}
 			ptm := &infrav1.ProxmoxTalosMachine{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"},
 				Spec:       infrav1.ProxmoxTalosMachineSpec{SMBIOSUUID: uuid, VMID: ptr.To[int32](123), ProviderID: "proxmox://" + uuid},
@@ -129,4 +127,32 @@ func TestWaitForNodeWithCCM(t *testing.T) {
 			}
 		})
 	}
+}
+
+// unreachableWorkload is a workload cluster whose API server does not answer.
+type unreachableWorkload struct{}
+
+func (unreachableWorkload) Client(context.Context, client.ObjectKey) (client.Client, error) {
+	return nil, fmt.Errorf("%w: dial tcp 127.0.0.1:1: connect: connection refused", workload.ErrUnreachable)
+}
+
+// TestWaitForNodeUnreachable: a workload API server that does not answer yet (the usual
+// state while the first control plane boots) is waited on with a condition that says so,
+// not reported as a reconcile error.
+func TestWaitForNodeUnreachable(t *testing.T) {
+	g := NewWithT(t)
+	r := &Reconciler{Workload: unreachableWorkload{}, Recorder: events.NewFakeRecorder(10)}
+	ptm := &infrav1.ProxmoxTalosMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}}
+	sc := &Scope{
+		Cluster: &clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}},
+		Machine: &clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}},
+		PTM:     ptm,
+	}
+	out, err := r.waitForNode(context.Background(), sc)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse())
+	g.Expect(out.res.RequeueAfter).To(BeNumerically(">", 0))
+	cond := conditions.Get(ptm, infrav1.NodeReadyCondition)
+	g.Expect(cond.Reason).To(Equal(infrav1.WaitingForNodeReason))
+	g.Expect(cond.Message).To(Equal("Waiting for the workload cluster's API server: dial tcp 127.0.0.1:1: connect: connection refused"))
 }

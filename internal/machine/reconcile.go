@@ -21,12 +21,12 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	clusterv1 "sigs.k8s.io/cluster-api/api/core/v1beta2"
-	"sigs.k8s.io/cluster-api/controllers/clustercache"
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/backoff"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/clients"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/internal/workload"
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox"
 )
 
@@ -57,11 +57,12 @@ func (t Timing) withDefaults() Timing {
 
 // Reconciler runs the ProxmoxTalosMachine steps.
 type Reconciler struct {
-	Client       client.Client
-	Recorder     events.EventRecorder
-	Images       clients.ImageFactoryFactory
-	ClusterCache clustercache.ClusterCache
-	Timing       Timing
+	Client   client.Client
+	Recorder events.EventRecorder
+	Images   clients.ImageFactoryFactory
+	// Workload reaches workload clusters' API servers (the machine's Node).
+	Workload workload.Clients
+	Timing   Timing
 	// HTTPClient downloads images for ImageTransfer Upload. Default http.DefaultClient.
 	HTTPClient *http.Client
 
@@ -137,13 +138,19 @@ func stop(res ctrl.Result) (result, error) { return result{res: res}, nil }
 type step func(ctx context.Context, s *Scope) (result, error)
 
 // ReconcileNormal runs the creation steps in order until one stops the pass.
+//
+// Everything that needs no bootstrap data comes before waiting for it: the node, the
+// addresses and the image (its download is the longest step) are ready by the time the
+// bootstrap provider writes the data, which for workers is after the control plane has
+// come up, so that wait hides them. No VM exists before the data: the create attaches the
+// boot ISO that holds it.
 func (r *Reconciler) ReconcileNormal(ctx context.Context, s *Scope) (ctrl.Result, error) {
 	for _, st := range []step{
 		r.waitForCluster,
-		r.waitForBootstrapData,
 		r.place,
 		r.claimAddresses,
 		r.prepareImage,
+		r.waitForBootstrapData,
 		r.buildBootISO,
 		r.createVM,
 		r.startVM,
