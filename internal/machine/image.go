@@ -57,9 +57,6 @@ func (r *Reconciler) prepareImage(ctx context.Context, s *Scope) (result, error)
 		return stop(ctrlResultNone)
 	}
 
-	if c := conditions.Get(s.PTM, infrav1.ImageReadyCondition); c == nil || c.Reason != infrav1.ImageDownloadingReason {
-		r.setCondition(s, infrav1.ImageReadyCondition, false, infrav1.ImageDownloadingReason, "Transferring "+filename+" to storage "+s.ClusterSpec.ImageStorage)
-	}
 	req := proxmox.ImageRequest{
 		Node: s.PTM.Spec.Node, Storage: s.ClusterSpec.ImageStorage, Filename: filename, Content: "import",
 		URL: url, Transfer: proxmox.TransferDownload,
@@ -77,6 +74,12 @@ func (r *Reconciler) prepareImage(ctx context.Context, s *Scope) (result, error)
 	// streams through this process); the pass never waits for it.
 	res, err := s.PVE.StartImage(ctx, req)
 	if errors.Is(err, proxmox.ErrInProgress) {
+		// Set only while the transfer runs: a pass that finds the image in storage leaves
+		// a True condition untouched (the machine now passes here on every event while
+		// it waits for its bootstrap data, and a flip would rewrite the status each time).
+		if c := conditions.Get(s.PTM, infrav1.ImageReadyCondition); c == nil || c.Reason != infrav1.ImageDownloadingReason {
+			r.setCondition(s, infrav1.ImageReadyCondition, false, infrav1.ImageDownloadingReason, "Transferring "+filename+" to storage "+s.ClusterSpec.ImageStorage)
+		}
 		return r.waitOn(s, infrav1.ImageReadyCondition)
 	}
 	if err != nil {

@@ -185,7 +185,7 @@ func TestUnreachableFailsFast(t *testing.T) {
 	reads := secrets.count()
 	wc, err = a.Client(ctx, key)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(secrets.count()).To(Equal(reads+1))
+	g.Expect(secrets.count()).To(Equal(reads + 1))
 	g.Expect(wc.Get(ctx, client.ObjectKey{Name: "w-0"}, &node)).To(MatchError(ErrUnreachable))
 }
 

@@ -45,7 +45,8 @@ type Client interface {
 	// ReleaseVMID drops an in-process reservation that will not be used.
 	ReleaseVMID(vmid int)
 
-	// Storages lists the storages visible on node.
+	// Storages lists the storages visible on node; one answer serves every client of the
+	// same API and token for 10 s.
 	Storages(ctx context.Context, node string) ([]StorageInfo, error)
 	// StorageContent lists volumes of one content type ("" = all).
 	StorageContent(ctx context.Context, node, storage, content string) ([]Volume, error)

@@ -32,7 +32,7 @@ type Endpoint struct {
 
 	mu        sync.Mutex
 	snapshots map[string]*vmSnapshot   // token id -> last /cluster/resources
-	nodes     map[string]*nodeSnapshot // token id -> last /nodes
+	reads     map[string]*readSnapshot // kind|token[|node] -> last answer of a shared read (/nodes, a node's storages)
 	images    map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
 	fetch     singleflight.Group
 	tasks     taskTimings
@@ -43,9 +43,9 @@ type vmSnapshot struct {
 	vms []VMRef
 }
 
-type nodeSnapshot struct {
-	at    time.Time
-	nodes []NodeInfo
+type readSnapshot struct {
+	at  time.Time
+	val any
 }
 
 // NewEndpoint returns empty shared state. ttl is how long an allocated but unused VMID
@@ -57,7 +57,7 @@ func NewEndpoint(ttl time.Duration) *Endpoint {
 	return &Endpoint{
 		vmids:     vmidReservations{reserved: map[int]time.Time{}, ttl: ttl},
 		snapshots: map[string]*vmSnapshot{},
-		nodes:     map[string]*nodeSnapshot{},
+		reads:     map[string]*readSnapshot{},
 		images:    map[string]time.Time{},
 	}
 }
@@ -118,35 +118,37 @@ func (ep *Endpoint) snapshot(ctx context.Context, token string, maxAge time.Dura
 	}
 }
 
-// nodeSnapshot returns the nodes of the last /nodes read by token if it is at most maxAge
-// old, else reads it (one read for all concurrent callers of the token).
-func (ep *Endpoint) nodeSnapshot(ctx context.Context, token string, maxAge time.Duration, now func() time.Time, read func(context.Context) ([]NodeInfo, error)) ([]NodeInfo, error) {
+// sharedRead returns the answer of the last read under key if it is at most maxAge old,
+// else reads it (one read for all concurrent callers of the key). Keys include the token:
+// what a token may see is its own.
+func sharedRead[T any](ctx context.Context, ep *Endpoint, key string, maxAge time.Duration, now func() time.Time, read func(context.Context) (T, error)) (T, error) {
+	var zero T
 	ep.mu.Lock()
-	if s, ok := ep.nodes[token]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
-		nodes := s.nodes
+	if s, ok := ep.reads[key]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
+		v := s.val.(T)
 		ep.mu.Unlock()
-		return nodes, nil
+		return v, nil
 	}
 	ep.mu.Unlock()
-	ch := ep.fetch.DoChan("nodes|"+token, func() (any, error) {
+	ch := ep.fetch.DoChan("read|"+key, func() (any, error) {
 		at := now()
-		nodes, err := read(context.WithoutCancel(ctx))
+		v, err := read(context.WithoutCancel(ctx))
 		if err != nil {
 			return nil, err
 		}
 		ep.mu.Lock()
-		ep.nodes[token] = &nodeSnapshot{at: at, nodes: nodes}
+		ep.reads[key] = &readSnapshot{at: at, val: v}
 		ep.mu.Unlock()
-		return nodes, nil
+		return v, nil
 	})
 	select {
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return zero, ctx.Err()
 	case r := <-ch:
 		if r.Err != nil {
-			return nil, r.Err
+			return zero, r.Err
 		}
-		return r.Val.([]NodeInfo), nil
+		return r.Val.(T), nil
 	}
 }
 

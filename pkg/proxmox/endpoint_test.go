@@ -13,8 +13,8 @@ import (
 
 // TestEndpointSharedAcrossClients: clients of one Proxmox API (one per cluster in the
 // manager) share VMID reservations, so concurrent allocations through different clients
-// never return the same VMID; and they share the /cluster/resources and /nodes snapshots,
-// so many readers within maxAge cost one call each.
+// never return the same VMID; and they share the /cluster/resources, /nodes and storage
+// list snapshots, so many readers within maxAge cost one call each.
 func TestEndpointSharedAcrossClients(t *testing.T) {
 	g := NewWithT(t)
 	var eps Endpoints
@@ -54,11 +54,16 @@ func TestEndpointSharedAcrossClients(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 		_, err = clients[i%len(clients)].ClusterNodes(ctx, time.Minute)
 		g.Expect(err).NotTo(HaveOccurred())
+		storages, err := clients[i%len(clients)].Storages(ctx, "pve1")
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(storages).NotTo(BeEmpty())
 	}
 	after := env.sim.Stats().Calls
 	// The allocations above left a snapshot younger than a minute: no resources read.
 	g.Expect(after["GET /cluster/resources"] - before["GET /cluster/resources"]).To(Equal(0))
 	g.Expect(after["GET /nodes"] - before["GET /nodes"]).To(Equal(1))
+	// Every cluster's preflight lists the storages after the same resync: one read.
+	g.Expect(after["GET /nodes/{node}/storage"] - before["GET /nodes/{node}/storage"]).To(Equal(1))
 
 	// A client with its own endpoint (another Proxmox, or none shared) reads for itself.
 	own := env.cfg

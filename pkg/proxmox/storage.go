@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // ErrInsufficientSpace is returned when a storage has less free space than an
@@ -27,12 +28,19 @@ var (
 	compressions = map[string]bool{"gz": true, "lzo": true, "zst": true, "bz2": true}
 )
 
+// storagesMaxAge is how long one answer of a node's storage list serves every client of
+// the same API and token: every cluster's preflight falls due after the same resync, and
+// storage definitions are cluster-wide configuration that rarely changes.
+const storagesMaxAge = 10 * time.Second
+
 // Storages implements Client.
 func (c *PVEClient) Storages(ctx context.Context, node string) ([]StorageInfo, error) {
 	var out []StorageInfo
 	err := c.run(ctx, "Storages", func(ctx context.Context) error {
 		var err error
-		out, err = c.storages(ctx, node)
+		out, err = sharedRead(ctx, c.ep, "storages|"+c.tokenID+"|"+node, storagesMaxAge, c.nowFn, func(ctx context.Context) ([]StorageInfo, error) {
+			return c.storages(ctx, node)
+		})
 		return err
 	})
 	return out, err

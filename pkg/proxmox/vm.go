@@ -44,7 +44,7 @@ func (c *PVEClient) ClusterNodes(ctx context.Context, maxAge time.Duration) ([]N
 	var out []NodeInfo
 	err := c.run(ctx, "ClusterNodes", func(ctx context.Context) error {
 		var err error
-		out, err = c.ep.nodeSnapshot(ctx, c.tokenID, maxAge, c.nowFn, c.listNodes)
+		out, err = sharedRead(ctx, c.ep, "nodes|"+c.tokenID, maxAge, c.nowFn, c.listNodes)
 		return err
 	})
 	return out, err
