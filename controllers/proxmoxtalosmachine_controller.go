@@ -56,6 +56,9 @@ type ProxmoxTalosMachineReconciler struct {
 
 	steps *machine.Reconciler
 	creds credentialsCache
+	// written remembers the resourceVersion of this process's last write of each machine
+	// (machine key -> writeRecord) until the cache shows it (stale.go).
+	written sync.Map
 }
 
 // credentialsTTL is how long a machine pass reuses a credentials Secret read by an
@@ -144,8 +147,24 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	log := ctrl.LoggerFrom(ctx)
 	ptm := &infrav1.ProxmoxTalosMachine{}
 	if err := r.Client.Get(ctx, req.NamespacedName, ptm); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.written.Delete(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.stale(ptm) {
+		// The cache has not seen the last write of the previous pass yet: that write's
+		// watch event brings the machine back at once. Acting on the older object would
+		// repeat what the previous pass did and recorded (upload the boot ISO again, look
+		// for a create in flight, read the VM just started).
+		log.V(4).Info("Cached object older than this controller's last write; waiting for the cache", "resourceVersion", ptm.ResourceVersion)
+		return ctrl.Result{RequeueAfter: r.Timing.WithDefaults().Min}, nil
+	}
+	// Every write of this pass goes through writes, and the next pass waits for the cache
+	// to show the last of them (even after a partial failure: what was written is what
+	// the next pass must see).
+	writes := &versionRecorder{Client: r.Client}
+	defer r.wrote(ptm, writes)
 	if annotations.IsExternallyManaged(ptm) {
 		return ctrl.Result{}, nil
 	}
@@ -185,15 +204,15 @@ func (r *ProxmoxTalosMachineReconciler) Reconcile(ctx context.Context, req ctrl.
 	ctx = ctrl.LoggerInto(ctx, log)
 
 	if ptm.DeletionTimestamp.IsZero() {
-		if added, err := finalizers.EnsureFinalizer(ctx, r.Client, ptm, infrav1.MachineFinalizer); err != nil || added {
+		if added, err := finalizers.EnsureFinalizer(ctx, writes, ptm, infrav1.MachineFinalizer); err != nil || added {
 			return ctrl.Result{}, err
 		}
 	}
-	helper, err := patch.NewHelper(ptm, r.Client)
+	helper, err := patch.NewHelper(ptm, writes)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if isPaused, requeue, err := paused.EnsurePausedCondition(ctx, r.Client, cl, ptm); err != nil || isPaused || requeue {
+	if isPaused, requeue, err := paused.EnsurePausedCondition(ctx, writes, cl, ptm); err != nil || isPaused || requeue {
 		return ctrl.Result{}, err
 	}
 

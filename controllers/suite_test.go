@@ -219,6 +219,12 @@ func (f *fixture) create(obj client.Object) {
 // owned by it, with mutate applied to the ProxmoxTalosCluster spec.
 func (f *fixture) createCluster(mutate func(*infrav1.ProxmoxTalosClusterSpec)) {
 	f.t.Helper()
+	f.createClusterOn(pve, mutate)
+}
+
+// createClusterOn is createCluster against a Proxmox simulator of the test's own.
+func (f *fixture) createClusterOn(pve *pvesim.Server, mutate func(*infrav1.ProxmoxTalosClusterSpec)) {
+	f.t.Helper()
 	f.create(&corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: f.cluster + "-proxmox"},
 		Data: map[string][]byte{
