@@ -400,3 +400,30 @@ func TestSimStartDeleteVolume(t *testing.T) {
 	_, err = c.StartDeleteVolume(ctx, "pve1", "no-colon")
 	g.Expect(err).To(MatchError(ErrInvalidConfig))
 }
+
+// TestSimDeleteVolumeWaitsServerSide: deleting a file asks PVE to wait for its own worker
+// (`delay`), so a quick deletion is one call and no task read; a failed deletion is the
+// call's error. (One still running after the delay answers with its UPID, which postTask
+// follows like any task.)
+func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{Profile: pvesim.ProfileRealistic, TimeScale: 0.01})
+	c, ctx := env.client, context.Background()
+	del := "DELETE /nodes/{node}/storage/{storage}/content/{volume}"
+	status := "GET /nodes/{node}/tasks/{upid}/status"
+
+	vol, err := c.UploadISO(ctx, "pve1", "local", "quick.iso", make([]byte, 4096))
+	g.Expect(err).NotTo(HaveOccurred())
+	before := env.sim.Stats().Calls
+	g.Expect(c.DeleteVolume(ctx, "pve1", vol)).To(Succeed())
+	after := env.sim.Stats().Calls
+	g.Expect(after[del] - before[del]).To(Equal(1))
+	g.Expect(after[status] - before[status]).To(Equal(0), "no task read: PVE answered null once the deletion was done")
+	g.Expect(env.sim.Inventory().VolumesByContent("iso")).To(BeEmpty())
+
+	vol, err = c.UploadISO(ctx, "pve1", "local", "fails.iso", make([]byte, 4096))
+	g.Expect(err).NotTo(HaveOccurred())
+	env.sim.AddFault(pvesim.Fault{Method: "DELETE", Path: "/nodes/{node}/storage/{storage}/content/{volume}", TaskFailureRate: 1, TaskErrorText: "unlink failed: Permission denied"})
+	err = c.DeleteVolume(ctx, "pve1", vol)
+	g.Expect(err).To(MatchError(ContainSubstring("unlink failed: Permission denied")))
+}

@@ -317,6 +317,11 @@ func (c *PVEClient) postTask(ctx context.Context, method, path string, query url
 	if err := c.do(ctx, method, path, query, body, &upid); err != nil {
 		return err
 	}
+	if upid == "" {
+		// Calls that can wait for their worker (`delay`, `background_delay`) answer null
+		// when it ended well within that time, and its error as their own.
+		return nil
+	}
 	return c.waitTask(ctx, upid, timeout)
 }
 

@@ -156,7 +156,7 @@ func hContentDelete(c *reqCtx) (any, *apiError) {
 	}
 	s.mu.Unlock()
 	node := c.node()
-	return s.startTask(taskSpec{node: node, typ: "imgdel", id: "", user: c.token,
+	upid := s.startTask(taskSpec{node: node, typ: "imgdel", id: "", user: c.token,
 		locks: []string{storageLock(sid)}, routeKey: "DELETE /nodes/{node}/storage/{storage}/content/{volume}",
 		run: func(t *task) error {
 			s.mu.Lock()
@@ -166,7 +166,18 @@ func hContentDelete(c *reqCtx) (any, *apiError) {
 			}
 			t.log = append(t.log, fmt.Sprintf("Removed volume '%s'", volid))
 			return nil
-		}}), nil
+		}})
+	// pve-storage Content.pm: with `delay`, wait for the worker up to that many seconds;
+	// null when it ended well, its error as this call's error, else the UPID.
+	if delay := c.intParam("delay"); delay > 0 {
+		if ended, status := s.awaitTask(upid, delay); ended {
+			if statusIsError(status) {
+				return nil, errServer("%s", status)
+			}
+			return nil, nil
+		}
+	}
+	return upid, nil
 }
 
 func vmReferences(vm *vmState, volid string) bool {

@@ -161,7 +161,10 @@ func checkProp(path string, schema map[string]any, v any, errs *[]string) {
 		}
 	}
 	if v == nil {
-		if typ != "null" && typ != "any" {
+		// PVE::JSONSchema::check_prop: an undefined value is fine for type null and for
+		// an optional schema (DELETE .../content/{volume} returns an optional string:
+		// null when it waited for its worker).
+		if typ != "null" && typ != "any" && !isTrueAny(schema["optional"]) {
 			add("got null, want %s", typ)
 		}
 		return

@@ -144,6 +144,32 @@ func readStatus(log []string) string {
 	return "unexpected status"
 }
 
+// awaitTask is the API's optional wait for a worker it just forked (pve-storage's
+// DELETE .../content/{volume} `delay`, qemu-server's POST .../config `background_delay`):
+// check the worker, and while it runs sleep one (Proxmox) second, for at most delay
+// seconds. ended reports whether it finished within them, with its exit status.
+func (s *Server) awaitTask(upid string, delay int) (ended bool, status string) {
+	end := time.Now().Add(s.cfg.scale(time.Duration(delay) * time.Second))
+	for {
+		s.mu.Lock()
+		t := s.tasks[upid]
+		running, exit := t.running, t.exitstatus
+		s.mu.Unlock()
+		if !running {
+			return true, exit
+		}
+		if !time.Now().Before(end) {
+			return false, ""
+		}
+		s.sleep(s.cfg.scale(time.Second))
+	}
+}
+
+// statusIsError is PVE::Tools::upid_status_is_error: anything but OK and WARNINGS.
+func statusIsError(status string) bool {
+	return status != "OK" && !strings.HasPrefix(status, "WARNINGS: ")
+}
+
 // logf appends a line to a task log.
 func (s *Server) logf(t *task, format string, args ...any) {
 	s.mu.Lock()
