@@ -418,7 +418,7 @@ func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
 	g.Expect(c.DeleteVolume(ctx, "pve1", vol)).To(Succeed())
 	after := env.sim.Stats().Calls
 	g.Expect(after[del] - before[del]).To(Equal(1))
-	g.Expect(after[status] - before[status]).To(Equal(0), "no task read: PVE answered null once the deletion was done")
+	g.Expect(after[status]-before[status]).To(Equal(0), "no task read: PVE answered null once the deletion was done")
 	g.Expect(env.sim.Inventory().VolumesByContent("iso")).To(BeEmpty())
 
 	vol, err = c.UploadISO(ctx, "pve1", "local", "fails.iso", make([]byte, 4096))
