@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -137,4 +138,52 @@ func TestDist(t *testing.T) {
 			NewWithT(t).Expect(dist(tc.in)).To(Equal(tc.want))
 		})
 	}
+}
+
+// TestManagerTableSplits: each split of a management API figure by method follows the
+// figure it splits and adds up to it. The create split used to be printed under the steady
+// figure, where 33 PATCHes per machine (the create's) read as 33 steady PATCHes per
+// machine per hour, when the steady window wrote nothing.
+func TestManagerTableSplits(t *testing.T) {
+	g := NewWithT(t)
+	rep := &Report{Manager: ManagerStats{
+		APIRequestsPerMachineCreate: 46.8,
+		APIRequestsByMethodCreate:   map[string]float64{"GET 200": 2.2, "PATCH 200": 33.8, "POST 201": 10.8},
+		APIRequestsPerMachineHour:   60,
+		APIRequestsByMethodSteady:   map[string]float64{"GET 200": 60},
+	}}
+	var b strings.Builder
+	printTable(&b, rep)
+	var figure string
+	var total, sum float64
+	check := func() {
+		if figure != "" {
+			g.Expect(sum).To(BeNumerically("~", total, 0.05), "split of %q", figure)
+		}
+	}
+	splits := 0
+	for _, line := range strings.Split(b.String(), "\n") {
+		cells := strings.Split(strings.Trim(line, "| "), " | ")
+		if len(cells) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(cells[1], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(cells[0], "management API requests"):
+			check()
+			figure, total, sum = cells[0], v, 0
+		case strings.HasPrefix(cells[0], "…") && strings.Contains(cells[0], " of which "):
+			g.Expect(figure).NotTo(BeEmpty(), "split %q follows no management API figure", cells[0])
+			sum += v
+			splits++
+		default:
+			check()
+			figure = ""
+		}
+	}
+	check()
+	g.Expect(splits).To(Equal(4))
 }
