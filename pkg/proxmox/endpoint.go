@@ -30,17 +30,11 @@ import (
 type Endpoint struct {
 	vmids vmidReservations
 
-	mu        sync.Mutex
-	snapshots map[string]*vmSnapshot   // token id -> last /cluster/resources
-	reads     map[string]*readSnapshot // kind|token[|node] -> last answer of a shared read (/nodes, a node's storages)
-	images    map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
-	fetch     singleflight.Group
-	tasks     taskTimings
-}
-
-type vmSnapshot struct {
-	at  time.Time
-	vms []VMRef
+	mu     sync.Mutex
+	reads  map[string]*readSnapshot // kind|token[|node] -> last answer of a shared read (/cluster/resources, /nodes, a node's storages)
+	images map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
+	fetch  singleflight.Group
+	tasks  taskTimings
 }
 
 type readSnapshot struct {
@@ -55,10 +49,9 @@ func NewEndpoint(ttl time.Duration) *Endpoint {
 		ttl = 10 * time.Minute
 	}
 	return &Endpoint{
-		vmids:     vmidReservations{reserved: map[int]time.Time{}, ttl: ttl},
-		snapshots: map[string]*vmSnapshot{},
-		reads:     map[string]*readSnapshot{},
-		images:    map[string]time.Time{},
+		vmids:  vmidReservations{reserved: map[int]time.Time{}, ttl: ttl},
+		reads:  map[string]*readSnapshot{},
+		images: map[string]time.Time{},
 	}
 }
 
@@ -84,38 +77,6 @@ func (e *Endpoints) For(url string, ttl time.Duration) *Endpoint {
 		e.m[key] = ep
 	}
 	return ep
-}
-
-// snapshot returns the VMs of the last /cluster/resources read by token if it is at most
-// maxAge old, else reads it (one read for all concurrent callers of the token).
-func (ep *Endpoint) snapshot(ctx context.Context, token string, maxAge time.Duration, now func() time.Time, read func(context.Context) ([]VMRef, error)) ([]VMRef, error) {
-	ep.mu.Lock()
-	if s, ok := ep.snapshots[token]; ok && maxAge > 0 && now().Sub(s.at) <= maxAge {
-		vms := s.vms
-		ep.mu.Unlock()
-		return vms, nil
-	}
-	ep.mu.Unlock()
-	ch := ep.fetch.DoChan("resources|"+token, func() (any, error) {
-		at := now()
-		vms, err := read(context.WithoutCancel(ctx))
-		if err != nil {
-			return nil, err
-		}
-		ep.mu.Lock()
-		ep.snapshots[token] = &vmSnapshot{at: at, vms: vms}
-		ep.mu.Unlock()
-		return vms, nil
-	})
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.([]VMRef), nil
-	}
 }
 
 // sharedRead returns the answer of the last read under key if it is at most maxAge old,
@@ -149,16 +110,6 @@ func sharedRead[T any](ctx context.Context, ep *Endpoint, key string, maxAge tim
 			return zero, r.Err
 		}
 		return r.Val.(T), nil
-	}
-}
-
-// storeSnapshot records a /cluster/resources read made for another purpose (VMID
-// allocation), so the next snapshot reader does not read it again.
-func (ep *Endpoint) storeSnapshot(token string, at time.Time, vms []VMRef) {
-	ep.mu.Lock()
-	defer ep.mu.Unlock()
-	if s, ok := ep.snapshots[token]; !ok || s.at.Before(at) {
-		ep.snapshots[token] = &vmSnapshot{at: at, vms: vms}
 	}
 }
 

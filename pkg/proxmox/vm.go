@@ -136,10 +136,16 @@ func (c *PVEClient) ClusterVMs(ctx context.Context, maxAge time.Duration) ([]VMR
 	var out []VMRef
 	err := c.run(ctx, "ClusterVMs", func(ctx context.Context) error {
 		var err error
-		out, err = c.ep.snapshot(ctx, c.tokenID, maxAge, c.nowFn, c.listVMs)
+		out, err = c.clusterVMs(ctx, maxAge)
 		return err
 	})
 	return out, err
+}
+
+// clusterVMs is the /cluster/resources snapshot shared by every client of the API and
+// token (ClusterVMs, VMID allocation).
+func (c *PVEClient) clusterVMs(ctx context.Context, maxAge time.Duration) ([]VMRef, error) {
+	return sharedRead(ctx, c.ep, "resources|"+c.tokenID, maxAge, c.nowFn, c.listVMs)
 }
 
 // FindVMs implements Client.

@@ -41,7 +41,7 @@ func (c *PVEClient) AllocateVMID(ctx context.Context, r VMIDRange) (int, error) 
 		// makes the create fail with ErrAlreadyExists, which the caller
 		// handles by allocating again. Sharing it spares a burst of N
 		// allocations N reads of /cluster/resources.
-		vms, err := c.ep.snapshot(ctx, c.tokenID, allocationSnapshotAge, c.nowFn, c.listVMs)
+		vms, err := c.clusterVMs(ctx, allocationSnapshotAge)
 		if err != nil {
 			return fmt.Errorf("allocating VMID: %w", err)
 		}
