@@ -43,10 +43,10 @@ func (r *Reconciler) waitForNode(ctx context.Context, s *Scope) (result, error) 
 			return r.nodeFound(ctx, s, wc, node)
 		}
 	}
-	if workload.IsUnreachable(err) {
+	if reason, unreachable := workload.Unreachable(err); unreachable {
 		// The API server comes up with the first control plane's Talos: until then (and
 		// whenever it does not answer) the machine waits, polled with backoff.
-		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for the workload cluster's API server: "+strings.TrimPrefix(err.Error(), workload.ErrUnreachable.Error()+": "))
+		r.setCondition(s, infrav1.NodeReadyCondition, false, infrav1.WaitingForNodeReason, "Waiting for the workload cluster's API server: "+reason)
 		return r.waitOn(s, infrav1.NodeReadyCondition)
 	}
 	return result{}, fmt.Errorf("looking up the workload Node: %w", err)

@@ -2,7 +2,6 @@ package machine
 
 import (
 	"context"
-	"fmt"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -60,6 +59,15 @@ func TestIdentifiesVM(t *testing.T) {
 	g.Expect(IdentifiesVM("proxmox://cluster-1/123", &infrav1.ProxmoxTalosMachine{})).To(MatchError(ContainSubstring("VMID none yet")))
 }
 
+// nodeScope is a pass of machine w-0 of cluster ns/c, enough for the node step.
+func nodeScope(ptm *infrav1.ProxmoxTalosMachine) *Scope {
+	return &Scope{
+		Cluster: &clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}},
+		Machine: &clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}},
+		PTM:     ptm,
+	}
+}
+
 // oneWorkload hands out one workload client.
 type oneWorkload struct{ c client.Client }
 
@@ -101,12 +109,7 @@ func TestWaitForNodeWithCCM(t *testing.T) {
 				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"},
 				Spec:       infrav1.ProxmoxTalosMachineSpec{SMBIOSUUID: uuid, VMID: ptr.To[int32](123), ProviderID: "proxmox://" + uuid},
 			}
-			sc := &Scope{
-				Cluster: &clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}},
-				Machine: &clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}},
-				PTM:     ptm,
-			}
-			out, err := r.waitForNode(context.Background(), sc)
+			out, err := r.waitForNode(context.Background(), nodeScope(ptm))
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(out.done).To(BeFalse()) // the Node is not Ready in any case
 			g.Expect(out.res.RequeueAfter).To(BeNumerically(">", 0), "a waiting machine must come back")
@@ -133,7 +136,7 @@ func TestWaitForNodeWithCCM(t *testing.T) {
 type unreachableWorkload struct{}
 
 func (unreachableWorkload) Client(context.Context, client.ObjectKey) (client.Client, error) {
-	return nil, fmt.Errorf("%w: dial tcp 127.0.0.1:1: connect: connection refused", workload.ErrUnreachable)
+	return nil, &workload.UnreachableError{Reason: "dial tcp 127.0.0.1:1: connect: connection refused"}
 }
 
 // TestWaitForNodeUnreachable: a workload API server that does not answer yet (the usual
@@ -143,12 +146,7 @@ func TestWaitForNodeUnreachable(t *testing.T) {
 	g := NewWithT(t)
 	r := &Reconciler{Workload: unreachableWorkload{}, Recorder: events.NewFakeRecorder(10)}
 	ptm := &infrav1.ProxmoxTalosMachine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}}
-	sc := &Scope{
-		Cluster: &clusterv1.Cluster{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"}},
-		Machine: &clusterv1.Machine{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "w-0"}},
-		PTM:     ptm,
-	}
-	out, err := r.waitForNode(context.Background(), sc)
+	out, err := r.waitForNode(context.Background(), nodeScope(ptm))
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(out.done).To(BeFalse())
 	g.Expect(out.res.RequeueAfter).To(BeNumerically(">", 0))

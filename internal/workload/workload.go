@@ -108,8 +108,16 @@ func New(secrets client.Reader, scheme *runtime.Scheme, opts Options) *Access {
 	return &Access{secrets: secrets, scheme: scheme, opts: opts.withDefaults(), now: time.Now, conns: map[client.ObjectKey]*conn{}}
 }
 
-// ErrUnreachable wraps the reason a workload cluster cannot be used now.
+// ErrUnreachable is what every UnreachableError is (errors.Is).
 var ErrUnreachable = errors.New("workload cluster API server not reachable")
+
+// UnreachableError says why a workload cluster cannot be used now.
+type UnreachableError struct{ Reason string }
+
+func (e *UnreachableError) Error() string { return ErrUnreachable.Error() + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrUnreachable) hold.
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
 
 // Client implements Clients.
 func (a *Access) Client(ctx context.Context, cluster client.ObjectKey) (client.Client, error) {
@@ -122,7 +130,7 @@ func (a *Access) Client(ctx context.Context, cluster client.ObjectKey) (client.C
 		a.mu.Unlock()
 		// The same text as the failure itself, so a condition quoting it stays unchanged
 		// (a changed status would wake the machine at once).
-		return nil, fmt.Errorf("%w: %s", ErrUnreachable, msg)
+		return nil, &UnreachableError{Reason: msg}
 	}
 	if c != nil && c.client != nil && now.Sub(c.built) < a.opts.Refresh {
 		c.lastUsed = now
@@ -145,7 +153,7 @@ func (a *Access) build(ctx context.Context, cluster client.ObjectKey) (client.Cl
 	cfg, err := remote.RESTConfig(ctx, a.opts.UserAgent, a.secrets, cluster)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("%w: its kubeconfig Secret %s-kubeconfig does not exist yet", ErrUnreachable, cluster.Name)
+			return nil, &UnreachableError{Reason: "its kubeconfig Secret " + cluster.Name + "-kubeconfig does not exist yet"}
 		}
 		return nil, fmt.Errorf("reading the kubeconfig of Cluster %s: %w", cluster, err)
 	}
@@ -193,7 +201,7 @@ func (a *Access) observe(cluster client.ObjectKey, err error) error {
 	c.unreachableUntil = now.Add(a.opts.RetryAfter)
 	c.lastErr = err.Error()
 	c.lastUsed = now
-	return fmt.Errorf("%w: %s", ErrUnreachable, c.lastErr)
+	return &UnreachableError{Reason: c.lastErr}
 }
 
 // sweepLocked drops connections unused for IdleAfter, at most once a minute.
@@ -217,27 +225,36 @@ func (a *Access) Connections() int {
 	return len(a.conns)
 }
 
-// IsUnreachable tells a request that did not get an answer from the API server
-// (connection refused or reset, timeout, TLS failure, or ErrUnreachable) from one the
+// Unreachable tells a request that did not get an answer from the API server
+// (connection refused or reset, timeout, TLS failure, or an UnreachableError) from one the
 // server answered (NotFound, Conflict, Forbidden, ...), which says something about the
-// object instead.
-func IsUnreachable(err error) bool {
+// object instead; for the former it returns why.
+func Unreachable(err error) (reason string, ok bool) {
 	if err == nil || errors.Is(err, context.Canceled) {
-		return false
+		return "", false
 	}
-	if errors.Is(err, ErrUnreachable) {
-		return true
+	if u, isU := errors.AsType[*UnreachableError](err); isU {
+		return u.Reason, true
 	}
 	var status apierrors.APIStatus
 	if errors.As(err, &status) {
 		// Answers from something in front of the API server that is not it yet.
 		switch status.Status().Code {
 		case 502, 503, 504:
-			return true
+			return err.Error(), true
 		}
-		return false
+		return "", false
 	}
-	return !meta.IsNoMatchError(err)
+	if meta.IsNoMatchError(err) {
+		return "", false
+	}
+	return err.Error(), true
+}
+
+// IsUnreachable is Unreachable without the reason.
+func IsUnreachable(err error) bool {
+	_, ok := Unreachable(err)
+	return ok
 }
 
 // observed is a workload client whose request outcomes Access learns from.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -13,8 +15,10 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -213,4 +217,37 @@ func TestUnauthorizedRereadsKubeconfig(t *testing.T) {
 	_, err = a.Client(ctx, key)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(secrets.count()).To(Equal(2), "the kubeconfig is read again after Unauthorized")
+}
+
+// TestUnreachable tells the errors a machine waits on (no answer from the API server, or an
+// answer from something in front of it) from those the API server gave about the object.
+func TestUnreachable(t *testing.T) {
+	gr := schema.GroupResource{Resource: "nodes"}
+	tests := []struct {
+		name       string
+		err        error
+		wantReason string
+		want       bool
+	}{
+		{"nil", nil, "", false},
+		{"canceled", fmt.Errorf("get: %w", context.Canceled), "", false},
+		{"not found", apierrors.NewNotFound(gr, "w-0"), "", false},
+		{"forbidden", apierrors.NewForbidden(gr, "w-0", errors.New("RBAC")), "", false},
+		{"no kind match", &meta.NoKindMatchError{GroupKind: schema.GroupKind{Kind: "Pod"}}, "", false},
+		{"service unavailable", apierrors.NewServiceUnavailable("starting"), "starting", true},
+		{"unreachable", fmt.Errorf("wrapped: %w", &UnreachableError{Reason: "no kubeconfig"}), "no kubeconfig", true},
+		{"transport", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), "dial tcp 127.0.0.1:1: connect: connection refused", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			reason, ok := Unreachable(tt.err)
+			g.Expect(ok).To(Equal(tt.want))
+			g.Expect(reason).To(ContainSubstring(tt.wantReason))
+			g.Expect(IsUnreachable(tt.err)).To(Equal(tt.want))
+			if ok {
+				g.Expect(errors.Is(&UnreachableError{Reason: reason}, ErrUnreachable)).To(BeTrue())
+			}
+		})
+	}
 }
