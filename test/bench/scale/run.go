@@ -306,18 +306,8 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 	rep.Manager.APIRequestsPerMachineHour = (afterSteady.MgmtAPI - afterCreate.MgmtAPI) / nAll * hour
 	rep.Manager.WorkloadRequestsPerMachineCreate = float64(afterCreate.Workload-before.Workload) / float64(o.N)
 	rep.Manager.WorkloadRequestsPerMachineHour = float64(afterSteady.Workload-afterCreate.Workload) / nAll * hour
-	rep.Manager.APIRequestsByMethodCreate = map[string]float64{}
-	for k, v := range afterCreate.MgmtByVerb {
-		if d := v - before.MgmtByVerb[k]; d > 0 {
-			rep.Manager.APIRequestsByMethodCreate[k] = d / float64(o.N)
-		}
-	}
-	rep.Manager.APIRequestsByMethodSteady = map[string]float64{}
-	for k, v := range afterSteady.MgmtByVerb {
-		if d := v - afterCreate.MgmtByVerb[k]; d > 0 {
-			rep.Manager.APIRequestsByMethodSteady[k] = d / nAll * hour
-		}
-	}
+	rep.Manager.APIRequestsByMethodCreate = growth(before.MgmtByVerb, afterCreate.MgmtByVerb, float64(o.N))
+	rep.Manager.APIRequestsByMethodSteady = growth(afterCreate.MgmtByVerb, afterSteady.MgmtByVerb, nAll/hour)
 	rep.Manager.ReconcilesPerMachineCreate = map[string]float64{}
 	for k, v := range afterCreate.Reconcile {
 		rep.Manager.ReconcilesPerMachineCreate[k] = (v - before.Reconcile[k]) / float64(o.N)
@@ -520,6 +510,18 @@ func addStepTimes(sum map[string]float64, r *harness.MachineRecord) {
 		from, step = o.at, o.step
 	}
 	sum[step] += r.Provisioned.Sub(from).Seconds()
+}
+
+// growth is how much each counter grew from before to after, divided by per; counters
+// that did not grow are left out.
+func growth(before, after map[string]float64, per float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			out[k] = d / per
+		}
+	}
+	return out
 }
 
 // settled returns the counters once the manager's management API request count has not
