@@ -403,8 +403,8 @@ func TestSimStartDeleteVolume(t *testing.T) {
 
 // TestSimDeleteVolumeWaitsServerSide: deleting a file asks PVE to wait for its own worker
 // (`delay`), so a quick deletion is one call and no task read; a failed deletion is the
-// call's error. (One still running after the delay answers with its UPID, which postTask
-// follows like any task.)
+// call's error; one still running after the delay answers with its UPID, which the client
+// follows like any task.
 func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
 	g := NewWithT(t)
 	env := startSim(t, pvesim.Config{Profile: pvesim.ProfileRealistic, TimeScale: 0.01})
@@ -426,4 +426,16 @@ func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
 	env.sim.AddFault(pvesim.Fault{Method: "DELETE", Path: "/nodes/{node}/storage/{storage}/content/{volume}", TaskFailureRate: 1, TaskErrorText: "unlink failed: Permission denied"})
 	err = c.DeleteVolume(ctx, "pve1", vol)
 	g.Expect(err).To(MatchError(ContainSubstring("unlink failed: Permission denied")))
+
+	// A deletion still running after the delay (8 Proxmox seconds against 5) answers with
+	// its UPID, which the client follows to the end.
+	slow := startSim(t, pvesim.Config{Profile: pvesim.ProfileRealistic, TimeScale: 0.01, TaskDuration: pvesim.Duration(80 * time.Millisecond)})
+	vol, err = slow.client.UploadISO(ctx, "pve1", "local", "slow.iso", make([]byte, 4096))
+	g.Expect(err).NotTo(HaveOccurred())
+	before = slow.sim.Stats().Calls
+	g.Expect(slow.client.DeleteVolume(ctx, "pve1", vol)).To(Succeed())
+	after = slow.sim.Stats().Calls
+	g.Expect(after[del] - before[del]).To(Equal(1))
+	g.Expect(after[status] - before[status]).To(BeNumerically(">=", 1), "the task is followed")
+	g.Expect(slow.sim.Inventory().VolumesByContent("iso")).To(BeEmpty())
 }
