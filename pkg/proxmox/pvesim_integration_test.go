@@ -436,6 +436,6 @@ func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
 	g.Expect(slow.client.DeleteVolume(ctx, "pve1", vol)).To(Succeed())
 	after = slow.sim.Stats().Calls
 	g.Expect(after[del] - before[del]).To(Equal(1))
-	g.Expect(after[status] - before[status]).To(BeNumerically(">=", 1), "the task is followed")
+	g.Expect(after[status]-before[status]).To(BeNumerically(">=", 1), "the task is followed")
 	g.Expect(slow.sim.Inventory().VolumesByContent("iso")).To(BeEmpty())
 }
