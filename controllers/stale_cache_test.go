@@ -106,8 +106,9 @@ func (s laggingStatus) Patch(ctx context.Context, obj client.Object, patch clien
 // that has not yet seen the previous pass's last write must not act on it. Acting on it
 // repeated Proxmox work the previous pass had done and recorded in that write: the boot
 // ISO uploaded again (status.bootISO missing), the create in flight looked up by its
-// config and the node's task list (status.task missing), the VM just started read again
-// (status.powerState missing). The probe of test/bench/scale counted exactly these.
+// config and the node's task list (status.task missing; the config read comes first and is
+// what is counted, since the task list also answers task states), the VM just started read
+// again (status.powerState missing). The probe of test/bench/scale counted exactly these.
 // (A pass's first write can see a conflict the cache caused; the patch helper retries it.)
 // A machine whose image is cached, realistic pvesim timing, passes run one after another
 // as the work queue runs them (at once after a write, else after the requeue).
@@ -199,7 +200,6 @@ func TestStaleCachedMachineMakesNoExtraCalls(t *testing.T) {
 		"POST /nodes/{node}/storage/{storage}/upload":  1,
 		"POST /nodes/{node}/qemu":                      1,
 		"GET /nodes/{node}/qemu/{vmid}/config":         0,
-		"GET /nodes/{node}/tasks":                      0,
 		"GET /nodes/{node}/qemu/{vmid}/status/current": 0,
 		"POST /nodes/{node}/qemu/{vmid}/status/start":  1,
 	} {

@@ -43,6 +43,10 @@ type Config struct {
 	// polls. Defaults 250ms and 3s.
 	TaskPollInitial time.Duration
 	TaskPollMax     time.Duration
+	// TaskListSpacing is the least time between two reads of one node's task list, which
+	// answer the status of every task asked about on the node meanwhile (taskboard.go).
+	// Default 200ms; negative reads each task's own status instead.
+	TaskListSpacing time.Duration
 
 	// Limits bound the load this client puts on the API. Ignored when
 	// Limiter is set.

@@ -22,7 +22,8 @@ import (
 //   - images known to be present in a storage, so that machines waiting for the same Talos
 //     image do not each list the storage's content on every pass;
 //   - when tasks of each type are best polled first (tasktiming.go), learned from every
-//     client's polls.
+//     client's polls;
+//   - the node task lists that answer many clients' task questions at once (taskboard.go).
 //
 // Correctness never depends on it: another tool may still take a VMID (the create then
 // fails with ErrAlreadyExists and the caller allocates again), and a restarted process
@@ -35,6 +36,7 @@ type Endpoint struct {
 	images map[string]time.Time     // token|volid (node-qualified unless shared) -> seen present until
 	fetch  singleflight.Group
 	tasks  taskTimings
+	board  taskBoard
 }
 
 type readSnapshot struct {

@@ -204,21 +204,20 @@ func (c *PVEClient) waitTask(ctx context.Context, upid string, timeout time.Dura
 	// The task started just before its UPID came back: close enough to learn from.
 	started := c.nowFn()
 	delay := c.TaskPollDelay(typ)
-	path := "/nodes/" + node + "/tasks/" + upid + "/status"
 	var runningAt time.Duration
 	for {
 		if err := c.sleepFn(tctx, delay); err != nil {
 			return c.taskWaitError(ctx, upid, typ, node, timeout, err)
 		}
-		var st wireTaskStatus
-		if err := c.do(tctx, http.MethodGet, path, nil, nil, &st); err != nil {
+		st, err := c.taskState(tctx, upid)
+		if err != nil {
 			if tctx.Err() != nil {
 				return c.taskWaitError(ctx, upid, typ, node, timeout, err)
 			}
 			return fmt.Errorf("polling task %s: %w", upid, err)
 		}
 		age := c.nowFn().Sub(started)
-		if st.Status != "" && st.Status != "running" {
+		if !st.Running {
 			c.ObserveTask(typ, runningAt, age)
 			if taskOK(st.ExitStatus) {
 				return nil

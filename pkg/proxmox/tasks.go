@@ -71,34 +71,42 @@ type TaskFilter struct {
 // ("user@realm!token").
 func (c *PVEClient) TaskUser() string { return c.tokenID }
 
-// TaskStatus implements Client.
+// TaskStatus implements Client. The answer comes from the node's task list when other
+// tasks on the node are asked about at the same time (taskboard.go).
 func (c *PVEClient) TaskStatus(ctx context.Context, upid string) (TaskState, error) {
 	var out TaskState
 	err := c.run(ctx, "TaskStatus", func(ctx context.Context) error {
-		node, typ := upidParts(upid)
-		if node == "" {
-			return fmt.Errorf("%w: %q is not a PVE task id (UPID:node:...)", ErrInvalidConfig, upid)
-		}
-		var w wireTaskStatus
-		path := "/nodes/" + url.PathEscape(node) + "/tasks/" + url.PathEscape(upid) + "/status"
-		if err := c.do(ctx, http.MethodGet, path, nil, nil, &w); err != nil {
-			return fmt.Errorf("status of task %s on %s: %w", typ, node, err)
-		}
-		out = TaskState{
-			UPID: upid, Node: node, Type: typ, ID: w.ID, User: w.User,
-			Running: w.Status != "stopped", ExitStatus: w.ExitStatus,
-			StartTime: unixTime(int64(w.StartTime)),
-		}
-		if w.Type != "" {
-			out.Type = w.Type
-		}
-		if w.Status == "stopped" && out.ExitStatus == "" {
-			// PVE reports a task that died without a status line as "unexpected status".
-			out.ExitStatus = "unexpected status"
-		}
-		return nil
+		var err error
+		out, err = c.taskState(ctx, upid)
+		return err
 	})
 	return out, err
+}
+
+// taskStatus reads one task's own status (GET /nodes/{node}/tasks/{upid}/status).
+func (c *PVEClient) taskStatus(ctx context.Context, upid string) (TaskState, error) {
+	node, typ := upidParts(upid)
+	if node == "" {
+		return TaskState{}, fmt.Errorf("%w: %q is not a PVE task id (UPID:node:...)", ErrInvalidConfig, upid)
+	}
+	var w wireTaskStatus
+	path := "/nodes/" + url.PathEscape(node) + "/tasks/" + url.PathEscape(upid) + "/status"
+	if err := c.do(ctx, http.MethodGet, path, nil, nil, &w); err != nil {
+		return TaskState{}, fmt.Errorf("status of task %s on %s: %w", typ, node, err)
+	}
+	out := TaskState{
+		UPID: upid, Node: node, Type: typ, ID: w.ID, User: w.User,
+		Running: w.Status != "stopped", ExitStatus: w.ExitStatus,
+		StartTime: unixTime(int64(w.StartTime)),
+	}
+	if w.Type != "" {
+		out.Type = w.Type
+	}
+	if w.Status == "stopped" && out.ExitStatus == "" {
+		// PVE reports a task that died without a status line as "unexpected status".
+		out.ExitStatus = "unexpected status"
+	}
+	return out, nil
 }
 
 // TaskPollDelay implements Client.
@@ -144,23 +152,7 @@ func (c *PVEClient) ListTasks(ctx context.Context, node string, f TaskFilter) ([
 		}
 		out = make([]TaskState, 0, len(ws))
 		for _, w := range ws {
-			// The list has no "running" status: a task without an end time and a
-			// status still runs.
-			// A running task has no end time and the status "RUNNING".
-			running := w.EndTime == 0 && (w.Status == "" || strings.EqualFold(w.Status, "running"))
-			t := TaskState{
-				UPID: w.UPID, Node: w.Node, Type: w.Type, ID: w.ID, User: w.User,
-				Running: running, StartTime: unixTime(int64(w.StartTime)), EndTime: unixTime(int64(w.EndTime)),
-			}
-			if !running {
-				t.ExitStatus = w.Status
-			}
-			if w.TokenID != "" {
-				t.User += "!" + w.TokenID
-			}
-			if t.Node == "" {
-				t.Node = node
-			}
+			t := taskFromList(w, node)
 			// userfilter is a substring match on the user: keep exact matches of
 			// user and token only, so "capi" never matches "capi2".
 			tu, tt, _ := strings.Cut(t.User, "!")

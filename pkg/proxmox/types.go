@@ -341,6 +341,11 @@ type wireResource struct {
 	Template flexBool `json:"template"`
 	Lock     string   `json:"lock"`
 	HAState  string   `json:"hastate"`
+	// Node entries (type=node) carry the node's numbers, as /nodes does.
+	CPU    flexFloat `json:"cpu"`
+	MaxCPU flexInt   `json:"maxcpu"`
+	Mem    flexInt   `json:"mem"`
+	MaxMem flexInt   `json:"maxmem"`
 }
 
 type wireStorage struct {

@@ -39,12 +39,15 @@ func (c *PVEClient) Version(ctx context.Context) (VersionInfo, error) {
 	return v, err
 }
 
-// ClusterNodes implements Client.
+// ClusterNodes implements Client. The nodes come from the same /cluster/resources
+// snapshot as ClusterVMs: pve-manager builds both its node entries and /nodes with
+// PVE::API2Tools::extract_node_stats from the same pvestatd round, so one read serves
+// placement, preflight, VMID allocation and status checks.
 func (c *PVEClient) ClusterNodes(ctx context.Context, maxAge time.Duration) ([]NodeInfo, error) {
 	var out []NodeInfo
 	err := c.run(ctx, "ClusterNodes", func(ctx context.Context) error {
-		var err error
-		out, err = sharedRead(ctx, c.ep, "nodes|"+c.tokenID, maxAge, c.nowFn, c.listNodes)
+		snap, err := c.clusterSnapshot(ctx, maxAge)
+		out = snap.nodes
 		return err
 	})
 	return out, err
@@ -62,34 +65,34 @@ func (c *PVEClient) Nodes(ctx context.Context) ([]NodeInfo, error) {
 }
 
 func (c *PVEClient) listNodes(ctx context.Context) ([]NodeInfo, error) {
-	var out []NodeInfo
-	err := func() error {
-		var ws []wireNode
-		if err := c.do(ctx, http.MethodGet, "/nodes", nil, nil, &ws); err != nil {
-			return err
-		}
-		out = make([]NodeInfo, 0, len(ws))
-		for _, w := range ws {
-			n := NodeInfo{
-				Name:       w.Node,
-				Online:     w.Status == "online",
-				CPUs:       int(w.MaxCPU),
-				CPUUsage:   float64(w.CPU),
-				MaxMemory:  uint64(w.MaxMem),
-				UsedMemory: uint64(w.Mem),
-			}
-			if n.MaxMemory > n.UsedMemory {
-				n.FreeMemory = n.MaxMemory - n.UsedMemory
-			}
-			if n.CPUUsage < 1 {
-				n.FreeCPUs = float64(n.CPUs) * (1 - n.CPUUsage)
-			}
-			out = append(out, n)
-		}
-		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-		return nil
-	}()
-	return out, err
+	var ws []wireNode
+	if err := c.do(ctx, http.MethodGet, "/nodes", nil, nil, &ws); err != nil {
+		return nil, err
+	}
+	out := make([]NodeInfo, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, nodeInfo(w.Node, w.Status, float64(w.CPU), int(w.MaxCPU), uint64(w.MaxMem), uint64(w.Mem)))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func nodeInfo(name, status string, cpu float64, cpus int, maxMem, mem uint64) NodeInfo {
+	n := NodeInfo{
+		Name:       name,
+		Online:     status == "online",
+		CPUs:       cpus,
+		CPUUsage:   cpu,
+		MaxMemory:  maxMem,
+		UsedMemory: mem,
+	}
+	if n.MaxMemory > n.UsedMemory {
+		n.FreeMemory = n.MaxMemory - n.UsedMemory
+	}
+	if n.CPUUsage < 1 {
+		n.FreeCPUs = float64(n.CPUs) * (1 - n.CPUUsage)
+	}
+	return n
 }
 
 // VMs implements Client.
@@ -104,31 +107,53 @@ func (c *PVEClient) VMs(ctx context.Context) ([]VMRef, error) {
 }
 
 func (c *PVEClient) listVMs(ctx context.Context) ([]VMRef, error) {
+	snap, err := c.listResources(ctx, "vm")
+	return snap.vms, err
+}
+
+// resourceSnapshot is what one /cluster/resources read tells of VMs and nodes.
+type resourceSnapshot struct {
+	vms   []VMRef
+	nodes []NodeInfo
+}
+
+// listResources reads /cluster/resources (typ "vm", or "" for VMs and nodes alike).
+func (c *PVEClient) listResources(ctx context.Context, typ string) (resourceSnapshot, error) {
+	var q url.Values
+	if typ != "" {
+		q = url.Values{"type": {typ}}
+	}
 	var ws []wireResource
-	if err := c.do(ctx, http.MethodGet, "/cluster/resources", url.Values{"type": {"vm"}}, nil, &ws); err != nil {
-		return nil, err
+	if err := c.do(ctx, http.MethodGet, "/cluster/resources", q, nil, &ws); err != nil {
+		return resourceSnapshot{}, err
 	}
-	out := make([]VMRef, 0, len(ws))
+	var snap resourceSnapshot
 	for _, w := range ws {
-		// type=vm also returns LXC containers; their VMIDs still count as
-		// used, so they are returned and callers filter on Template/Name.
-		if w.Type != "" && w.Type != "qemu" && w.Type != "lxc" {
-			continue
+		switch w.Type {
+		case "node":
+			snap.nodes = append(snap.nodes, nodeInfo(w.Node, w.Status, float64(w.CPU), int(w.MaxCPU), uint64(w.MaxMem), uint64(w.Mem)))
+		case "", "qemu", "lxc":
+			// type=vm also returns LXC containers; their VMIDs still count as used,
+			// so they are returned and callers filter on Template/Name.
+			snap.vms = append(snap.vms, VMRef{
+				Node:     w.Node,
+				VMID:     int(w.VMID),
+				Name:     w.Name,
+				Status:   w.Status,
+				Tags:     splitTags(w.Tags),
+				Pool:     w.Pool,
+				Template: bool(w.Template),
+				Lock:     w.Lock,
+				HAState:  w.HAState,
+			})
 		}
-		out = append(out, VMRef{
-			Node:     w.Node,
-			VMID:     int(w.VMID),
-			Name:     w.Name,
-			Status:   w.Status,
-			Tags:     splitTags(w.Tags),
-			Pool:     w.Pool,
-			Template: bool(w.Template),
-			Lock:     w.Lock,
-			HAState:  w.HAState,
-		})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].VMID < out[j].VMID })
-	return out, nil
+	if snap.vms == nil {
+		snap.vms = []VMRef{}
+	}
+	sort.Slice(snap.vms, func(i, j int) bool { return snap.vms[i].VMID < snap.vms[j].VMID })
+	sort.Slice(snap.nodes, func(i, j int) bool { return snap.nodes[i].Name < snap.nodes[j].Name })
+	return snap, nil
 }
 
 // ClusterVMs implements Client.
@@ -142,10 +167,18 @@ func (c *PVEClient) ClusterVMs(ctx context.Context, maxAge time.Duration) ([]VMR
 	return out, err
 }
 
-// clusterVMs is the /cluster/resources snapshot shared by every client of the API and
-// token (ClusterVMs, VMID allocation).
+// clusterVMs is the VMs of the /cluster/resources snapshot (ClusterVMs, VMID allocation).
 func (c *PVEClient) clusterVMs(ctx context.Context, maxAge time.Duration) ([]VMRef, error) {
-	return sharedRead(ctx, c.ep, "resources|"+c.tokenID, maxAge, c.nowFn, c.listVMs)
+	snap, err := c.clusterSnapshot(ctx, maxAge)
+	return snap.vms, err
+}
+
+// clusterSnapshot is the /cluster/resources snapshot of VMs and nodes shared by every
+// client of the API and token.
+func (c *PVEClient) clusterSnapshot(ctx context.Context, maxAge time.Duration) (resourceSnapshot, error) {
+	return sharedRead(ctx, c.ep, "resources|"+c.tokenID, maxAge, c.nowFn, func(ctx context.Context) (resourceSnapshot, error) {
+		return c.listResources(ctx, "")
+	})
 }
 
 // FindVMs implements Client.

@@ -36,6 +36,11 @@ type Fault struct {
 	// ProxyErrorText is the reason (default "Connection timed out").
 	ProxyErrorRate float64
 	ProxyErrorText string
+	// UnreapedTaskRate (0..1) makes matching tasks end without being reaped by the
+	// daemon that forked them (recycled while they ran): the node's task list shows them
+	// running until the next task starts on the node (fork_worker → active_workers);
+	// their own status is exact.
+	UnreapedTaskRate float64
 }
 
 // Kinds of injected faults, as counted by InjectedFaults.
@@ -51,6 +56,9 @@ const (
 	// FaultNodeUnreachable is a call answered 595 because its node is offline or its
 	// pveproxy stopped (SetNodeOnline, SetPveproxyRunning).
 	FaultNodeUnreachable = "node-unreachable-595"
+	// FaultUnreapedTask is a task the node's task list kept showing running after it
+	// ended (Fault.UnreapedTaskRate).
+	FaultUnreapedTask = "task-unreaped"
 )
 
 // InjectedFaults counts the faults injected so far by kind (the Fault* constants), so a
@@ -219,6 +227,19 @@ func (s *Server) taskFault(routeKey, node string) string {
 		}
 	}
 	return ""
+}
+
+// unreapedFault reports whether a task ending now stays unreaped.
+func (s *Server) unreapedFault(routeKey, node string) bool {
+	method, tmpl := splitRouteKey(routeKey)
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.matches(method, tmpl, node) && s.roll(f.UnreapedTaskRate) {
+			s.countFault(FaultUnreapedTask)
+			return true
+		}
+	}
+	return false
 }
 
 // lockFault returns the lock path to report as timed out, or "".

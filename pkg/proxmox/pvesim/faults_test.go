@@ -141,3 +141,31 @@ func TestDownloadURL(t *testing.T) {
 	list := root(t, s, "GET", "/nodes/pve1/storage/local/content", form("content", "iso")).body["data"].([]any)
 	g.Expect(list).To(ConsistOf(HaveKeyWithValue("volid", "local:iso/a.iso")))
 }
+
+// TestUnreapedTaskListedRunning: a task whose forking daemon was recycled while it ran is
+// listed running after it ended (its own status is exact), until the next task starts on
+// the node and active_workers records its end.
+func TestUnreapedTaskListedRunning(t *testing.T) {
+	g := NewWithT(t)
+	s := startSim(t, Config{Nodes: []NodeConfig{{Name: "pve1"}}})
+	s.AddFault(Fault{Method: "POST", Path: "/nodes/{node}/qemu", UnreapedTaskRate: 1})
+	created := root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", "100"))
+	upid := created.body["data"].(string)
+	g.Expect(waitTask(t, s, "pve1", created)).To(Equal("OK"))
+	listed := func() map[string]any {
+		for _, e := range root(t, s, "GET", "/nodes/pve1/tasks?source=all", nil).body["data"].([]any) {
+			if e.(map[string]any)["upid"] == upid {
+				return e.(map[string]any)
+			}
+		}
+		return nil
+	}
+	g.Expect(listed()).To(HaveKeyWithValue("status", "RUNNING"))
+	g.Expect(listed()).NotTo(HaveKey("endtime"))
+	g.Expect(s.InjectedFaults()).To(HaveKeyWithValue(FaultUnreapedTask, 1))
+
+	s.ClearFaults()
+	g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu/100/status/start", nil))).To(Equal("OK"))
+	g.Expect(listed()).To(HaveKeyWithValue("status", "OK"))
+	g.Expect(listed()).To(HaveKey("endtime"))
+}

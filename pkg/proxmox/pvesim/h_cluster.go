@@ -168,17 +168,19 @@ func hClusterResources(c *reqCtx) (any, *apiError) {
 	if typ == "" || typ == "node" {
 		for _, name := range s.nodeOrder {
 			n := s.nodes[name]
-			if !c.has("/nodes/"+name, "Sys.Audit") {
-				continue
-			}
+			// PVE::API2Tools::extract_node_stats: every node is listed; its numbers
+			// only with Sys.Audit on it.
+			audit := c.has("/nodes/"+name, "Sys.Audit")
 			e := map[string]any{"id": "node/" + name, "type": "node", "node": name, "status": "offline", "level": ""}
 			if st, ok := s.snap.nodes[name]; n.online && ok {
 				e["status"] = "online"
-				e["maxmem"] = st.maxmem
-				e["mem"] = st.mem
-				e["maxcpu"] = st.maxcpu
-				e["cpu"] = st.cpu
-				e["uptime"] = st.uptime
+				if audit {
+					e["maxmem"] = st.maxmem
+					e["mem"] = st.mem
+					e["maxcpu"] = st.maxcpu
+					e["cpu"] = st.cpu
+					e["uptime"] = st.uptime
+				}
 			} else if n.online {
 				e["status"] = "unknown"
 			}

@@ -25,7 +25,9 @@ func taskStatusType(status string) string {
 // (source=archive, the default) newest first, running ones only with
 // source=active|all (status "RUNNING"). Token tasks are split into user and
 // tokenid ($convert_token_task); callers without Sys.Audit on the node see
-// only their own tasks.
+// only their own tasks. The list comes from the node's task files, which the
+// forking daemon updates when it reaps a task: an unreaped task is listed
+// running after it ended (its own status, which checks the process, is exact).
 func hTaskList(c *reqCtx) (any, *apiError) {
 	s := c.s
 	node := c.node()
@@ -63,7 +65,7 @@ func hTaskList(c *reqCtx) (any, *apiError) {
 		if t.node != node {
 			continue
 		}
-		if t.running {
+		if t.running || t.unreaped {
 			active = append(active, t)
 		} else {
 			archive = append(archive, t)
@@ -117,7 +119,7 @@ func hTaskList(c *reqCtx) (any, *apiError) {
 		if tokenid != "" {
 			e["tokenid"] = tokenid
 		}
-		if !t.running {
+		if !t.running && !t.unreaped {
 			e["endtime"] = t.endtime
 		}
 		return e

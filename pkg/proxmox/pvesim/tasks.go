@@ -9,16 +9,20 @@ import (
 
 // task is one PVE worker task (qmcreate, qmstart, download, ...).
 type task struct {
-	upid       string
-	node       string
-	typ        string
-	id         string
-	user       string
-	pid        int
-	pstart     int
-	starttime  int64
-	endtime    int64
-	running    bool
+	upid      string
+	node      string
+	typ       string
+	id        string
+	user      string
+	pid       int
+	pstart    int
+	starttime int64
+	endtime   int64
+	running   bool
+	// unreaped: ended, but the daemon that forked it has not updated the node's task
+	// files (PVE::RESTEnvironment worker_reaper → active_workers): the node's task list
+	// shows it running until the next task starts on the node.
+	unreaped   bool
 	exitstatus string
 	log        []string
 	stopReq    bool
@@ -53,6 +57,13 @@ func (s *Server) newUPID(node, typ, id, user string) *task {
 	defer s.mu.Unlock()
 	s.pid++
 	now := time.Now().Unix()
+	// fork_worker calls active_workers, which checks every listed task's process and
+	// records the ended ones: tasks nobody reaped show their end from now on.
+	for _, t := range s.tasks {
+		if t.node == node {
+			t.unreaped = false
+		}
+	}
 	t := &task{node: node, typ: typ, id: id, user: user, pid: s.pid, pstart: 0x10000 + s.pid*7,
 		starttime: now, running: true}
 	t.upid = fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%s:%s:%s:", node, t.pid, t.pstart, now, typ, id, user)
@@ -75,6 +86,7 @@ func (s *Server) startTask(spec taskSpec) string {
 		s.mu.Lock()
 		t.running = false
 		t.endtime = time.Now().Unix()
+		t.unreaped = s.unreapedFault(spec.routeKey, t.node)
 		if err != nil {
 			// RESTEnvironment::fork_worker: chomp, newlines become spaces,
 			// then "TASK ERROR: <msg>" is the log's last line.

@@ -1,0 +1,88 @@
+package proxmox
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
+)
+
+// taskReads counts both ways of reading a task: its own status and its node's list.
+func taskReads(sim *pvesim.Server) int {
+	return sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + sim.Calls("GET /nodes/{node}/tasks")
+}
+
+// TestTaskListAnswersConcurrentTasks: tasks followed at the same time on one node are
+// answered by shared reads of the node's task list, far fewer than one status read per
+// task per poll; with the board off (TaskListSpacing < 0) each task is read on its own.
+func TestTaskListAnswersConcurrentTasks(t *testing.T) {
+	const uploads = 30
+	run := func(spacing time.Duration) (reads, lists int) {
+		g := NewWithT(t)
+		env := startSim(t, pvesim.Config{Nodes: []pvesim.NodeConfig{{Name: "pve1"}}, TaskDuration: pvesim.Duration(300 * time.Millisecond)},
+			func(c *Config) {
+				c.TaskPollInitial = 50 * time.Millisecond
+				c.TaskPollMax = 200 * time.Millisecond
+				c.TaskListSpacing = spacing
+				c.Limits = Limits{MaxInFlight: 64, MaxInFlightPerNode: 64, QPS: -1}
+			})
+		start := time.Now()
+		defer func() { t.Logf("spacing %s: %s", spacing, time.Since(start)) }()
+		var wg sync.WaitGroup
+		errs := make(chan error, uploads)
+		for i := range uploads {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := env.client.UploadISO(context.Background(), "pve1", "local", fmt.Sprintf("b-%d.iso", i), make([]byte, 2048))
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			g.Expect(err).NotTo(HaveOccurred())
+		}
+		g.Expect(env.sim.Inventory().VolumesByContent("iso")).To(HaveLen(uploads))
+		return taskReads(env.sim), env.sim.Calls("GET /nodes/{node}/tasks")
+	}
+	alone, _ := run(-1)
+	batched, lists := run(0)
+	t.Logf("task reads for %d concurrent uploads: %d one by one, %d batched (%d list reads)", uploads, alone, batched, lists)
+	g := NewWithT(t)
+	g.Expect(alone).To(BeNumerically(">=", uploads), "one read per task at least")
+	g.Expect(lists).To(BeNumerically(">", 0))
+	g.Expect(batched).To(BeNumerically("<=", alone/3), "list reads answer many tasks each")
+}
+
+// TestTaskListStaleFallsBackToOwnStatus: a task its forking daemon never reaped stays
+// "running" in the node's list; after listTrustMin the client reads the task's own
+// status, which is exact, and the wait ends.
+func TestTaskListStaleFallsBackToOwnStatus(t *testing.T) {
+	g := NewWithT(t)
+	defer func(d time.Duration) { listTrustMin = d }(listTrustMin)
+	listTrustMin = 300 * time.Millisecond
+	env := startSim(t, pvesim.Config{Nodes: []pvesim.NodeConfig{{Name: "pve1"}}, TaskDuration: pvesim.Duration(20 * time.Millisecond)},
+		func(c *Config) { c.TaskPollInitial = 10 * time.Millisecond; c.TaskPollMax = 50 * time.Millisecond })
+	env.sim.AddFault(pvesim.Fault{Method: "POST", Path: "/nodes/{node}/storage/{storage}/upload", UnreapedTaskRate: 1})
+	start := time.Now()
+	_, err := env.client.UploadISO(context.Background(), "pve1", "local", "stale.iso", make([]byte, 2048))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(time.Since(start)).To(BeNumerically("<", 3*time.Second))
+	g.Expect(env.sim.InjectedFaults()).To(HaveKeyWithValue(pvesim.FaultUnreapedTask, 1))
+	g.Expect(env.sim.Calls("GET /nodes/{node}/tasks")).To(BeNumerically(">=", 2), "the list said running")
+	g.Expect(env.sim.Calls("GET /nodes/{node}/tasks/{upid}/status")).To(BeNumerically(">=", 1), "then the task itself was asked")
+}
+
+// TestUPIDStart reads the start time of a UPID.
+func TestUPIDStart(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(upidStart("UPID:pve1:000003E9:0000002A:6B0E9F97:qmcreate:1:capi@pve!test:")).To(Equal(int64(0x6B0E9F97)))
+	g.Expect(upidStart("UPID:pve1")).To(BeZero())
+	g.Expect(upidStart("UPID:pve1:1:2:zz:qmstart:1:u:")).To(BeZero())
+}
