@@ -19,11 +19,15 @@ import (
 // (GET /nodes/{node}/tasks?source=all) shows every task of the token's user on the node,
 // running or ended with its exit status, so one list read answers every task asked about
 // on that node at about the same time. The board batches those questions: while other
-// tasks on the node are being followed, a question waits until the spacing after the last
-// read of the node, and that read answers every task asked about meanwhile; a task
-// followed alone is read at once. A machine alone waits no longer than with its own status
-// read, and a busy node's list is read a few times per second, whatever the number of
-// tasks on it.
+// tasks on the node are being followed (their last read found them running), or while the
+// node is busy (tasks of other VMs were asked about within the last seconds, even if each
+// ended as soon as it was asked about), a question waits until the spacing after the last
+// read of the node, and that read answers every task asked about meanwhile; otherwise it
+// is read at once. A machine alone waits no longer than with its own status read; on a
+// busy node the list is read about once a second, whatever the number of tasks on it, and
+// a task is seen ended up to a second later. (A list read costs pveproxy more than a status
+// read, since node_tasks parses the node's whole task index, but far less than the status
+// reads it replaces in a burst.)
 //
 // The list says less than a task's own status in two ways, both from pve-manager's node
 // task list and pve-common's PVE::RESTEnvironment:
@@ -41,8 +45,13 @@ import (
 // long task, never a wrong answer.
 
 const (
-	// defaultTaskListSpacing is the least time between two task-list reads of one node.
-	defaultTaskListSpacing = 200 * time.Millisecond
+	// defaultTaskListSpacing is the least time between two task-list reads of a busy node.
+	defaultTaskListSpacing = time.Second
+	// A node is busy when tasks of busyOwners other VMs (or id-less tasks such as
+	// uploads) were asked about within busyWindow: one machine's own tasks, one after
+	// another, never make it busy.
+	busyOwners = 2
+	busyWindow = 2 * time.Second
 	// taskListLimit caps one list read. Tasks are listed since the oldest one asked
 	// about, so a list this long means hundreds of tasks started on the node meanwhile.
 	taskListLimit = 500
@@ -67,11 +76,42 @@ type taskBoard struct {
 
 type nodeTaskList struct {
 	lastSent time.Time
+	// askedBy is when tasks of each owner (a task's VMID, or the UPID of an id-less
+	// task) were last asked about.
+	askedBy map[string]time.Time
 	// following are the tasks the last reads found running, and when they were last
 	// asked about: while other tasks than the asker's are followed, a read waits for the
 	// spacing and answers them all; a task followed alone is read at once.
 	following map[string]time.Time
 	next      *taskListRead
+}
+
+// busy records a question about a task of owner and reports whether tasks of busyOwners
+// other owners were asked about within busyWindow.
+func (n *nodeTaskList) busy(owner string, now time.Time) bool {
+	if n.askedBy == nil {
+		n.askedBy = map[string]time.Time{}
+	}
+	n.askedBy[owner] = now
+	others := 0
+	for o, at := range n.askedBy {
+		if now.Sub(at) > busyWindow {
+			delete(n.askedBy, o)
+			continue
+		}
+		if o != owner {
+			others++
+		}
+	}
+	return others >= busyOwners
+}
+
+// taskOwner is what a task works on: the VMID of a VM task, else the task itself.
+func taskOwner(upid string) string {
+	if f := strings.Split(upid, ":"); len(f) >= 7 && f[6] != "" {
+		return f[6]
+	}
+	return upid
 }
 
 // followedElsewhere reports whether tasks other than upid are being followed on the node.
@@ -156,12 +196,13 @@ func (c *PVEClient) joinTaskList(ctx context.Context, node, upid string, spacing
 		n = &nodeTaskList{}
 		b.nodes[key] = n
 	}
+	busy := n.busy(taskOwner(upid), c.nowFn())
 	read := n.next
 	if read == nil {
 		read = &taskListRead{done: make(chan struct{}), since: start, asked: map[string]bool{}}
 		n.next = read
 		var wait time.Duration
-		if now := c.nowFn(); n.followedElsewhere(upid, now) {
+		if now := c.nowFn(); busy || n.followedElsewhere(upid, now) {
 			wait = max(n.lastSent.Add(spacing).Sub(now), 0)
 		}
 		go c.sendTaskList(context.WithoutCancel(ctx), b, n, node, read, wait)

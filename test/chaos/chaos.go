@@ -62,8 +62,10 @@ type Options struct {
 	DeleteKills int
 	// Replicas > 1 runs that many managers with leader election; kills hit the leader.
 	Replicas int
-	// Fault rates.
-	ErrorRate, TaskFailureRate, LockTimeoutRate, ProxyErrorRate float64
+	// Fault rates. UnreapedTaskRate: tasks the node's task list keeps showing running
+	// after they ended (their forking daemon was recycled), until the next task starts
+	// on the node.
+	ErrorRate, TaskFailureRate, LockTimeoutRate, ProxyErrorRate, UnreapedTaskRate float64
 	// ImportThroughput slows imports (bytes per Proxmox second; realistic default 40 MiB).
 	ImportThroughput uint64
 	// NodeOffline is how long one Proxmox node stays offline (0: Duration/5).
@@ -284,7 +286,8 @@ func (r *run) run(ctx context.Context) error {
 	go func() { defer wg.Done(); r.watchDuplicates(wctx) }()
 
 	r.logf("chaos: seed %d, %d machines over %d clusters, %s window, >= %d kills, %d replica(s)", o.Seed, o.Machines, o.Clusters, o.Duration, o.Kills, o.Replicas)
-	r.pve.AddFault(pvesim.Fault{ErrorRate: o.ErrorRate, TaskFailureRate: o.TaskFailureRate, LockTimeoutRate: o.LockTimeoutRate, ProxyErrorRate: o.ProxyErrorRate})
+	r.pve.AddFault(pvesim.Fault{ErrorRate: o.ErrorRate, TaskFailureRate: o.TaskFailureRate, LockTimeoutRate: o.LockTimeoutRate,
+		ProxyErrorRate: o.ProxyErrorRate, UnreapedTaskRate: o.UnreapedTaskRate})
 	wg.Add(2)
 	go func() { defer wg.Done(); r.killer(wctx) }()
 	go func() { defer wg.Done(); r.nodeOutage(wctx) }()

@@ -42,9 +42,10 @@ func TestChaosCI(t *testing.T) {
 		// at 5 % and 3 % a run drew no task failure at all (seed 15, 2026-12-01), while the
 		// test requires every kind. At 10 % the chance of none is about 0.2 %.
 		ErrorRate: 0.2, TaskFailureRate: 0.1, LockTimeoutRate: 0.1, ProxyErrorRate: 0.05,
-		Timeout: 10 * time.Minute,
-		Out:     out,
-		Logf:    t.Logf,
+		UnreapedTaskRate: 0.1,
+		Timeout:          10 * time.Minute,
+		Out:              out,
+		Logf:             t.Logf,
 	})
 	var table strings.Builder
 	WriteTable(&table, res)
@@ -64,7 +65,7 @@ func TestChaosCI(t *testing.T) {
 	g.Expect(res.NodeOfflineFor).To(BeNumerically(">", 0))
 	// An offline node answers only the calls routed to it (the provider places no VM there
 	// while it is offline), so 595s are counted, not required.
-	for _, kind := range []string{"http-5xx", "task-failure", "lock-timeout", "proxy-596"} {
+	for _, kind := range []string{"http-5xx", "task-failure", "lock-timeout", "proxy-596", "task-unreaped"} {
 		g.Expect(res.Faults).To(HaveKeyWithValue(kind, BeNumerically(">", 0)), kind)
 	}
 }

@@ -34,6 +34,7 @@ func main() {
 	flag.Float64Var(&o.TaskFailureRate, "task-failure-rate", 0.05, "share of Proxmox tasks that fail")
 	flag.Float64Var(&o.LockTimeoutRate, "lock-timeout-rate", 0.03, "share of locked operations that time out on their lock")
 	flag.Float64Var(&o.ProxyErrorRate, "proxy-error-rate", 0.05, "share of forwarded calls answered 596")
+	flag.Float64Var(&o.UnreapedTaskRate, "unreaped-task-rate", 0.05, "share of Proxmox tasks the node's task list keeps showing running after they ended")
 	flag.Uint64Var(&o.ImportThroughput, "import-throughput", 4<<20, "import speed in bytes per Proxmox second (the realistic profile's is 40 MiB)")
 	flag.DurationVar(&o.NodeOffline, "node-offline", 0, "how long one Proxmox node is offline (default: duration/5)")
 	flag.DurationVar(&o.Timeout, "timeout", 20*time.Minute, "bound on each wait for convergence or deletion")
