@@ -18,12 +18,16 @@ import (
 // TestRunningVMReadCheaply: a machine whose VM was seen running reads nothing from
 // Proxmox while it waits for its Node (only the workload cluster can tell that), and once
 // Running its passes share one /cluster/resources snapshot instead of reading each VM; a
-// VM the snapshot does not show running is read directly and reported.
+// VM the snapshot does not show running is read directly and reported, unless it started
+// too recently for a snapshot to show it (StatusMaxAge + pvestatd's round).
 func TestRunningVMReadCheaply(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		nodeReady bool
 		stopOne   bool
+		// justStarted keeps the VMs' start (VMRunning's transition) at now instead of a
+		// minute ago.
+		justStarted bool
 		// want: calls by route for the second round of passes over three machines.
 		want map[string]int
 	}{
@@ -31,6 +35,8 @@ func TestRunningVMReadCheaply(t *testing.T) {
 		{name: "running", nodeReady: true, want: map[string]int{"GET /cluster/resources": 1}},
 		{name: "one VM stopped behind our back", nodeReady: true, stopOne: true,
 			want: map[string]int{"GET /cluster/resources": 1, "GET /nodes/{node}/qemu/{vmid}/status/current": 1}},
+		{name: "started too recently for a snapshot", nodeReady: true, stopOne: true, justStarted: true,
+			want: map[string]int{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
@@ -46,6 +52,9 @@ func TestRunningVMReadCheaply(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred())
 				g.Expect(out.done).To(BeTrue())
 				g.Expect(conditions.IsTrue(s.PTM, infrav1.VMRunningCondition)).To(BeTrue())
+				if !tc.justStarted {
+					startedAgo(s, time.Minute)
+				}
 				if tc.nodeReady {
 					conditions.Set(s.PTM, metav1.Condition{Type: infrav1.NodeReadyCondition, Status: metav1.ConditionTrue, Reason: infrav1.ReadyReason})
 				}
@@ -78,7 +87,7 @@ func TestRunningVMReadCheaply(t *testing.T) {
 				}
 			}
 			g.Expect(got).To(Equal(tc.want))
-			if tc.stopOne {
+			if tc.stopOne && !tc.justStarted {
 				c := conditions.Get(scopes[1].PTM, infrav1.VMRunningCondition)
 				g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
 				g.Expect(c.Reason).To(Equal(infrav1.PoweredOffReason))
@@ -176,4 +185,11 @@ func TestBootISOUploadedOnce(t *testing.T) {
 	g.Expect(e.events()).To(ContainElement(ContainSubstring("BootISOMissing")))
 	_, exists := e.vm(4850)
 	g.Expect(exists).To(BeFalse())
+}
+
+// startedAgo moves the machine's VMRunning transition (its VM's start) d into the past.
+func startedAgo(s *Scope, d time.Duration) {
+	c := conditions.Get(s.PTM, infrav1.VMRunningCondition)
+	c.LastTransitionTime = metav1.NewTime(time.Now().Add(-d))
+	conditions.Set(s.PTM, *c)
 }

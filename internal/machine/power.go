@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -24,15 +25,15 @@ import (
 // only the workload cluster can tell) it is not read at all; once the Node is Ready, each
 // pass (the resync, or any event) checks it in the /cluster/resources snapshot that every
 // machine on the same Proxmox shares for StatusMaxAge, and reads the VM itself only when
-// the snapshot does not show it running where recorded (stopped, moved, or created after
-// pvestatd's last round).
+// the snapshot does not show it running where recorded (stopped, moved), unless the VM
+// started too recently for any snapshot to show it.
 func (r *Reconciler) startVM(ctx context.Context, s *Scope) (result, error) {
 	node, vmid := s.PTM.Spec.Node, int(*s.PTM.Spec.VMID)
 	if conditions.IsTrue(s.PTM, infrav1.VMRunningCondition) && s.PTM.Status.PowerState == "running" {
 		if !conditions.IsTrue(s.PTM, infrav1.NodeReadyCondition) {
 			return next()
 		}
-		if r.runningInSnapshot(ctx, s, node, vmid) {
+		if r.startedRecently(s) || r.runningInSnapshot(ctx, s, node, vmid) {
 			return next()
 		}
 	}
@@ -110,6 +111,19 @@ func (r *Reconciler) powerOn(ctx context.Context, s *Scope, node string, vmid in
 	s.PTM.Status.PowerState = "running"
 	r.setCondition(s, infrav1.VMRunningCondition, true, infrav1.ReadyReason, "")
 	return next()
+}
+
+// pvestatdRound is how often pvestatd broadcasts the status /cluster/resources reports.
+const pvestatdRound = 10 * time.Second
+
+// startedRecently reports whether this machine saw its VM start so recently that a
+// snapshot could not show it running yet: a snapshot up to StatusMaxAge old, of pvestatd's
+// last round. Reading the VM itself then tells nothing new (a burst's machines reach Node
+// Ready seconds after their start), and a VM that stopped right after its start is seen at
+// the first pass after that time, as the Node turning NotReady shows it too.
+func (r *Reconciler) startedRecently(s *Scope) bool {
+	c := conditions.Get(s.PTM, infrav1.VMRunningCondition)
+	return c != nil && time.Since(c.LastTransitionTime.Time) < r.Timing.withDefaults().StatusMaxAge+pvestatdRound
 }
 
 // runningInSnapshot reports whether the shared /cluster/resources snapshot shows the VM

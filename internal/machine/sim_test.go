@@ -419,8 +419,10 @@ func TestRunningVMFollowedWhenMoved(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred())
 				g.Expect(out.done).To(BeTrue())
 				// Running: its Node is Ready, so passes check the VM (a machine still
-				// waiting for its Node does not read Proxmox at all).
+				// waiting for its Node does not read Proxmox at all), and it started a
+				// while ago (right after a start no snapshot can show the VM yet).
 				conditions.Set(s.PTM, metav1.Condition{Type: infrav1.NodeReadyCondition, Status: metav1.ConditionTrue, Reason: infrav1.ReadyReason})
+				startedAgo(s, time.Minute)
 
 				tc.move(e, vmid)
 				e.waitVM(vmid, func(vm pvesim.VMInfo) bool { return vm.Node == "pve2" && vm.Status == "running" && vm.Lock == "" })

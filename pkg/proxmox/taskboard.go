@@ -20,8 +20,8 @@ import (
 // running or ended with its exit status, so one list read answers every task asked about
 // on that node at about the same time. The board batches those questions: while other
 // tasks on the node are being followed (their last read found them running), or while the
-// node is busy (tasks of other VMs were asked about within the last seconds, even if each
-// ended as soon as it was asked about), a question waits until the spacing after the last
+// node is busy (tasks of two other VMs were asked about within the last second, even if
+// each ended as soon as it was asked about), a question waits until the spacing after the last
 // read of the node, and that read answers every task asked about meanwhile; otherwise it
 // is read at once. A machine alone waits no longer than with its own status read; on a
 // busy node the list is read about once a second, whatever the number of tasks on it, and
@@ -47,11 +47,11 @@ import (
 const (
 	// defaultTaskListSpacing is the least time between two task-list reads of a busy node.
 	defaultTaskListSpacing = time.Second
-	// A node is busy when tasks of busyOwners other VMs (or id-less tasks such as
-	// uploads) were asked about within busyWindow: one machine's own tasks, one after
-	// another, never make it busy.
+	// A node is busy when tasks of busyOwners other VMs were asked about within
+	// busyWindow: one machine's own tasks, one after another, never make it busy, nor do
+	// machines that come one at a time.
 	busyOwners = 2
-	busyWindow = 2 * time.Second
+	busyWindow = time.Second
 	// taskListLimit caps one list read. Tasks are listed since the oldest one asked
 	// about, so a list this long means hundreds of tasks started on the node meanwhile.
 	taskListLimit = 500
@@ -76,8 +76,7 @@ type taskBoard struct {
 
 type nodeTaskList struct {
 	lastSent time.Time
-	// askedBy is when tasks of each owner (a task's VMID, or the UPID of an id-less
-	// task) were last asked about.
+	// askedBy is when tasks of each VM were last asked about.
 	askedBy map[string]time.Time
 	// following are the tasks the last reads found running, and when they were last
 	// asked about: while other tasks than the asker's are followed, a read waits for the
@@ -86,13 +85,16 @@ type nodeTaskList struct {
 	next      *taskListRead
 }
 
-// busy records a question about a task of owner and reports whether tasks of busyOwners
-// other owners were asked about within busyWindow.
+// busy records a question about a task of owner (a VMID; "" for tasks of no VM, such as
+// uploads, which do not count) and reports whether tasks of busyOwners other VMs were asked
+// about within busyWindow.
 func (n *nodeTaskList) busy(owner string, now time.Time) bool {
 	if n.askedBy == nil {
 		n.askedBy = map[string]time.Time{}
 	}
-	n.askedBy[owner] = now
+	if owner != "" {
+		n.askedBy[owner] = now
+	}
 	others := 0
 	for o, at := range n.askedBy {
 		if now.Sub(at) > busyWindow {
@@ -106,12 +108,12 @@ func (n *nodeTaskList) busy(owner string, now time.Time) bool {
 	return others >= busyOwners
 }
 
-// taskOwner is what a task works on: the VMID of a VM task, else the task itself.
+// taskOwner is the VMID a task works on ("" for tasks of no VM).
 func taskOwner(upid string) string {
-	if f := strings.Split(upid, ":"); len(f) >= 7 && f[6] != "" {
+	if f := strings.Split(upid, ":"); len(f) >= 7 {
 		return f[6]
 	}
-	return upid
+	return ""
 }
 
 // followedElsewhere reports whether tasks other than upid are being followed on the node.
