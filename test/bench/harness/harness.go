@@ -254,7 +254,11 @@ func (h *Harness) Start(ctx context.Context) error {
 	replicas := max(h.O.Replicas, 1)
 	var webhookPorts []int
 	for i := 0; i < replicas; i++ {
-		m := &Manager{Name: fmt.Sprintf("manager-%d", i), health: FreePort(), diag: FreePort(), webhook: wh.LocalServingPort}
+		// Picked together: two ports picked one after the other can be the same (the first
+		// listener is closed before the second is opened), and a manager whose health and
+		// metrics addresses collide exits at once.
+		ports := FreePorts(3)
+		m := &Manager{Name: fmt.Sprintf("manager-%d", i), health: ports[0], diag: ports[1], webhook: wh.LocalServingPort}
 		args := []string{
 			"--health-addr=127.0.0.1:" + strconv.Itoa(m.health),
 			"--diagnostics-address=127.0.0.1:" + strconv.Itoa(m.diag), "--insecure-diagnostics",
@@ -264,7 +268,7 @@ func (h *Harness) Start(ctx context.Context) error {
 		if replicas > 1 {
 			// Each replica serves webhooks on its own port behind the forwarder, as pods do
 			// behind the webhook Service.
-			m.webhook = FreePort()
+			m.webhook = ports[2]
 			webhookPorts = append(webhookPorts, m.webhook)
 		}
 		if h.O.LeaderElect {
@@ -1152,13 +1156,19 @@ func Parallel(ctx context.Context, n int, f func(int) error) error {
 	return first
 }
 
-func FreePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
+// FreePorts returns n distinct free loopback ports (0 for a port it could not get): all
+// listeners stay open until every port is picked.
+func FreePorts(n int) []int {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			continue
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 func WaitHTTP(ctx context.Context, u string, timeout time.Duration) error {
