@@ -106,9 +106,9 @@ func TestCreateTaskTeachesFirstPoll(t *testing.T) {
 	e.r.Timing.Max = 5 * time.Second
 	ctx := context.Background()
 	img := e.seedImage()
-	// A task is read by its own status or by its node's task list.
+	// A task is read by its own status or by the cluster's task list.
 	polls := func() int {
-		return e.sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + e.sim.Calls("GET /nodes/{node}/tasks")
+		return e.sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + e.sim.Calls("GET /cluster/tasks")
 	}
 	initial := e.pve.TaskPollDelay(taskCreate)
 

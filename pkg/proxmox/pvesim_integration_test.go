@@ -344,7 +344,7 @@ func BenchmarkCreateVM(b *testing.B) {
 	}
 	b.ReportMetric(float64(total)/float64(b.N), "calls/vm")
 	calls := env.sim.Stats().Calls
-	b.ReportMetric(float64(calls["GET /nodes/{node}/tasks/{upid}/status"]+calls["GET /nodes/{node}/tasks"])/float64(b.N), "taskpolls/vm")
+	b.ReportMetric(float64(calls["GET /nodes/{node}/tasks/{upid}/status"]+calls["GET /cluster/tasks"])/float64(b.N), "taskpolls/vm")
 }
 
 func TestSimTLSVerification(t *testing.T) {
@@ -411,7 +411,7 @@ func TestSimDeleteVolumeWaitsServerSide(t *testing.T) {
 	env := startSim(t, pvesim.Config{Profile: pvesim.ProfileRealistic, TimeScale: 0.01})
 	c, ctx := env.client, context.Background()
 	del := "DELETE /nodes/{node}/storage/{storage}/content/{volume}"
-	status, list := "GET /nodes/{node}/tasks/{upid}/status", "GET /nodes/{node}/tasks"
+	status, list := "GET /nodes/{node}/tasks/{upid}/status", "GET /cluster/tasks"
 
 	vol, err := c.UploadISO(ctx, "pve1", "local", "quick.iso", make([]byte, 4096))
 	g.Expect(err).NotTo(HaveOccurred())

@@ -83,7 +83,7 @@ func TestSimResponsesMatchReturnsSchema(t *testing.T) {
 			g.Expect(routes).To(ContainElements(
 				"GET /version", "GET /nodes", "GET /nodes/{node}/storage", "GET /nodes/{node}/storage/{storage}/content",
 				"POST /nodes/{node}/storage/{storage}/download-url", "POST /nodes/{node}/storage/{storage}/upload",
-				"GET /nodes/{node}/tasks", "POST /nodes/{node}/qemu", "GET /nodes/{node}/qemu/{vmid}/config",
+				"GET /cluster/tasks", "POST /nodes/{node}/qemu", "GET /nodes/{node}/qemu/{vmid}/config",
 				"PUT /nodes/{node}/qemu/{vmid}/resize", "GET /cluster/resources", "POST /nodes/{node}/qemu/{vmid}/status/start",
 				"GET /nodes/{node}/qemu/{vmid}/status/current", "GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
 				"POST /nodes/{node}/qemu/{vmid}/status/shutdown", "POST /nodes/{node}/qemu/{vmid}/status/stop",

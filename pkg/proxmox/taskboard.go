@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,28 +13,32 @@ import (
 //
 // Every task a machine starts (boot ISO upload, create, resize, start, and on deletion
 // shutdown and destroy) is followed until it ends, and in a burst of creates the status
-// reads are most of the calls: one per task per poll, about five per VM. A node's task list
-// (GET /nodes/{node}/tasks?source=all) shows every task of the token's user on the node,
-// running or ended with its exit status, so one list read answers every task asked about
-// on that node at about the same time. The board batches those questions: while other
-// tasks on the node are being followed (their last read found them running), or while the
-// node is busy (tasks of two other VMs were asked about within the last second, even if
-// each ended as soon as it was asked about), a question waits until the spacing after the last
-// read of the node, and that read answers every task asked about meanwhile; otherwise it
-// is read at once. A machine alone waits no longer than with its own status read; on a
-// busy node the list is read about once a second, whatever the number of tasks on it, and
-// a task is seen ended up to a second later. (A list read costs pveproxy more than a status
-// read, since node_tasks parses the node's whole task index, but far less than the status
-// reads it replaces in a burst.)
+// reads are most of the calls: one per task per poll, about five per VM. The cluster's task
+// list (GET /cluster/tasks) shows every node's running tasks and its most recent finished
+// ones with their exit status, so one read answers every task asked about at about the
+// same time, on any node. It is also cheap for Proxmox: pve-manager answers it from
+// pmxcfs's memory (PVE::Cluster::get_tasklist, the lists the nodes broadcast), where a
+// node's task list parses its task index files. The board batches the questions: while
+// other tasks are being followed (their last read found them running), or while the
+// cluster is busy (tasks of two other VMs were asked about within the last second, even if
+// each ended as soon as it was asked about), a question waits until the spacing after the
+// last read, and that read answers every task asked about meanwhile; otherwise it is read
+// at once. A machine alone waits no longer than with its own status read; in a burst the
+// list is read about once a second, whatever the number of tasks, and a task is seen ended
+// up to a second later.
 //
-// The list says less than a task's own status in two ways, both from pve-manager's node
-// task list and pve-common's PVE::RESTEnvironment:
-//   - it is read from the node's task files, which the daemon that forked a task updates
-//     when it reaps the task (worker_reaper → active_workers). A daemon process recycled
-//     while its task ran never reaps it: the list shows the task running until the next
-//     task starts on that node (fork_worker calls active_workers, which checks every
-//     listed task's process). The task's own status checks the process itself.
-//   - it is capped (limit), newest first.
+// The list says less than a task's own status, in ways read in pve-common's
+// PVE::RESTEnvironment (active_workers, broadcast_tasklist) and pve-manager's
+// PVE::API2::Cluster tasks:
+//   - a node broadcasts its list when a task starts and when the daemon that forked a task
+//     reaps it. A daemon process recycled while its task ran never reaps it: the list
+//     shows the task running until the next task starts on that node (fork_worker calls
+//     active_workers, which checks every listed task's process). The task's own status
+//     checks the process itself.
+//   - a node lists its running tasks and only as many finished ones as make 25 entries:
+//     in a burst a task can drop out of the list soon after it ended.
+//   - a token sees its tasks there only with Sys.Audit on "/" (the documented role has
+//     it): the list compares the task's user, without the token name, to the caller's id.
 //
 // So an ended state in the list is final, and a task missing from it is read by its own
 // status; "running" is believed for listTrust after the list first said so (at least
@@ -45,16 +47,13 @@ import (
 // long task, never a wrong answer.
 
 const (
-	// defaultTaskListSpacing is the least time between two task-list reads of a busy node.
+	// defaultTaskListSpacing is the least time between two task-list reads while busy.
 	defaultTaskListSpacing = time.Second
 	// A node is busy when tasks of busyOwners other VMs were asked about within
 	// busyWindow: one machine's own tasks, one after another, never make it busy, nor do
 	// machines that come one at a time.
 	busyOwners = 2
 	busyWindow = time.Second
-	// taskListLimit caps one list read. Tasks are listed since the oldest one asked
-	// about, so a list this long means hundreds of tasks started on the node meanwhile.
-	taskListLimit = 500
 	// boardForget drops what the board remembers of a task asked about no more.
 	boardForget = time.Hour
 	// followingForget: a task not asked about for this long is no longer followed.
@@ -65,16 +64,16 @@ const (
 // tests).
 var listTrustMin = 10 * time.Second
 
-// taskBoard is the per-endpoint state of the batched reads: per token and node, the
-// list read being gathered, and when each task was first listed as running.
+// taskBoard is the per-endpoint state of the batched reads: per token, the list read
+// being gathered, and when each task was first listed as running.
 type taskBoard struct {
 	mu      sync.Mutex
-	nodes   map[string]*nodeTaskList // token|node
-	running map[string]time.Time     // upid -> first listed running
+	lists   map[string]*taskList // token
+	running map[string]time.Time // upid -> first listed running
 	pruned  time.Time
 }
 
-type nodeTaskList struct {
+type taskList struct {
 	lastSent time.Time
 	// askedBy is when tasks of each VM were last asked about.
 	askedBy map[string]time.Time
@@ -88,7 +87,7 @@ type nodeTaskList struct {
 // busy records a question about a task of owner (a VMID; "" for tasks of no VM, such as
 // uploads, which do not count) and reports whether tasks of busyOwners other VMs were asked
 // about within busyWindow.
-func (n *nodeTaskList) busy(owner string, now time.Time) bool {
+func (n *taskList) busy(owner string, now time.Time) bool {
 	if n.askedBy == nil {
 		n.askedBy = map[string]time.Time{}
 	}
@@ -116,8 +115,8 @@ func taskOwner(upid string) string {
 	return ""
 }
 
-// followedElsewhere reports whether tasks other than upid are being followed on the node.
-func (n *nodeTaskList) followedElsewhere(upid string, now time.Time) bool {
+// followedElsewhere reports whether tasks other than upid are being followed.
+func (n *taskList) followedElsewhere(upid string, now time.Time) bool {
 	for u, at := range n.following {
 		if now.Sub(at) > followingForget {
 			delete(n.following, u)
@@ -134,13 +133,11 @@ func (n *nodeTaskList) followedElsewhere(upid string, now time.Time) bool {
 type taskListRead struct {
 	done   chan struct{}
 	asked  map[string]bool
-	since  int64 // oldest start (PVE's unix seconds) among the tasks asked about
 	states map[string]TaskState
-	full   bool
 	err    error
 }
 
-// taskState is the state of task upid: from its node's task list where that is
+// taskState is the state of task upid: from the cluster's task list where that is
 // conclusive, else from the task's own status.
 func (c *PVEClient) taskState(ctx context.Context, upid string) (TaskState, error) {
 	node, typ := upidParts(upid)
@@ -160,7 +157,7 @@ func (c *PVEClient) taskState(ctx context.Context, upid string) (TaskState, erro
 	if first, ok := b.firstListedRunning(upid); ok && now.Sub(first) > trust {
 		return c.taskStatus(ctx, upid)
 	}
-	read, err := c.joinTaskList(ctx, node, upid, spacing)
+	read, err := c.joinTaskList(ctx, upid, spacing)
 	if err != nil {
 		if ctx.Err() != nil {
 			return TaskState{}, err
@@ -170,7 +167,8 @@ func (c *PVEClient) taskState(ctx context.Context, upid string) (TaskState, erro
 	}
 	st, ok := read.states[upid]
 	if !ok {
-		// Not listed: beyond the limit, or a list that lags. Ask the task.
+		// Not listed: dropped from its node's 25, the node's list not broadcast, or no
+		// Sys.Audit on "/". Ask the task.
 		return c.taskStatus(ctx, upid)
 	}
 	if st.Running {
@@ -183,33 +181,29 @@ func (c *PVEClient) taskState(ctx context.Context, upid string) (TaskState, erro
 	return st, nil
 }
 
-// joinTaskList adds upid to the list read being gathered for its node (starting one if
-// none is) and waits for that read.
-func (c *PVEClient) joinTaskList(ctx context.Context, node, upid string, spacing time.Duration) (*taskListRead, error) {
+// joinTaskList adds upid to the list read being gathered (starting one if none is) and
+// waits for that read.
+func (c *PVEClient) joinTaskList(ctx context.Context, upid string, spacing time.Duration) (*taskListRead, error) {
 	b := &c.ep.board
-	key := c.tokenID + "|" + node
-	start := upidStart(upid)
 	b.mu.Lock()
-	if b.nodes == nil {
-		b.nodes = map[string]*nodeTaskList{}
+	if b.lists == nil {
+		b.lists = map[string]*taskList{}
 	}
-	n := b.nodes[key]
+	n := b.lists[c.tokenID]
 	if n == nil {
-		n = &nodeTaskList{}
-		b.nodes[key] = n
+		n = &taskList{}
+		b.lists[c.tokenID] = n
 	}
 	busy := n.busy(taskOwner(upid), c.nowFn())
 	read := n.next
 	if read == nil {
-		read = &taskListRead{done: make(chan struct{}), since: start, asked: map[string]bool{}}
+		read = &taskListRead{done: make(chan struct{}), asked: map[string]bool{}}
 		n.next = read
 		var wait time.Duration
 		if now := c.nowFn(); busy || n.followedElsewhere(upid, now) {
 			wait = max(n.lastSent.Add(spacing).Sub(now), 0)
 		}
-		go c.sendTaskList(context.WithoutCancel(ctx), b, n, node, read, wait)
-	} else if start < read.since {
-		read.since = start
+		go c.sendTaskList(context.WithoutCancel(ctx), b, n, read, wait)
 	}
 	read.asked[upid] = true
 	b.mu.Unlock()
@@ -225,7 +219,7 @@ func (c *PVEClient) joinTaskList(ctx context.Context, node, upid string, spacing
 }
 
 // sendTaskList sends read after wait, on behalf of every task that joined it meanwhile.
-func (c *PVEClient) sendTaskList(ctx context.Context, b *taskBoard, n *nodeTaskList, node string, read *taskListRead, wait time.Duration) {
+func (c *PVEClient) sendTaskList(ctx context.Context, b *taskBoard, n *taskList, read *taskListRead, wait time.Duration) {
 	defer close(read.done)
 	if wait > 0 {
 		if err := c.sleepFn(ctx, wait); err != nil {
@@ -236,27 +230,18 @@ func (c *PVEClient) sendTaskList(ctx context.Context, b *taskBoard, n *nodeTaskL
 	b.mu.Lock()
 	n.next = nil
 	n.lastSent = c.nowFn()
-	since := read.since
 	b.mu.Unlock()
 	ctx, cancel := context.WithTimeout(withOp(ctx, "TaskList"), c.cfg.RequestTimeout)
 	defer cancel()
-	q := url.Values{"source": {"all"}, "limit": {strconv.Itoa(taskListLimit)}}
-	if since > 0 {
-		q.Set("since", strconv.FormatInt(since, 10))
-	}
-	user, token, _ := strings.Cut(c.tokenID, "!")
-	if user != "" {
-		q.Set("userfilter", user)
-	}
 	var ws []wireTaskListEntry
-	if err := c.do(ctx, http.MethodGet, "/nodes/"+url.PathEscape(node)+"/tasks", q, nil, &ws); err != nil {
-		read.err = fmt.Errorf("list tasks of node %s: %w", node, err)
+	if err := c.do(ctx, http.MethodGet, "/cluster/tasks", nil, nil, &ws); err != nil {
+		read.err = fmt.Errorf("list the cluster's tasks: %w", err)
 		return
 	}
-	read.full = len(ws) >= taskListLimit
+	user, token, _ := strings.Cut(c.tokenID, "!")
 	states := make(map[string]TaskState, len(ws))
 	for _, w := range ws {
-		t := taskFromList(w, node)
+		t := taskFromList(w, w.Node)
 		tu, tt, _ := strings.Cut(t.User, "!")
 		if !strings.EqualFold(tu, user) || tt != token {
 			continue
@@ -314,19 +299,6 @@ func (b *taskBoard) forget(upid string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.running, upid)
-}
-
-// upidStart is the start time field of a UPID (unix seconds, hex), 0 if unreadable.
-func upidStart(upid string) int64 {
-	f := strings.Split(upid, ":")
-	if len(f) < 7 {
-		return 0
-	}
-	v, err := strconv.ParseInt(f[4], 16, 64)
-	if err != nil {
-		return 0
-	}
-	return v
 }
 
 // taskFromList converts an entry of a node's task list.

@@ -12,13 +12,13 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
 
-// taskReads counts both ways of reading a task: its own status and its node's list.
+// taskReads counts both ways of reading a task: its own status and the cluster's list.
 func taskReads(sim *pvesim.Server) int {
-	return sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + sim.Calls("GET /nodes/{node}/tasks")
+	return sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + sim.Calls("GET /cluster/tasks")
 }
 
 // TestTaskListAnswersConcurrentTasks: tasks followed at the same time on one node are
-// answered by shared reads of the node's task list, far fewer than one status read per
+// answered by shared reads of the cluster's task list, far fewer than one status read per
 // task per poll; with the board off (TaskListSpacing < 0) each task is read on its own.
 // Tasks that run a while (30 ISO uploads of 300 ms) are batched because others are
 // followed meanwhile; tasks that end at once (30 VM starts) because many VMs' tasks are
@@ -77,7 +77,7 @@ func testTaskListBatches(t *testing.T, n int, taskDuration time.Duration, withVM
 		for err := range errs {
 			g.Expect(err).NotTo(HaveOccurred())
 		}
-		return taskReads(env.sim), env.sim.Calls("GET /nodes/{node}/tasks")
+		return taskReads(env.sim), env.sim.Calls("GET /cluster/tasks")
 	}
 	alone, _ := run(-1)
 	batched, lists := run(0)
@@ -89,7 +89,7 @@ func testTaskListBatches(t *testing.T, n int, taskDuration time.Duration, withVM
 }
 
 // TestTaskListStaleFallsBackToOwnStatus: a task its forking daemon never reaped stays
-// "running" in the node's list; after listTrustMin the client reads the task's own
+// "running" in the cluster's list; after listTrustMin the client reads the task's own
 // status, which is exact, and the wait ends.
 func TestTaskListStaleFallsBackToOwnStatus(t *testing.T) {
 	g := NewWithT(t)
@@ -103,17 +103,10 @@ func TestTaskListStaleFallsBackToOwnStatus(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(time.Since(start)).To(BeNumerically("<", 3*time.Second))
 	g.Expect(env.sim.InjectedFaults()).To(HaveKeyWithValue(pvesim.FaultUnreapedTask, 1))
-	g.Expect(env.sim.Calls("GET /nodes/{node}/tasks")).To(BeNumerically(">=", 2), "the list said running")
+	g.Expect(env.sim.Calls("GET /cluster/tasks")).To(BeNumerically(">=", 2), "the list said running")
 	g.Expect(env.sim.Calls("GET /nodes/{node}/tasks/{upid}/status")).To(BeNumerically(">=", 1), "then the task itself was asked")
 }
 
-// TestUPIDStart reads the start time of a UPID.
-func TestUPIDStart(t *testing.T) {
-	g := NewWithT(t)
-	g.Expect(upidStart("UPID:pve1:000003E9:0000002A:6B0E9F97:qmcreate:1:capi@pve!test:")).To(Equal(int64(0x6B0E9F97)))
-	g.Expect(upidStart("UPID:pve1")).To(BeZero())
-	g.Expect(upidStart("UPID:pve1:1:2:zz:qmstart:1:u:")).To(BeZero())
-}
 
 // TestTaskListDoesNotDelayAMachineAlone: one machine's tasks, one after another (upload,
 // create, resize, start, stop), are read at once, as with their own status reads: the

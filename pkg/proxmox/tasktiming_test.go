@@ -93,9 +93,9 @@ func TestWaitTaskLearnsFirstPoll(t *testing.T) {
 	_, err := env.client.CreateVM(ctx, spec)
 	g.Expect(err).NotTo(HaveOccurred())
 
-	// A task is read by its own status or by its node's task list (taskboard.go).
+	// A task is read by its own status or by the cluster's task list (taskboard.go).
 	polls := func() int {
-		return env.sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + env.sim.Calls("GET /nodes/{node}/tasks")
+		return env.sim.Calls("GET /nodes/{node}/tasks/{upid}/status") + env.sim.Calls("GET /cluster/tasks")
 	}
 	cycle := func(c *PVEClient) int {
 		before := polls()

@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -525,4 +526,58 @@ func TestNodeTaskListOwnTasksOnly(t *testing.T) {
 	g.Expect(mine[0]).To(HaveKeyWithValue("type", "qmstart"))
 	g.Expect(mine[0]).To(HaveKeyWithValue("user", "alice@pve"))
 	g.Expect(root(t, s, "GET", "/nodes/pve1/tasks", nil).body["data"]).To(HaveLen(2), "an auditor sees all")
+}
+
+// TestClusterTasks: GET /cluster/tasks lists what every online node broadcast: its running
+// tasks (an unreaped one among them) and its most recent finished ones up to 25 entries,
+// token tasks split into user and tokenid. A token without Sys.Audit on "/" sees none of its
+// own tasks (the list compares the split user to the caller's token id), an auditor all.
+func TestClusterTasks(t *testing.T) {
+	g := NewWithT(t)
+	alice := "alice@pve!t=s"
+	s := startSim(t, Config{Nodes: []NodeConfig{{Name: "pve1"}, {Name: "pve2"}}, Tokens: []TokenConfig{
+		{ID: DefaultTokenID, Secret: DefaultTokenSecret, ACLs: []ACLConfig{{Path: "/", Role: "Administrator"}}},
+		{ID: "alice@pve!t", Secret: "s", ACLs: []ACLConfig{{Path: "/vms", Role: "PVEVMAdmin"}}},
+	}})
+	for i := range 30 {
+		g.Expect(waitTask(t, s, "pve1", root(t, s, "POST", "/nodes/pve1/qemu", form("vmid", strconv.Itoa(100+i))))).To(Equal("OK"))
+	}
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu", form("vmid", "200")))).To(Equal("OK"))
+	r := call(t, s, alice, "POST", "/nodes/pve1/qemu/100/status/start", nil)
+	g.Expect(r.status).To(Equal(200), r.reason)
+	g.Expect(s.WaitTasks(5 * time.Second)).To(Succeed())
+
+	byNode := map[string]int{}
+	var start map[string]any
+	for _, e := range root(t, s, "GET", "/cluster/tasks", nil).body["data"].([]any) {
+		e := e.(map[string]any)
+		byNode[e["node"].(string)]++
+		if e["type"] == "qmstart" {
+			start = e
+		}
+	}
+	g.Expect(byNode).To(Equal(map[string]int{"pve1": 25, "pve2": 1}), "25 entries per node at most")
+	g.Expect(start).To(HaveKeyWithValue("user", "alice@pve"))
+	g.Expect(start).To(HaveKeyWithValue("tokenid", "t"))
+	g.Expect(start).To(HaveKeyWithValue("status", "OK"))
+	g.Expect(start).To(HaveKey("endtime"))
+	g.Expect(call(t, s, alice, "GET", "/cluster/tasks", nil).body["data"]).To(BeEmpty(), "no Sys.Audit on /: not even its own")
+
+	// An unreaped task is listed running until the next task starts on its node.
+	s.AddFault(Fault{Method: "POST", Path: "/nodes/{node}/qemu/{vmid}/status/stop", UnreapedTaskRate: 1})
+	stop := root(t, s, "POST", "/nodes/pve2/qemu/200/status/stop", nil)
+	g.Expect(waitTask(t, s, "pve2", stop)).To(Equal("OK"))
+	listed := func() map[string]any {
+		for _, e := range root(t, s, "GET", "/cluster/tasks", nil).body["data"].([]any) {
+			if e.(map[string]any)["upid"] == stop.body["data"] {
+				return e.(map[string]any)
+			}
+		}
+		return nil
+	}
+	g.Expect(listed()).NotTo(HaveKey("status"))
+	g.Expect(listed()).To(HaveKey("pid"))
+	s.ClearFaults()
+	g.Expect(waitTask(t, s, "pve2", root(t, s, "POST", "/nodes/pve2/qemu/200/status/start", nil))).To(Equal("OK"))
+	g.Expect(listed()).To(HaveKeyWithValue("status", "OK"))
 }

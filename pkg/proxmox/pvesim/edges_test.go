@@ -606,7 +606,7 @@ func TestEveryServedRouteMatchesReturnsSchema(t *testing.T) {
 				"scsi0", "local-lvm:0,import-from=local:import/t.qcow2", "ide2", iso+",media=cdrom", "net0", "virtio,bridge=vmbr0"))
 			g.Expect(waitTask(t, s, "pve1", upid)).To(Equal("OK"))
 			ok200("GET", "/nodes/pve1/tasks/"+url.PathEscape(upid.body["data"].(string))+"/log", nil)
-			for _, p := range []string{"/version", "/nodes", "/nodes/pve1/status", "/cluster/status", "/cluster/resources",
+			for _, p := range []string{"/version", "/nodes", "/nodes/pve1/status", "/cluster/status", "/cluster/resources", "/cluster/tasks",
 				"/cluster/nextid", "/access/permissions", "/nodes/pve1/storage", "/nodes/pve1/storage/local/status",
 				"/nodes/pve1/storage/local/content", "/nodes/pve1/storage/local/content/" + iso, "/nodes/pve1/qemu",
 				"/nodes/pve1/qemu/100/config", "/nodes/pve1/qemu/100/status/current"} {

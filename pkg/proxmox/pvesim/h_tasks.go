@@ -151,3 +151,68 @@ func splitTokenUser(u string) (string, string) {
 	}
 	return u, ""
 }
+
+// maxFinishedListed is PVE::RESTEnvironment active_workers' MAX_FINISHED: the active file,
+// which each node broadcasts, keeps its running tasks and as many of the most recent
+// finished ones as make 25 entries.
+const maxFinishedListed = 25
+
+// hClusterTasks is pve-manager's PVE::API2::Cluster tasks: PVE::Cluster::get_tasklist, the
+// task lists every online node broadcast (PVE::RESTEnvironment active_workers →
+// broadcast_tasklist, on every task start and reap): its running tasks (an unreaped one
+// among them) and its most recent finished ones up to maxFinishedListed entries. Token
+// tasks are split into user and tokenid, and then a caller without Sys.Audit on "/" sees
+// the tasks whose user is its own user id, which for a token (whose id names the token)
+// is none.
+func hClusterTasks(c *reqCtx) (any, *apiError) {
+	s := c.s
+	all := c.has("/", "Sys.Audit")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []map[string]any{}
+	for _, node := range s.nodeOrder {
+		if n := s.nodes[node]; n == nil || !n.online {
+			continue
+		}
+		var running, finished []*task
+		for _, t := range s.tasks {
+			if t.node != node {
+				continue
+			}
+			if t.running || t.unreaped {
+				running = append(running, t)
+			} else {
+				finished = append(finished, t)
+			}
+		}
+		sort.Slice(running, func(i, j int) bool { return running[i].pid < running[j].pid })
+		sort.Slice(finished, func(i, j int) bool {
+			if finished[i].starttime != finished[j].starttime {
+				return finished[i].starttime > finished[j].starttime
+			}
+			return finished[i].pid > finished[j].pid
+		})
+		if keep := max(maxFinishedListed-len(running), 0); len(finished) > keep {
+			finished = finished[:keep]
+		}
+		for _, t := range append(running, finished...) {
+			user, tokenid := splitTokenUser(t.user)
+			if !all && user != c.token {
+				continue
+			}
+			e := map[string]any{"upid": t.upid, "node": t.node, "starttime": t.starttime, "type": t.typ, "id": t.id, "user": user}
+			if tokenid != "" {
+				e["tokenid"] = tokenid
+			}
+			if t.running || t.unreaped {
+				e["pid"] = t.pid
+			} else {
+				e["status"] = t.exitstatus
+				e["endtime"] = t.endtime
+				e["saved"] = "1"
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}

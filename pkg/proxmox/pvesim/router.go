@@ -74,6 +74,7 @@ func (s *Server) handlers() map[string]handlerFunc {
 		"GET /nodes/{node}/tasks/{upid}/log":                         hTaskLog,
 		"DELETE /nodes/{node}/tasks/{upid}":                          hTaskStop,
 		"GET /nodes/{node}/tasks":                                    hTaskList,
+		"GET /cluster/tasks":                                         hClusterTasks,
 		"POST /nodes/{node}/qemu/{vmid}/migrate":                     hMigrate,
 		"GET /cluster/ha/resources":                                  hHAList,
 		"POST /cluster/ha/resources":                                 hHACreate,

@@ -13,6 +13,7 @@ var Served = []struct{ Method, Path string }{
 	{"GET", "/nodes/{node}/status"},
 	{"GET", "/cluster/status"},
 	{"GET", "/cluster/resources"},
+	{"GET", "/cluster/tasks"},
 	{"GET", "/cluster/nextid"},
 	{"GET", "/access/permissions"},
 	{"GET", "/nodes/{node}/storage"},
