@@ -19,7 +19,7 @@ type Privilege struct {
 
 // Privileges is every privilege the provider uses, granted on "/" (propagated).
 var Privileges = []Privilege{
-	{Name: "Sys.Audit", Why: "read nodes' free memory and CPUs (placement); /cluster/resources and /nodes omit them without it"},
+	{Name: "Sys.Audit", Why: "read nodes' free memory and CPUs (placement; /cluster/resources and /nodes omit them without it); see the token's tasks in /cluster/tasks"},
 	{Name: "Sys.AccessNetwork", Transfer: TransferDownload, Why: "make a node fetch the Talos image from the Image Factory (download-url)"},
 	// Datastore.Audit is not needed: every storage listing accepts Datastore.AllocateSpace
 	// instead.

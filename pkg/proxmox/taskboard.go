@@ -18,14 +18,14 @@ import (
 // ones with their exit status, so one read answers every task asked about at about the
 // same time, on any node. It is also cheap for Proxmox: pve-manager answers it from
 // pmxcfs's memory (PVE::Cluster::get_tasklist, the lists the nodes broadcast), where a
-// node's task list parses its task index files. The board batches the questions: while
-// other tasks are being followed (their last read found them running), or while the
-// cluster is busy (tasks of two other VMs were asked about within the last second, even if
-// each ended as soon as it was asked about), a question waits until the spacing after the
-// last read, and that read answers every task asked about meanwhile; otherwise it is read
-// at once. A machine alone waits no longer than with its own status read; in a burst the
-// list is read about once a second, whatever the number of tasks, and a task is seen ended
-// up to a second later.
+// node's task list parses its task index files. The board batches the questions: while the
+// cluster is busy (tasks of two other VMs were asked about within the last second), a
+// question waits until the spacing after the last read, and that read answers every task
+// asked about meanwhile; otherwise it is read at once (and questions asked while that read
+// is being sent share it). A machine alone, or machines coming one at a time, wait no
+// longer than with their own status reads, and a machine's pass never waits because
+// another machine's long task is followed; in a burst the list is read about once a
+// second, whatever the number of tasks, and a task is seen ended up to a second later.
 //
 // The list says less than a task's own status, in ways read in pve-common's
 // PVE::RESTEnvironment (active_workers, broadcast_tasklist) and pve-manager's
@@ -49,15 +49,13 @@ import (
 const (
 	// defaultTaskListSpacing is the least time between two task-list reads while busy.
 	defaultTaskListSpacing = time.Second
-	// A node is busy when tasks of busyOwners other VMs were asked about within
+	// The cluster is busy when tasks of busyOwners other VMs were asked about within
 	// busyWindow: one machine's own tasks, one after another, never make it busy, nor do
 	// machines that come one at a time.
 	busyOwners = 2
 	busyWindow = time.Second
 	// boardForget drops what the board remembers of a task asked about no more.
 	boardForget = time.Hour
-	// followingForget: a task not asked about for this long is no longer followed.
-	followingForget = time.Minute
 )
 
 // listTrustMin is the least time a "running" in the list is believed (a variable for
@@ -77,10 +75,6 @@ type taskList struct {
 	lastSent time.Time
 	// askedBy is when tasks of each VM were last asked about.
 	askedBy map[string]time.Time
-	// following are the tasks the last reads found running, and when they were last
-	// asked about: while other tasks than the asker's are followed, a read waits for the
-	// spacing and answers them all; a task followed alone is read at once.
-	following map[string]time.Time
 	next      *taskListRead
 }
 
@@ -115,24 +109,9 @@ func taskOwner(upid string) string {
 	return ""
 }
 
-// followedElsewhere reports whether tasks other than upid are being followed.
-func (n *taskList) followedElsewhere(upid string, now time.Time) bool {
-	for u, at := range n.following {
-		if now.Sub(at) > followingForget {
-			delete(n.following, u)
-			continue
-		}
-		if u != upid {
-			return true
-		}
-	}
-	return false
-}
-
 // taskListRead is one list read and the questions it answers.
 type taskListRead struct {
 	done   chan struct{}
-	asked  map[string]bool
 	states map[string]TaskState
 	err    error
 }
@@ -197,15 +176,14 @@ func (c *PVEClient) joinTaskList(ctx context.Context, upid string, spacing time.
 	busy := n.busy(taskOwner(upid), c.nowFn())
 	read := n.next
 	if read == nil {
-		read = &taskListRead{done: make(chan struct{}), asked: map[string]bool{}}
+		read = &taskListRead{done: make(chan struct{})}
 		n.next = read
 		var wait time.Duration
-		if now := c.nowFn(); busy || n.followedElsewhere(upid, now) {
-			wait = max(n.lastSent.Add(spacing).Sub(now), 0)
+		if busy {
+			wait = max(n.lastSent.Add(spacing).Sub(c.nowFn()), 0)
 		}
 		go c.sendTaskList(context.WithoutCancel(ctx), b, n, read, wait)
 	}
-	read.asked[upid] = true
 	b.mu.Unlock()
 	select {
 	case <-ctx.Done():
@@ -248,20 +226,7 @@ func (c *PVEClient) sendTaskList(ctx context.Context, b *taskBoard, n *taskList,
 		}
 		states[t.UPID] = t
 	}
-	b.mu.Lock()
 	read.states = states
-	if n.following == nil {
-		n.following = map[string]time.Time{}
-	}
-	now := c.nowFn()
-	for upid := range read.asked {
-		if st, ok := states[upid]; ok && st.Running {
-			n.following[upid] = now
-		} else {
-			delete(n.following, upid)
-		}
-	}
-	b.mu.Unlock()
 }
 
 // firstListedRunning is when the list first showed upid running, if it did.
