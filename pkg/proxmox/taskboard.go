@@ -75,7 +75,7 @@ type taskList struct {
 	lastSent time.Time
 	// askedBy is when tasks of each VM were last asked about.
 	askedBy map[string]time.Time
-	next      *taskListRead
+	next    *taskListRead
 }
 
 // busy records a question about a task of owner (a VMID; "" for tasks of no VM, such as
