@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/cluster-api/util/conditions"
 
 	infrav1 "github.com/proxmox-talos/cluster-api-provider-proxmox-talos/api/v1beta1"
+	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/pkg/proxmox/pvesim"
 )
 
 // TestRunningVMReadCheaply: a machine whose VM was seen running reads nothing from
@@ -192,4 +193,70 @@ func startedAgo(s *Scope, d time.Duration) {
 	c := conditions.Get(s.PTM, infrav1.VMRunningCondition)
 	c.LastTransitionTime = metav1.NewTime(time.Now().Add(-d))
 	conditions.Set(s.PTM, *c)
+}
+
+// TestCreateWaitsForANodeSlot: a node runs at most --proxmox-max-tasks-per-node of this
+// manager's creates. The next machine on it sends nothing, says why, and creates its VM
+// once a create there has been seen ending, instead of queueing on PVE's storage lock.
+func TestCreateWaitsForANodeSlot(t *testing.T) {
+	g := NewWithT(t)
+	// The creates within the limit wait for each other on the storage lock, as on PVE
+	// (the fast profile's lock timeout is zero).
+	e := newSimEnv(t, 50*time.Millisecond, func(c *pvesim.Config) { c.LockTimeout = pvesim.Duration(5 * time.Second) })
+	ctx := context.Background()
+	img := e.seedImage()
+	limit := e.pve.Limiter().Limits().MaxTasksPerNode
+	var scopes []*Scope
+	for i := 0; i <= limit; i++ {
+		s := e.scope("pve1", 4700+i)
+		s.PTM.UID = types.UID(fmt.Sprintf("slot-%d", i))
+		s.PTM.Name = fmt.Sprintf("slot-%d", i)
+		s.PTM.Spec.BootDisk.SizeGiB = 1
+		s.refreshSpec()
+		iso, err := BootISOName(s)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
+		g.Expect(err).NotTo(HaveOccurred())
+		s.imageVolID = img
+		e.r.fresh.Store(s.PTM.UID, 4700+i)
+		scopes = append(scopes, s)
+	}
+	const post = "POST /nodes/{node}/qemu"
+	for _, s := range scopes[:limit] {
+		out, err := e.r.createVM(ctx, s)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out.done).To(BeFalse())
+	}
+	g.Expect(e.sim.Calls(post)).To(Equal(limit))
+	last := scopes[limit]
+	out, err := e.r.createVM(ctx, last)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out.done).To(BeFalse())
+	g.Expect(e.sim.Calls(post)).To(Equal(limit), "no create sent beyond the limit")
+	c := conditionOf(last, infrav1.VMProvisionedCondition)
+	g.Expect(c.Reason).To(Equal(infrav1.InProgressReason))
+	g.Expect(c.Message).To(ContainSubstring("Waiting for one of the VM creates running on node pve1 to end"))
+
+	done := map[int]bool{}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(done) < len(scopes) && time.Now().Before(deadline) {
+		for i, s := range scopes {
+			if done[i] {
+				continue
+			}
+			out, err := e.r.createVM(ctx, s)
+			g.Expect(err).NotTo(HaveOccurred())
+			if out.done {
+				done[i] = true
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	g.Expect(done).To(HaveLen(len(scopes)), "every machine got its VM")
+	g.Expect(e.sim.Calls(post)).To(Equal(limit+1), "one create per machine")
+	for _, task := range e.sim.Tasks() {
+		if task.Type == "qmcreate" {
+			g.Expect(task.ExitStatus).To(Equal("OK"))
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
@@ -241,8 +242,18 @@ func (r *Reconciler) startCreate(ctx context.Context, s *Scope) (result, error) 
 	}
 	// Whatever the answer, a create may have reached Proxmox: from now on the next pass
 	// looks at the VMID before sending another.
-	r.fresh.Delete(s.PTM.UID)
+	fresh, _ := r.fresh.LoadAndDelete(s.PTM.UID)
 	upid, err := s.PVE.StartCreateVM(ctx, spec)
+	if errors.Is(err, proxmox.ErrNodeBusy) {
+		// Nothing was sent: the node runs as many of this manager's creates as allowed.
+		// Try again when one of them has likely ended.
+		if fresh != nil {
+			r.fresh.Store(s.PTM.UID, fresh)
+		}
+		r.setCondition(s, infrav1.VMProvisionedCondition, false, infrav1.InProgressReason,
+			fmt.Sprintf("Waiting for one of the VM creates running on node %s to end (--proxmox-max-tasks-per-node)", node))
+		return stop(ctrl.Result{RequeueAfter: max(s.PVE.TaskPollDelay(taskCreate), time.Second)})
+	}
 	if iso := s.PTM.Status.BootISO; err != nil && iso != "" && strings.Contains(err.Error(), "volume '"+iso+"' does not exist") {
 		// The boot ISO uploaded on an earlier pass is gone (deleted by hand, storage
 		// cleaned): the next pass uploads it again.

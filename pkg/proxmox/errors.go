@@ -58,6 +58,9 @@ var (
 	// (HTTP 595: the node is down or cut off from the cluster). It also
 	// matches ErrUnavailable.
 	ErrNodeOffline = errors.New("proxmox node offline")
+	// ErrNodeBusy: the node runs as many creates of this manager as
+	// --proxmox-max-tasks-per-node allows; nothing was sent, try again later.
+	ErrNodeBusy = errors.New("proxmox node busy")
 )
 
 // errNodeOfflineKind is the Kind of a 595 answer: offline, and unavailable.

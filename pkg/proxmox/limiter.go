@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -23,6 +24,10 @@ type Limiter struct {
 	mu    sync.Mutex
 	nodes map[string]chan struct{}
 	tasks map[string]chan struct{}
+	// creates are the VM creates started (StartCreateVM) and not yet seen ended, per
+	// node: their tasks outlive the request, so they are counted until a status read
+	// shows them ended (or their deadline passes: nobody followed them).
+	creates map[string]*nodeCreates
 
 	inFlight    atomic.Int64
 	maxInFlight atomic.Int64
@@ -35,8 +40,9 @@ func NewLimiter(l Limits) *Limiter {
 	lim := &Limiter{
 		limits: l,
 		global: make(chan struct{}, l.MaxInFlight),
-		nodes:  map[string]chan struct{}{},
-		tasks:  map[string]chan struct{}{},
+		nodes:   map[string]chan struct{}{},
+		tasks:   map[string]chan struct{}{},
+		creates: map[string]*nodeCreates{},
 	}
 	if l.QPS > 0 {
 		lim.rate = rate.NewLimiter(rate.Limit(l.QPS), l.Burst)
@@ -128,4 +134,58 @@ func (l *Limiter) acquire(ctx context.Context, node string) (func(), error) {
 			}
 		})
 	}, nil
+}
+
+// nodeCreates counts one node's creates: requests being sent, and tasks by UPID with the
+// time after which they no longer count.
+type nodeCreates struct {
+	sending int
+	running map[string]time.Time
+}
+
+// reserveCreate takes one of node's MaxTasksPerNode create slots for a create about to be
+// sent, unless they are all taken (false: the caller tries again later instead of
+// queueing its create on PVE's storage lock).
+func (l *Limiter) reserveCreate(node string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.creates[node]
+	if n == nil {
+		n = &nodeCreates{running: map[string]time.Time{}}
+		l.creates[node] = n
+	}
+	for upid, until := range n.running {
+		if now.After(until) {
+			delete(n.running, upid)
+		}
+	}
+	if n.sending+len(n.running) >= l.limits.MaxTasksPerNode {
+		return false
+	}
+	n.sending++
+	return true
+}
+
+// createSent turns a reservation into a running create (upid "" when the request failed:
+// the slot is free again); it counts until createEnded or until.
+func (l *Limiter) createSent(node, upid string, until time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.creates[node]
+	if n == nil || n.sending == 0 {
+		return
+	}
+	n.sending--
+	if upid != "" {
+		n.running[upid] = until
+	}
+}
+
+// createEnded frees the slot of create task upid, if it holds one.
+func (l *Limiter) createEnded(upid string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.creates {
+		delete(n.running, upid)
+	}
 }

@@ -122,3 +122,40 @@ func TestTaskListDoesNotDelayAMachineAlone(t *testing.T) {
 	t.Logf("five tasks of one VM in %s, %d task reads", took, taskReads(env.sim))
 	g.Expect(took).To(BeNumerically("<", defaultTaskListSpacing/2), "no task waited for the spacing")
 }
+
+// TestCreatesBoundedPerNode: StartCreateVM starts at most MaxTasksPerNode creates per
+// node; the next answers ErrNodeBusy without a request (more would only queue on PVE's
+// storage lock), and a slot frees once a status read shows a create ended.
+func TestCreatesBoundedPerNode(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{Nodes: []pvesim.NodeConfig{{Name: "pve1", Memory: 1 << 40, CPUs: 256}, {Name: "pve2", Memory: 1 << 40, CPUs: 256}},
+		TaskDuration: pvesim.Duration(300 * time.Millisecond)},
+		func(c *Config) { c.Limits = Limits{MaxInFlight: 8, MaxInFlightPerNode: 4, QPS: -1, MaxTasksPerNode: 2} })
+	ctx := context.Background()
+	for _, node := range []string{"pve1", "pve2"} {
+		g.Expect(env.sim.AddVolume("local", node, "import", talosImage, fakeQCOW2(1<<20))).Error().NotTo(HaveOccurred())
+	}
+	start := func(node string, vmid int) (string, error) {
+		spec := simSpec(node, fmt.Sprintf("c-%d", vmid), "local:import/"+talosImage)
+		spec.VMID = vmid
+		return env.client.StartCreateVM(ctx, spec)
+	}
+	first, err := start("pve1", 100)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = start("pve1", 101)
+	g.Expect(err).NotTo(HaveOccurred())
+	posts := env.sim.Calls("POST /nodes/{node}/qemu")
+	_, err = start("pve1", 102)
+	g.Expect(err).To(MatchError(ErrNodeBusy))
+	g.Expect(err.Error()).To(ContainSubstring("2 creates of this manager are running there"))
+	g.Expect(env.sim.Calls("POST /nodes/{node}/qemu")).To(Equal(posts), "nothing sent")
+	_, err = start("pve2", 200)
+	g.Expect(err).NotTo(HaveOccurred(), "another node has its own slots")
+
+	g.Eventually(func() bool {
+		st, err := env.client.TaskStatus(ctx, first)
+		return err == nil && !st.Running
+	}, 5*time.Second, 50*time.Millisecond).Should(BeTrue())
+	_, err = start("pve1", 102)
+	g.Expect(err).NotTo(HaveOccurred(), "the ended create freed its slot")
+}

@@ -78,6 +78,9 @@ func (c *PVEClient) TaskStatus(ctx context.Context, upid string) (TaskState, err
 	err := c.run(ctx, "TaskStatus", func(ctx context.Context) error {
 		var err error
 		out, err = c.taskState(ctx, upid)
+		if (err == nil && !out.Running) || errors.Is(err, ErrNotFound) {
+			c.limiter.createEnded(upid)
+		}
 		return err
 	})
 	return out, err
@@ -181,10 +184,17 @@ func (c *PVEClient) StartCreateVM(ctx context.Context, spec VMSpec) (string, err
 	}
 	var upid string
 	err := c.run(ctx, "StartCreateVM", func(ctx context.Context) error {
+		// At most MaxTasksPerNode creates per node: more only queue on PVE's storage
+		// lock, and those that wait past its timeout fail ("can't lock file").
+		if !c.limiter.reserveCreate(spec.Node, c.nowFn()) {
+			return fmt.Errorf("create VM %d (%s) on %s: %d creates of this manager are running there: %w",
+				spec.VMID, spec.Name, spec.Node, c.limiter.Limits().MaxTasksPerNode, ErrNodeBusy)
+		}
 		// Never idempotent at the HTTP level: a retried POST after a lost answer
 		// would find the VMID taken by its own first attempt. The caller decides
 		// from the VM's config and the node's tasks what happened.
 		err := c.do(ctx, http.MethodPost, "/nodes/"+url.PathEscape(spec.Node)+"/qemu", nil, spec.Params(), &upid)
+		c.limiter.createSent(spec.Node, upid, c.nowFn().Add(c.cfg.TaskTimeout))
 		if err != nil {
 			if errors.Is(err, ErrAlreadyExists) {
 				c.markVMIDTaken(spec.VMID)
