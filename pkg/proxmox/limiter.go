@@ -38,8 +38,8 @@ type Limiter struct {
 func NewLimiter(l Limits) *Limiter {
 	l = l.withDefaults()
 	lim := &Limiter{
-		limits: l,
-		global: make(chan struct{}, l.MaxInFlight),
+		limits:  l,
+		global:  make(chan struct{}, l.MaxInFlight),
 		nodes:   map[string]chan struct{}{},
 		tasks:   map[string]chan struct{}{},
 		creates: map[string]*nodeCreates{},
