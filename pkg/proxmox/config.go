@@ -43,9 +43,9 @@ type Config struct {
 	// polls. Defaults 250ms and 3s.
 	TaskPollInitial time.Duration
 	TaskPollMax     time.Duration
-	// TaskListSpacing is the least time between two reads of one node's task list, which
-	// answer the status of every task asked about on the node meanwhile (taskboard.go).
-	// Default 200ms; negative reads each task's own status instead.
+	// TaskListSpacing is the least time between two reads of the cluster's task list
+	// while many VMs' tasks are followed; a read answers every task asked about meanwhile
+	// (taskboard.go). Default 1s; negative reads each task's own status instead.
 	TaskListSpacing time.Duration
 
 	// Limits bound the load this client puts on the API. Ignored when

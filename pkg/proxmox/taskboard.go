@@ -41,7 +41,7 @@ import (
 //     it): the list compares the task's user, without the token name, to the caller's id.
 //
 // So an ended state in the list is final, and a task missing from it is read by its own
-// status; "running" is believed for listTrust after the list first said so (at least
+// status; "running" is believed for listTrustMin after the list first said so (at least
 // twice the learned first poll of its type: most tasks end well within it), then the
 // task's own status is read on each poll. A stuck list costs one extra read per poll of a
 // long task, never a wrong answer.
