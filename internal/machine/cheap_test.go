@@ -114,17 +114,7 @@ func TestCreateTaskTeachesFirstPoll(t *testing.T) {
 	initial := e.pve.TaskPollDelay(taskCreate)
 
 	create := func(i int) int {
-		s := e.scope("pve1", 4800+i)
-		s.PTM.UID = types.UID(fmt.Sprintf("uid-%d", i))
-		s.PTM.Name = fmt.Sprintf("w-%d", i)
-		s.PTM.Spec.BootDisk.SizeGiB = 1
-		s.refreshSpec()
-		iso, err := BootISOName(s)
-		g.Expect(err).NotTo(HaveOccurred())
-		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
-		g.Expect(err).NotTo(HaveOccurred())
-		s.imageVolID = img
-		e.r.fresh.Store(s.PTM.UID, 4800+i)
+		s := e.readyToCreate(fmt.Sprintf("w-%d", i), 4800+i, img)
 		before := polls()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -208,18 +198,7 @@ func TestCreateWaitsForANodeSlot(t *testing.T) {
 	limit := e.pve.Limiter().Limits().MaxTasksPerNode
 	var scopes []*Scope
 	for i := 0; i <= limit; i++ {
-		s := e.scope("pve1", 4700+i)
-		s.PTM.UID = types.UID(fmt.Sprintf("slot-%d", i))
-		s.PTM.Name = fmt.Sprintf("slot-%d", i)
-		s.PTM.Spec.BootDisk.SizeGiB = 1
-		s.refreshSpec()
-		iso, err := BootISOName(s)
-		g.Expect(err).NotTo(HaveOccurred())
-		_, err = e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso"))
-		g.Expect(err).NotTo(HaveOccurred())
-		s.imageVolID = img
-		e.r.fresh.Store(s.PTM.UID, 4700+i)
-		scopes = append(scopes, s)
+		scopes = append(scopes, e.readyToCreate(fmt.Sprintf("slot-%d", i), 4700+i, img))
 	}
 	const post = "POST /nodes/{node}/qemu"
 	for _, s := range scopes[:limit] {
@@ -259,4 +238,25 @@ func TestCreateWaitsForANodeSlot(t *testing.T) {
 			g.Expect(task.ExitStatus).To(Equal("OK"))
 		}
 	}
+}
+
+// readyToCreate is a machine on pve1 with its VMID freshly allocated, its boot ISO in
+// storage and image img: its next createVM pass sends the create.
+func (e *simEnv) readyToCreate(name string, vmid int, img string) *Scope {
+	e.t.Helper()
+	s := e.scope("pve1", vmid)
+	s.PTM.UID = types.UID("uid-" + name)
+	s.PTM.Name = name
+	s.PTM.Spec.BootDisk.SizeGiB = 1
+	s.refreshSpec()
+	iso, err := BootISOName(s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.sim.AddVolume("local", "pve1", "iso", iso, []byte("iso")); err != nil {
+		e.t.Fatal(err)
+	}
+	s.imageVolID = img
+	e.r.fresh.Store(s.PTM.UID, vmid)
+	return s
 }

@@ -2,6 +2,7 @@ package proxmox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -119,8 +120,17 @@ type taskListRead struct {
 }
 
 // taskState is the state of task upid: from the cluster's task list where that is
-// conclusive, else from the task's own status.
+// conclusive, else from the task's own status. A task seen ended (or unknown to PVE) no
+// longer holds a create slot.
 func (c *PVEClient) taskState(ctx context.Context, upid string) (TaskState, error) {
+	st, err := c.readTaskState(ctx, upid)
+	if (err == nil && !st.Running) || errors.Is(err, ErrNotFound) {
+		c.limiter.createEnded(upid)
+	}
+	return st, err
+}
+
+func (c *PVEClient) readTaskState(ctx context.Context, upid string) (TaskState, error) {
 	node, typ := upidParts(upid)
 	if node == "" {
 		return TaskState{}, fmt.Errorf("%w: %q is not a PVE task id (UPID:node:...)", ErrInvalidConfig, upid)

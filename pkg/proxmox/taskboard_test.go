@@ -159,3 +159,16 @@ func TestCreatesBoundedPerNode(t *testing.T) {
 	_, err = start("pve1", 102)
 	g.Expect(err).NotTo(HaveOccurred(), "the ended create freed its slot")
 }
+
+// TestTaskListFailureFallsBackToOwnStatus: when the cluster's task list cannot be read
+// (here every read answers 500), each task is read by its own status and waits still end.
+func TestTaskListFailureFallsBackToOwnStatus(t *testing.T) {
+	g := NewWithT(t)
+	env := startSim(t, pvesim.Config{Nodes: []pvesim.NodeConfig{{Name: "pve1"}}, TaskDuration: pvesim.Duration(20 * time.Millisecond)},
+		func(c *Config) { c.Retry = RetryPolicy{MaxAttempts: 1} })
+	env.sim.AddFault(pvesim.Fault{Method: "GET", Path: "/cluster/tasks", ErrorRate: 1})
+	_, err := env.client.UploadISO(context.Background(), "pve1", "local", "fallback.iso", make([]byte, 2048))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(env.sim.Calls("GET /cluster/tasks")).To(BeNumerically(">=", 1), "the list was tried")
+	g.Expect(env.sim.Calls("GET /nodes/{node}/tasks/{upid}/status")).To(BeNumerically(">=", 1), "then the task itself")
+}

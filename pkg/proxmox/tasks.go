@@ -78,9 +78,6 @@ func (c *PVEClient) TaskStatus(ctx context.Context, upid string) (TaskState, err
 	err := c.run(ctx, "TaskStatus", func(ctx context.Context) error {
 		var err error
 		out, err = c.taskState(ctx, upid)
-		if (err == nil && !out.Running) || errors.Is(err, ErrNotFound) {
-			c.limiter.createEnded(upid)
-		}
 		return err
 	})
 	return out, err

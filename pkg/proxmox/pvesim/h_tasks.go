@@ -60,17 +60,7 @@ func hTaskList(c *reqCtx) (any, *apiError) {
 	since, until := int64(c.intParam("since")), int64(c.intParam("until"))
 
 	s.mu.Lock()
-	var active, archive []*task
-	for _, t := range s.tasks {
-		if t.node != node {
-			continue
-		}
-		if t.running || t.unreaped {
-			active = append(active, t)
-		} else {
-			archive = append(archive, t)
-		}
-	}
+	active, archive := s.tasksOn(node)
 	// The active file lists tasks in start order; the index is read
 	// backwards, newest end first.
 	sort.Slice(active, func(i, j int) bool { return active[i].pid < active[j].pid })
@@ -174,17 +164,7 @@ func hClusterTasks(c *reqCtx) (any, *apiError) {
 		if n := s.nodes[node]; n == nil || !n.online {
 			continue
 		}
-		var running, finished []*task
-		for _, t := range s.tasks {
-			if t.node != node {
-				continue
-			}
-			if t.running || t.unreaped {
-				running = append(running, t)
-			} else {
-				finished = append(finished, t)
-			}
-		}
+		running, finished := s.tasksOn(node)
 		sort.Slice(running, func(i, j int) bool { return running[i].pid < running[j].pid })
 		sort.Slice(finished, func(i, j int) bool {
 			if finished[i].starttime != finished[j].starttime {
@@ -215,4 +195,20 @@ func hClusterTasks(c *reqCtx) (any, *apiError) {
 		}
 	}
 	return out, nil
+}
+
+// tasksOn splits node's tasks as its task files do: active (running, or ended but not yet
+// reaped) and finished. Callers hold s.mu.
+func (s *Server) tasksOn(node string) (active, finished []*task) {
+	for _, t := range s.tasks {
+		if t.node != node {
+			continue
+		}
+		if t.running || t.unreaped {
+			active = append(active, t)
+		} else {
+			finished = append(finished, t)
+		}
+	}
+	return active, finished
 }
