@@ -240,6 +240,50 @@ func TestCreateWaitsForANodeSlot(t *testing.T) {
 	}
 }
 
+// A machine whose create failed (PVE removes the failed create's config) looks at its VMID
+// once; while it then waits for a create slot it does not look again on every pass.
+func TestWaitForASlotAfterAFailedCreateLooksOnce(t *testing.T) {
+	g := NewWithT(t)
+	e := newSimEnv(t, 200*time.Millisecond, func(c *pvesim.Config) { c.LockTimeout = pvesim.Duration(5 * time.Second) })
+	ctx := context.Background()
+	img := e.seedImage()
+	limit := e.pve.Limiter().Limits().MaxTasksPerNode
+	var busy []*Scope
+	for i := range limit {
+		s := e.readyToCreate(fmt.Sprintf("busy-%d", i), 4800+i, img)
+		out, err := e.r.createVM(ctx, s)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out.done).To(BeFalse())
+		busy = append(busy, s)
+	}
+	// After a failed create the VMID is no longer known to be empty.
+	failed := e.readyToCreate("failed", 4810, img)
+	e.r.fresh.Delete(failed.PTM.UID)
+	const config, post = "GET /nodes/{node}/qemu/{vmid}/config", "POST /nodes/{node}/qemu"
+	posts := e.sim.Calls(post)
+	for range 3 {
+		out, err := e.r.createVM(ctx, failed)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out.done).To(BeFalse())
+		g.Expect(conditionOf(failed, infrav1.VMProvisionedCondition).Message).To(ContainSubstring("Waiting for one of the VM creates"))
+	}
+	g.Expect(e.sim.Calls(config)).To(Equal(1), "one look at the VMID, not one per waiting pass")
+	g.Expect(e.sim.Calls(post)).To(Equal(posts), "no create sent beyond the limit")
+
+	// Once a slot frees (a pass following a create sees it end), the create is sent
+	// without another look.
+	g.Eventually(func(g Gomega) {
+		for _, s := range busy {
+			_, err := e.r.createVM(ctx, s)
+			g.Expect(err).NotTo(HaveOccurred())
+		}
+		_, err := e.r.createVM(ctx, failed)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(e.sim.Calls(post)).To(Equal(posts + 1))
+	}).WithTimeout(10 * time.Second).WithPolling(50 * time.Millisecond).Should(Succeed())
+	g.Expect(e.sim.Calls(config)).To(Equal(1))
+}
+
 // readyToCreate is a machine on pve1 with its VMID freshly allocated, its boot ISO in
 // storage and image img: its next createVM pass sends the create.
 func (e *simEnv) readyToCreate(name string, vmid int, img string) *Scope {

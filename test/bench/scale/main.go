@@ -159,10 +159,14 @@ func printTable(w io.Writer, rep *Report) {
 	} else {
 		fmt.Fprintf(w, "### Scale phase (bootstrap data released %s)\n\n", rep.Release)
 	}
-	fmt.Fprintf(w, "| platform | machines | clusters | calls/VM create | calls/machine/hour steady | overhead p50 / p99 / max (s) | to Running p50 / p99 / max (s) |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| platform | machines | clusters | calls/VM create | image | calls/machine/hour steady | overhead p50 / p99 / max (s) | to Running p50 / p99 / max (s) |\n|---|---|---|---|---|---|---|---|\n")
 	for _, p := range rep.Platforms {
-		fmt.Fprintf(w, "| %s | %d | %d | %.1f | %.1f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f |\n", p.Platform, p.Machines, p.Clusters,
-			p.CreateCallsPerVM, p.SteadyCallsPerMachineHour, p.Overhead.P50, p.Overhead.P99, p.Overhead.Max,
+		image := "cached"
+		if !p.ImageCached {
+			image = "downloaded in the phase"
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %.2f | %s | %.1f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f |\n", p.Platform, p.Machines, p.Clusters,
+			p.CreateCallsPerVM, image, p.SteadyCallsPerMachineHour, p.Overhead.P50, p.Overhead.P99, p.Overhead.Max,
 			p.ToRunning.P50, p.ToRunning.P99, p.ToRunning.Max)
 	}
 	for _, p := range rep.Platforms {

@@ -16,6 +16,10 @@ import (
 	"github.com/proxmox-talos/cluster-api-provider-proxmox-talos/test/bench/harness"
 )
 
+// imageDownloadEndpoint is how the harness's Proxmox gets Talos images (the provider's
+// default transfer: Proxmox downloads from the Image Factory).
+const imageDownloadEndpoint = "POST /nodes/{node}/storage/{storage}/download-url"
+
 // MinimumSequence is the least a VM create needs with a cached image: the create and a
 // read of its task, the boot ISO upload, the start and a read of its task. A task is read
 // by the cluster's task list (one read answers every task followed at the time) or, when
@@ -85,6 +89,11 @@ type PlatformStats struct {
 	// divided by the machines (every image download included).
 	CreateCallsPerVM      float64            `json:"createCallsPerVM"`
 	CreateCallsByEndpoint map[string]float64 `json:"createCallsByEndpointPerVM"`
+	// ImageCached: no image was transferred to Proxmox during the phase (the probes left
+	// the shared nocloud image in storage), so the create figure is the issue's "image
+	// cached" one; false when the phase's figure includes image downloads (-probe=false,
+	// or metal, whose image is per machine).
+	ImageCached bool `json:"imageCached"`
 	// SteadyCallsPerMachineHour: calls in the steady window, per machine, scaled to an hour.
 	SteadyCallsPerMachineHour float64            `json:"steadyCallsPerMachineHour"`
 	SteadyByEndpoint          map[string]float64 `json:"steadyByEndpointPerMachineHour"`
@@ -346,6 +355,7 @@ func run(ctx context.Context, o harness.Options) (*Report, error) {
 		for k, v := range created {
 			ps.CreateCallsByEndpoint[k] = float64(v) / float64(ps.Machines)
 		}
+		ps.ImageCached = created[imageDownloadEndpoint] == 0
 		ps.CreateCallsPerVM = float64(harness.Total(created)) / float64(ps.Machines)
 		steady := harness.DiffCalls(afterSteady.PVE[p], afterCreate.PVE[p])
 		for k, v := range steady {

@@ -55,6 +55,9 @@ func TestBenchScaleSmall(t *testing.T) {
 		g.Expect(p.Clusters).To(Equal(1), p.Platform)
 		g.Expect(p.CreateCallsByEndpoint).To(HaveKey("POST /nodes/{node}/qemu"), "the Counters saw the creates")
 		g.Expect(p.CreateCallsByEndpoint["POST /nodes/{node}/qemu"]).To(BeNumerically(">=", 1.0), "at least one create per VM")
+		// The probes left the shared nocloud image in storage: that platform's figure is
+		// the "image cached" one. A metal image is per machine.
+		g.Expect(p.ImageCached).To(Equal(p.Platform == "nocloud"), "%s: image cached in the scale phase", p.Platform)
 	}
 	// Probes: one create each, never fewer calls than the minimum sequence.
 	g.Expect(rep.Probes).To(HaveLen(4))
