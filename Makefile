@@ -99,7 +99,7 @@ bench-scale: ## Run the scale benchmark: make bench-scale N=100 C=20 PROFILE=fas
 		-n $(N) -c $(C) -profile $(PROFILE) -window $(WINDOW) -sync-period $(SYNC_PERIOD) -out $(OUT_DIR)/bench $(BENCH_ARGS)
 
 .PHONY: bench-scale-ci
-bench-scale-ci: ## CI: the scale benchmark at small N and the scale-out tests (leader failover, watch-filter shards); no timed assertions.
+bench-scale-ci: ## CI: the scale benchmark at small N and the scale-out tests (leader failover, watch-filter and namespace shards); no timed assertions.
 	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/envtest-assets.sh)}" go test -count=1 -timeout 20m ./test/bench/scale/
 
 # Chaos (docs/reliability.md): MACHINES over CLUSTERS created, scaled, upgraded and deleted

@@ -1,6 +1,7 @@
 package proxmox
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -231,6 +232,13 @@ func (c *Config) apiBase() (string, error) {
 	}
 	u.Path = p + apiSuffix
 	return u.String(), nil
+}
+
+// transportKey identifies the TLS setting: clients of one API whose keys are equal can
+// share connections (they trust the same certificates).
+func (c *Config) transportKey() string {
+	sum := sha256.Sum256(c.CABundle)
+	return fmt.Sprintf("insecure=%t ca=%x", c.InsecureSkipVerify, sum)
 }
 
 func (c *Config) tlsConfig() *tls.Config {

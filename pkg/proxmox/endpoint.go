@@ -2,6 +2,7 @@ package proxmox
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -23,7 +24,10 @@ import (
 //     image do not each list the storage's content on every pass;
 //   - when tasks of each type are best polled first (tasktiming.go), learned from every
 //     client's polls;
-//   - the node task lists that answer many clients' task questions at once (taskboard.go).
+//   - the node task lists that answer many clients' task questions at once (taskboard.go);
+//   - the connections: one pool per TLS setting (transports), so 200 clusters on one
+//     Proxmox keep at most the limiter's in-flight count of idle connections to its
+//     pveproxy instead of that many each (tokens are per request, not per connection).
 //
 // Correctness never depends on it: another tool may still take a VMID (the create then
 // fails with ErrAlreadyExists and the caller allocates again), and a restarted process
@@ -37,6 +41,24 @@ type Endpoint struct {
 	fetch  singleflight.Group
 	tasks  taskTimings
 	board  taskBoard
+	// transports are the connection pools, by TLS setting (transportKey).
+	transports map[string]*http.Transport
+}
+
+// transport returns the connection pool of the clients whose TLS setting is key, built
+// by build for the first of them.
+func (e *Endpoint) transport(key string, build func() *http.Transport) *http.Transport {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if t, ok := e.transports[key]; ok {
+		return t
+	}
+	if e.transports == nil {
+		e.transports = map[string]*http.Transport{}
+	}
+	t := build()
+	e.transports[key] = t
+	return t
 }
 
 type readSnapshot struct {

@@ -2,6 +2,10 @@ package proxmox
 
 import (
 	"context"
+	"encoding/pem"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -74,4 +78,65 @@ func TestEndpointSharedAcrossClients(t *testing.T) {
 	_, err = c.ClusterVMs(ctx, time.Minute)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(env.sim.Stats().Calls["GET /cluster/resources"] - after["GET /cluster/resources"]).To(Equal(1))
+}
+
+// TestClientsOfOneEndpointShareConnections: the manager builds a client per cluster; those
+// of one Proxmox API with the same TLS setting share one connection pool, so requests of
+// many clients one after the other reuse one connection to pveproxy. A client that trusts
+// other certificates (or none) has a pool of its own, as has a client without an Endpoint.
+func TestClientsOfOneEndpointShareConnections(t *testing.T) {
+	g := NewWithT(t)
+	var mu sync.Mutex
+	conns := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"data":{"version":"9.1.2","release":"9.1","repoid":"x"}}`))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	newConns := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := conns
+		conns = 0
+		return n
+	}
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	var eps Endpoints
+	cfg := func(shared bool, tune func(*Config)) Config {
+		c := Config{URL: srv.URL, TokenID: "capi@pve!t", TokenSecret: "00000000-0000-0000-0000-000000000000", CABundle: ca}
+		if shared {
+			c.Endpoint = eps.For(c.URL, 0)
+		}
+		if tune != nil {
+			tune(&c)
+		}
+		return c
+	}
+	ask := func(c Config) {
+		cl, err := New(c)
+		g.Expect(err).NotTo(HaveOccurred())
+		var out map[string]any
+		g.Expect(cl.do(context.Background(), http.MethodGet, "/version", nil, nil, &out)).To(Succeed())
+	}
+
+	for range 10 {
+		ask(cfg(true, nil))
+	}
+	g.Expect(newConns()).To(Equal(1), "ten clients of one endpoint, one connection")
+
+	ask(cfg(true, func(c *Config) { c.CABundle, c.InsecureSkipVerify = nil, true }))
+	g.Expect(newConns()).To(Equal(1), "another TLS setting, another pool")
+
+	for range 3 {
+		ask(cfg(false, nil))
+	}
+	g.Expect(newConns()).To(Equal(3), "clients without an endpoint keep their own pools")
 }

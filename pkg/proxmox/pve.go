@@ -56,20 +56,25 @@ func New(cfg Config) (*PVEClient, error) {
 	if lim == nil {
 		lim = NewLimiter(c.Limits)
 	}
-	baseTransport := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		TLSClientConfig:     c.tlsConfig(),
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConns:        64,
-		// Keep as many idle connections as requests may be in flight so
-		// the limiter, not connection setup, shapes the load.
-		MaxIdleConnsPerHost: lim.Limits().MaxInFlight,
-		IdleConnTimeout:     90 * time.Second,
-	}
+	// The clients of one API with the same TLS setting share their connections
+	// (the Endpoint's pool): a manager with many clusters on one Proxmox keeps one
+	// pool to it, not one per cluster.
+	baseTransport := ep.transport(c.transportKey(), func() *http.Transport {
+		return &http.Transport{
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{
+				Timeout:   10 * time.Second,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			TLSClientConfig:     c.tlsConfig(),
+			TLSHandshakeTimeout: 10 * time.Second,
+			MaxIdleConns:        64,
+			// Keep as many idle connections as requests may be in flight so
+			// the limiter, not connection setup, shapes the load.
+			MaxIdleConnsPerHost: lim.Limits().MaxInFlight,
+			IdleConnTimeout:     90 * time.Second,
+		}
+	})
 	tr := &transport{
 		base:           baseTransport,
 		limiter:        lim,

@@ -148,3 +148,52 @@ func TestWatchFilterShards(t *testing.T) {
 	g.Expect(h.Teardown(ctx, []string{"sa", "sb"})).To(Succeed())
 	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
 }
+
+// TestNamespaceShards runs two managers restricted to namespaces (--namespace): the one for
+// the harness's namespace converges its machine; with it stopped, a new machine there is
+// left untouched (no finalizer, no step) by the manager of the other namespace, whose caches
+// do not even see it. The first manager then comes back and finishes it.
+func TestNamespaceShards(t *testing.T) {
+	testenv.RequireAssets(t)
+	ctrllog.SetLogger(logr.Discard())
+	g := NewWithT(t)
+	ctx := context.Background()
+	h := &harness.Harness{O: harness.Options{
+		C: 1, Profile: pvesim.ProfileFast, Replicas: 2,
+		ReplicaArgs: [][]string{{"--namespace=" + harness.Namespace}, {"--namespace=another-team"}},
+		Platforms:   []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
+		NodeBoot:    -1,
+		SyncPeriod:  time.Minute,
+		Timeout:     5 * time.Minute,
+		Out:         t.TempDir(),
+		Logf:        t.Logf,
+	}}
+	defer h.Stop()
+	g.Expect(h.Start(ctx)).To(Succeed())
+
+	g.Expect(h.CreateCluster(ctx, "ns", 0, infrav1.TalosPlatformNoCloud)).To(Succeed())
+	g.Expect(h.MarkInfrastructureProvisioned(ctx, []string{"ns"})).To(Succeed(), "the namespace's manager reconciles its cluster")
+	newMachine := func(name string) {
+		g.Expect(h.CreateMachine(ctx, &harness.MachineRecord{Name: name, Cluster: "ns", Platform: infrav1.TalosPlatformNoCloud}, true)).To(Succeed())
+	}
+	newMachine("ns-m0")
+	g.Expect(h.WaitMachines(ctx, []string{"ns-m0"}, "Running", harness.Running)).To(Succeed())
+
+	// The namespace's manager goes away: the other namespace's manager must not take over.
+	h.Mgrs[0].Stop(false)
+	newMachine("ns-m1")
+	g.Consistently(func(g Gomega) {
+		var m infrav1.ProxmoxTalosMachine
+		g.Expect(h.K8s.Get(ctx, client.ObjectKey{Namespace: harness.Namespace, Name: "ns-m1"}, &m)).To(Succeed())
+		g.Expect(m.Finalizers).To(BeEmpty(), "the manager of another namespace touched this machine")
+		g.Expect(m.Status.Step).To(BeEmpty())
+	}, 5*time.Second, 250*time.Millisecond).Should(Succeed())
+
+	g.Expect(h.Mgrs[0].Start()).To(Succeed())
+	g.Expect(h.WaitMachines(ctx, []string{"ns-m1"}, "Running", harness.Running)).To(Succeed(), "the namespace's manager finishes its machine")
+	names := []string{"ns-m0", "ns-m1"}
+	clusterOf := map[string]string{"ns-m0": "ns", "ns-m1": "ns"}
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty())
+	g.Expect(h.Teardown(ctx, []string{"ns"})).To(Succeed())
+	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
+}
