@@ -282,12 +282,15 @@ func (g *ImageGC) reader(fallback client.Reader) client.Reader {
 // resolved=false means some machine's image could not be determined (its cluster is not
 // found, or its schematic is invalid): nothing may be deleted then.
 func imagesInUse(ctx context.Context, c client.Reader, spec infrav1.ProxmoxTalosClusterSpec) (map[string]bool, bool, error) {
+	// Read-only: every cluster's pass lists every machine, so copies of the cached objects
+	// would cost clusters × machines copies per resync (and each pass holds its list while
+	// it runs); what is defaulted below is copied first.
 	var clusters infrav1.ProxmoxTalosClusterList
-	if err := c.List(ctx, &clusters); err != nil {
+	if err := c.List(ctx, &clusters, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, false, fmt.Errorf("listing ProxmoxTalosClusters: %w", err)
 	}
 	var machines infrav1.ProxmoxTalosMachineList
-	if err := c.List(ctx, &machines); err != nil {
+	if err := c.List(ctx, &machines, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, false, fmt.Errorf("listing ProxmoxTalosMachines: %w", err)
 	}
 	key := storageKey(spec)

@@ -3,8 +3,11 @@ package imagefactory
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/siderolabs/image-factory/pkg/schematic"
 )
@@ -132,13 +135,104 @@ func CanonicalYAML(s *Schematic) ([]byte, error) {
 // the factory returns from POST /schematics, which lets the controller name and look up images in
 // Proxmox storage before (or without) talking to the factory. The schematic must still be POSTed
 // before downloading: the factory serves only schematics it has stored.
+//
+// IDs are remembered per content: the controllers ask on every pass of every machine (and
+// the image collector for every machine of every cluster), and each computation marshals
+// YAML; at 1000 machines that was a fifth of the manager's allocations.
 func SchematicID(s *Schematic) (string, error) {
+	key, ok := idKey(s)
+	if ok {
+		if id, found := schematicIDs.get(key); found {
+			return id, nil
+		}
+	}
+
 	id, err := s.ID()
 	if err != nil {
 		return "", fmt.Errorf("schematic ID: %w", err)
 	}
 
+	if ok {
+		schematicIDs.put(key, id)
+	}
+
 	return id, nil
+}
+
+// idKey is an exact, unambiguous encoding of the parts of s this package sets (extensions,
+// kernel arguments, META values). A schematic with anything else set (an overlay, an
+// owner, other customization) gets no key and its ID is always computed.
+func idKey(s *Schematic) (string, bool) {
+	rest := *s
+	rest.Customization.SystemExtensions.OfficialExtensions = nil
+	rest.Customization.ExtraKernelArgs = nil
+	rest.Customization.Meta = nil
+
+	if !reflect.DeepEqual(rest, Schematic{}) {
+		return "", false
+	}
+
+	var b strings.Builder
+
+	field := func(v string) {
+		b.WriteString(strconv.Itoa(len(v)))
+		b.WriteByte(':')
+		b.WriteString(v)
+	}
+	list := func(vs []string) {
+		b.WriteString(strconv.Itoa(len(vs)))
+		b.WriteByte('[')
+
+		for _, v := range vs {
+			field(v)
+		}
+	}
+
+	list(s.Customization.SystemExtensions.OfficialExtensions)
+	list(s.Customization.ExtraKernelArgs)
+	b.WriteString(strconv.Itoa(len(s.Customization.Meta)))
+	b.WriteByte('[')
+
+	for _, m := range s.Customization.Meta {
+		b.WriteString(strconv.Itoa(int(m.Key)))
+		b.WriteByte('=')
+		field(m.Value)
+	}
+
+	return b.String(), true
+}
+
+// maxRememberedIDs bounds the memory of schematicIDs: a manager sees one schematic per
+// (extensions, kernel arguments) shared image and one per metal machine.
+const maxRememberedIDs = 4096
+
+// schematicIDs remembers computed IDs; when full it starts over (a recomputation is only
+// a cost, never a different answer).
+var schematicIDs = &idMemo{ids: map[string]string{}}
+
+type idMemo struct {
+	mu  sync.Mutex
+	ids map[string]string
+}
+
+func (m *idMemo) get(key string) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	id, ok := m.ids[key]
+
+	return id, ok
+}
+
+func (m *idMemo) put(key, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	if len(m.ids) >= maxRememberedIDs {
+		clear(m.ids)
+	}
+
+	m.ids[key] = id
 }
 
 // ParseSchematic decodes a schematic document strictly (unknown fields are rejected, like the

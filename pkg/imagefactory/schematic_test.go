@@ -125,3 +125,43 @@ func must[T any](v T, err error) T {
 
 	return v
 }
+
+func TestRememberedIDsAreTheComputedOnes(t *testing.T) {
+	network := func(addr string) []MetaValue {
+		return []MetaValue{{Key: MetaKeyNetworkPlatformConfig, Value: "addresses:\n    - address: " + addr + "\n"}}
+	}
+	withOverlay := must(NewSchematic(SchematicOptions{}))
+	withOverlay.Overlay.Name = "rpi_generic"
+	withOverlay.Overlay.Image = "siderolabs/sbc-raspberrypi"
+
+	schematics := []*Schematic{
+		must(NewSchematic(SchematicOptions{})),
+		must(NewSchematic(SchematicOptions{Extensions: []string{}})),
+		must(NewSchematic(SchematicOptions{Extensions: []string{"a/b", "c/d"}})),
+		// The same characters split differently are different schematics.
+		must(NewSchematic(SchematicOptions{Extensions: []string{"a/bc/d"}})),
+		must(NewSchematic(SchematicOptions{Extensions: []string{}, ExtraKernelArgs: []string{"a/b", "c/d"}})),
+		// Two metal machines differ only in their META network config.
+		must(NewSchematic(SchematicOptions{ExtraKernelArgs: []string{"talos.config=metal-iso"}, Meta: network("192.0.2.10/24")})),
+		must(NewSchematic(SchematicOptions{ExtraKernelArgs: []string{"talos.config=metal-iso"}, Meta: network("192.0.2.11/24")})),
+		// Fields this package never sets are not remembered, and must not share an entry.
+		withOverlay,
+	}
+	seen := map[string]int{}
+	for i, s := range schematics {
+		want, err := s.ID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // computed, then remembered
+			g := NewWithT(t)
+			g.Expect(SchematicID(s)).To(Equal(want), "schematic %d", i)
+		}
+		if j, dup := seen[want]; dup {
+			t.Fatalf("schematics %d and %d have the same ID", j, i)
+		}
+		seen[want] = i
+	}
+	_, remembered := idKey(withOverlay)
+	NewWithT(t).Expect(remembered).To(BeFalse())
+}
