@@ -7,9 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/siderolabs/image-factory/pkg/schematic"
+	"k8s.io/utils/lru"
 )
 
 // Schematic is the Image Factory schematic document. It is an alias of the upstream type so that
@@ -142,8 +142,8 @@ func CanonicalYAML(s *Schematic) ([]byte, error) {
 func SchematicID(s *Schematic) (string, error) {
 	key, ok := idKey(s)
 	if ok {
-		if id, found := schematicIDs.get(key); found {
-			return id, nil
+		if id, found := schematicIDs.Get(key); found {
+			return id.(string), nil
 		}
 	}
 
@@ -153,7 +153,7 @@ func SchematicID(s *Schematic) (string, error) {
 	}
 
 	if ok {
-		schematicIDs.put(key, id)
+		schematicIDs.Add(key, id)
 	}
 
 	return id, nil
@@ -206,34 +206,9 @@ func idKey(s *Schematic) (string, bool) {
 // (extensions, kernel arguments) shared image and one per metal machine.
 const maxRememberedIDs = 4096
 
-// schematicIDs remembers computed IDs; when full it starts over (a recomputation is only
-// a cost, never a different answer).
-var schematicIDs = &idMemo{ids: map[string]string{}}
-
-type idMemo struct {
-	mu  sync.Mutex
-	ids map[string]string
-}
-
-func (m *idMemo) get(key string) (string, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-
-	id, ok := m.ids[key]
-
-	return id, ok
-}
-
-func (m *idMemo) put(key, id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-
-	if len(m.ids) >= maxRememberedIDs {
-		clear(m.ids)
-	}
-
-	m.ids[key] = id
-}
+// schematicIDs remembers computed IDs, least recently used first out (a recomputation is
+// only a cost, never a different answer).
+var schematicIDs = lru.New(maxRememberedIDs)
 
 // ParseSchematic decodes a schematic document strictly (unknown fields are rejected, like the
 // factory does).

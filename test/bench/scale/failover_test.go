@@ -28,15 +28,9 @@ func TestLeaderFailover(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
-	h := &harness.Harness{O: harness.Options{
-		N: 6, C: 1, Profile: pvesim.ProfileRealistic, Replicas: 2, LeaderElect: true,
-		Platforms:  []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
-		NodeBoot:   -1,
-		SyncPeriod: time.Minute,
-		Timeout:    5 * time.Minute,
-		Out:        t.TempDir(),
-		Logf:       t.Logf,
-	}}
+	h := &harness.Harness{O: twoManagers(t, harness.Options{
+		N: 6, C: 1, Profile: pvesim.ProfileRealistic, LeaderElect: true,
+	})}
 	defer h.Stop()
 	g.Expect(h.Start(ctx)).To(Succeed())
 
@@ -101,16 +95,10 @@ func TestWatchFilterShards(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
-	h := &harness.Harness{O: harness.Options{
-		C: 2, Profile: pvesim.ProfileFast, Replicas: 2,
+	h := &harness.Harness{O: twoManagers(t, harness.Options{
+		C: 2, Profile: pvesim.ProfileFast,
 		ReplicaArgs: [][]string{{"--watch-filter=shard-a"}, {"--watch-filter=shard-b"}},
-		Platforms:   []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
-		NodeBoot:    -1,
-		SyncPeriod:  time.Minute,
-		Timeout:     5 * time.Minute,
-		Out:         t.TempDir(),
-		Logf:        t.Logf,
-	}, Labels: map[string]map[string]string{
+	}), Labels: map[string]map[string]string{
 		"sa": {clusterv1.WatchLabel: "shard-a"},
 		"sb": {clusterv1.WatchLabel: "shard-b"},
 	}}
@@ -158,16 +146,10 @@ func TestNamespaceShards(t *testing.T) {
 	ctrllog.SetLogger(logr.Discard())
 	g := NewWithT(t)
 	ctx := context.Background()
-	h := &harness.Harness{O: harness.Options{
-		C: 1, Profile: pvesim.ProfileFast, Replicas: 2,
+	h := &harness.Harness{O: twoManagers(t, harness.Options{
+		C: 1, Profile: pvesim.ProfileFast,
 		ReplicaArgs: [][]string{{"--namespace=" + harness.Namespace}, {"--namespace=another-team"}},
-		Platforms:   []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud},
-		NodeBoot:    -1,
-		SyncPeriod:  time.Minute,
-		Timeout:     5 * time.Minute,
-		Out:         t.TempDir(),
-		Logf:        t.Logf,
-	}}
+	})}
 	defer h.Stop()
 	g.Expect(h.Start(ctx)).To(Succeed())
 
@@ -196,4 +178,18 @@ func TestNamespaceShards(t *testing.T) {
 	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], names, clusterOf)).To(BeEmpty())
 	g.Expect(h.Teardown(ctx, []string{"ns"})).To(Succeed())
 	g.Expect(harness.InventoryProblems(h.PVEs[infrav1.TalosPlatformNoCloud], nil, nil)).To(BeEmpty())
+}
+
+// twoManagers completes o for a test of two manager processes: nocloud machines whose
+// Nodes boot at the profile's pace, a 1 minute resync, 5 minute bounds, the test's own
+// output directory and log.
+func twoManagers(t *testing.T, o harness.Options) harness.Options {
+	o.Replicas = 2
+	o.Platforms = []infrav1.TalosPlatform{infrav1.TalosPlatformNoCloud}
+	o.NodeBoot = -1
+	o.SyncPeriod = time.Minute
+	o.Timeout = 5 * time.Minute
+	o.Out = t.TempDir()
+	o.Logf = t.Logf
+	return o
 }
